@@ -1,0 +1,64 @@
+"""Numba settings in one place: every @njit in fastnn takes its flags from here.
+
+Importing this module before numba also points Numba's on-disk cache at a
+writable directory when the installed package directory is read-only
+(site-packages owned by another user, a read-only container image, ...).
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fastnn" / "numba"
+
+
+def _ensure_writable_cache() -> None:
+    """Set NUMBA_CACHE_DIR when the package dir cannot hold __pycache__ files."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    if os.access(PACKAGE_DIR / "kernels", os.W_OK):
+        return
+    for candidate in (_user_cache_dir(), Path(tempfile.gettempdir()) / "fastnn-numba-cache"):
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(candidate, os.W_OK):
+            os.environ["NUMBA_CACHE_DIR"] = str(candidate)
+            return
+
+
+_ensure_writable_cache()
+
+# Cache compiled machine code next to the package (or in the fallback above),
+# so a second run starts in well under a second instead of recompiling.
+CACHE = True
+
+# Fast-math subset that lets LLVM reassociate and vectorise reductions and fuse
+# multiply-adds. "nnan"/"ninf" are deliberately left out: with them LLVM may
+# delete the NaN/inf checks the trainer relies on to stop a diverging run.
+FASTMATH = {"nsz", "contract", "reassoc"}
+
+# Flags for serial kernels and for kernels with prange loops.
+JIT = dict(cache=CACHE, fastmath=FASTMATH, nogil=True)
+JIT_PARALLEL = dict(JIT, parallel=True)
+
+
+def set_threads(n: int | None) -> int:
+    """Set Numba's thread count (None = all available); return the count in force."""
+    import numba
+
+    if n is not None:
+        numba.set_num_threads(n)
+    return numba.get_num_threads()
+
+
+def max_threads() -> int:
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS

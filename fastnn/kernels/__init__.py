@@ -1,0 +1,28 @@
+"""The kernel registry: every backend has the same functions and semantics.
+
+``get_kernel(name)`` returns a module with at least ``forward(params, X)``,
+``loss_and_grads(params, X, y)``, ``train_epoch(params, images, labels,
+order, batch_size, lr)``, ``predict(params, images)``, ``sgd_step`` and
+``warmup(sizes, dtype)``. A new backend is one module plus one line here.
+"""
+
+import importlib
+
+# name -> module; imported on first use (Numba's import alone takes ~0.3 s)
+KERNELS = {
+    "numpy": "fastnn.kernels.numpy_ref",
+    "numba": "fastnn.kernels.numba_loops",
+}
+
+REFERENCE = "numpy"
+
+
+def get_kernel(name):
+    """Return the backend module registered as ``name``."""
+    try:
+        module = KERNELS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown kernel {name!r}; known kernels: {', '.join(KERNELS)}"
+        ) from None
+    return importlib.import_module(module)

@@ -1,0 +1,120 @@
+"""Reference kernels: readable, vectorised NumPy. Clear, not fast.
+
+Each line is one of the original README's equations, written for a batch of
+rows (X is (m, 784), W is (out, in)):
+
+    Z1 = X W1^T + b1      A1 = ReLU(Z1)
+    Z2 = A1 W2^T + b2     P  = softmax(Z2)
+    L  = -(1/m) sum log P[y]
+
+    d2 = (P - Y) / m      dW2 = d2^T A1      db2 = sum d2
+    d1 = (d2 W2) * [Z1 > 0]
+                          dW1 = d1^T X       db1 = sum d1
+    W <- W - lr dW        b <- b - lr db
+
+Deeper nets repeat the hidden-layer lines. The fast backends must match this
+module to the tolerances in tests/tolerances.py.
+"""
+
+import numpy as np
+
+PIXEL_SCALE = 1.0 / 255.0  # uint8 pixels -> [0, 1], applied as one multiply
+
+
+def to_float(images, dtype):
+    # images: (m, 784) uint8 -> (m, 784) dtype in [0, 1]
+    return images.astype(dtype) * np.dtype(dtype).type(PIXEL_SCALE)
+
+
+def _forward_all(params, X):
+    """Return the activations [X, A1, ..., Z_last]: what backward needs."""
+    acts = [X]
+    for i, (W, b) in enumerate(params):
+        Z = acts[-1] @ W.T + b  # Z = A W^T + b
+        acts.append(Z if i == len(params) - 1 else np.maximum(Z, 0))  # A = ReLU(Z)
+    return acts
+
+
+def _softmax_and_loss(Z, y):
+    # Z: (m, 10) logits, y: (m,) int64 -> P (m, 10), mean cross-entropy
+    shifted = Z - Z.max(axis=1, keepdims=True)  # subtract the row max: exp never overflows
+    E = np.exp(shifted)
+    S = E.sum(axis=1, keepdims=True)
+    P = E / S
+    # -log P[y] = log sum exp(z) - z[y], computed from the shifted logits: no log(0)
+    loss = np.mean(np.log(S[:, 0]) - shifted[np.arange(len(y)), y])
+    return P, float(loss)
+
+
+def forward(params, X):
+    """X (m, 784) -> P (m, 10) softmax probabilities."""
+    Z = _forward_all(params, X)[-1]
+    shifted = Z - Z.max(axis=1, keepdims=True)
+    E = np.exp(shifted)
+    return E / E.sum(axis=1, keepdims=True)
+
+
+def _loss_grads_probs(params, X, y):
+    acts = _forward_all(params, X)
+    P, loss = _softmax_and_loss(acts[-1], y)
+    m = X.shape[0]
+    Y = np.zeros_like(P)
+    Y[np.arange(m), y] = 1
+    delta = (P - Y) / P.dtype.type(m)  # d_last = (P - Y) / m
+    grads = [None] * len(params)
+    for i in range(len(params) - 1, -1, -1):
+        A_prev = acts[i]
+        grads[i] = (delta.T @ A_prev, delta.sum(axis=0))  # dW = d^T A_prev, db = sum d
+        if i > 0:
+            W = params[i][0]
+            delta = (delta @ W) * (A_prev > 0)  # d_prev = (d W) * [Z_prev > 0]
+    return loss, grads, P
+
+
+def loss_and_grads(params, X, y):
+    """Mean cross-entropy over the batch and its gradients [(dW, db), ...]."""
+    loss, grads, _ = _loss_grads_probs(params, X, y)
+    return loss, grads
+
+
+def sgd_step(params, grads, lr):
+    """W <- W - lr dW, b <- b - lr db, in place."""
+    lr = params[0][0].dtype.type(lr)
+    for (W, b), (dW, db) in zip(params, grads):
+        W -= lr * dW
+        b -= lr * db
+
+
+def train_epoch(params, images, labels, order, batch_size, lr):
+    """Minibatch SGD over ``order``, updating params in place.
+
+    images: (n, 784) uint8, labels: (n,) int64, order: (k,) int64 sample
+    indices; consecutive runs of batch_size (the last may be shorter) form
+    the batches. Returns (mean loss, accuracy) over the samples seen, each
+    measured before its batch's update.
+    """
+    dtype = params[0][0].dtype
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        X, y = to_float(images[idx], dtype), labels[idx]
+        loss, grads, P = _loss_grads_probs(params, X, y)
+        sgd_step(params, grads, lr)
+        loss_sum += loss * len(idx)
+        correct += int((P.argmax(axis=1) == y).sum())
+    return loss_sum / len(order), correct / len(order)
+
+
+def predict(params, images, chunk=4096):
+    """images (n, 784) uint8 -> predicted labels (n,) int64."""
+    dtype = params[0][0].dtype
+    out = np.empty(len(images), dtype=np.int64)
+    for start in range(0, len(images), chunk):
+        X = to_float(images[start : start + chunk], dtype)
+        out[start : start + chunk] = _forward_all(params, X)[-1].argmax(axis=1)
+    return out
+
+
+def warmup(sizes, dtype):
+    """Nothing to compile; return the compile time in seconds."""
+    return 0.0

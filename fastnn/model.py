@@ -1,0 +1,154 @@
+"""Network parameters: initialisation, validation, and .npz checkpoints.
+
+``params`` is a list of ``(W, b)`` tuples, first layer first, with ``W`` of
+shape ``(out, in)`` and ``b`` of shape ``(out,)`` (the seed's ``W[1]`` is
+10 x 784). Grads share that structure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+N_INPUTS = 784
+N_CLASSES = 10
+FORMAT_VERSION = 1
+DTYPES = {"float32": np.float32, "float64": np.float64}
+INITS = ("he", "uniform")
+
+
+class ModelError(Exception):
+    """A checkpoint or parameter list that cannot be used."""
+
+
+def layer_sizes(hidden) -> list[int]:
+    """784, the hidden widths, 10."""
+    return [N_INPUTS, *[int(h) for h in hidden], N_CLASSES]
+
+
+def init_params(sizes, seed=0, dtype=np.float32, init="he"):
+    """Random parameters for a net with layer widths ``sizes``.
+
+    "he": W ~ N(0, 2/fan_in), b = 0 (suits ReLU). "uniform": W, b ~ U(-0.5, 0.5),
+    the original script's ``np.random.rand(...) - 0.5``.
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    dtype = np.dtype(dtype)
+    rng = np.random.default_rng(seed)
+    params = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        if init == "he":
+            W = rng.standard_normal((fan_out, fan_in)) * np.sqrt(2.0 / fan_in)
+            b = np.zeros(fan_out)
+        else:
+            W = rng.random((fan_out, fan_in)) - 0.5
+            b = rng.random(fan_out) - 0.5
+        params.append((np.ascontiguousarray(W, dtype), np.ascontiguousarray(b, dtype)))
+    return params
+
+
+def sizes_of(params) -> list[int]:
+    return [params[0][0].shape[1]] + [W.shape[0] for W, _ in params]
+
+
+def check_params(params) -> None:
+    """Raise ModelError unless params is a chain of C-contiguous (W, b) of one float dtype."""
+    if not params:
+        raise ModelError("the network has no layers")
+    dtype = params[0][0].dtype
+    if dtype not in (np.float32, np.float64):
+        raise ModelError(f"parameters must be float32 or float64, not {dtype}")
+    fan_in = params[0][0].shape[1]
+    for i, (W, b) in enumerate(params):
+        if W.ndim != 2 or b.ndim != 1 or W.shape != (b.shape[0], fan_in):
+            raise ModelError(
+                f"layer {i}: W {W.shape} and b {b.shape} do not fit an input of width {fan_in}"
+            )
+        if W.dtype != dtype or b.dtype != dtype:
+            raise ModelError(f"layer {i}: dtype {W.dtype}/{b.dtype} differs from {dtype}")
+        if not (W.flags.c_contiguous and b.flags.c_contiguous):
+            raise ModelError(f"layer {i}: arrays must be C-contiguous")
+        fan_in = W.shape[0]
+
+
+def copy_params(params):
+    return [(W.copy(), b.copy()) for W, b in params]
+
+
+def _atomic_write(path, write) -> None:
+    """Call write(file) on a temp file beside path, fsync, then rename over path."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save(path, params, meta=None) -> None:
+    """Write params and JSON-able meta to ``path`` (.npz) atomically."""
+    check_params(params)
+    arrays = {
+        "format_version": np.array(FORMAT_VERSION),
+        "sizes": np.array(sizes_of(params), dtype=np.int64),
+        "dtype": np.array(str(params[0][0].dtype)),
+        "meta": np.array(json.dumps(meta or {})),
+    }
+    for i, (W, b) in enumerate(params):
+        arrays[f"W{i}"] = W
+        arrays[f"b{i}"] = b
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load(path):
+    """Read a checkpoint written by save(); return (params, meta) or raise ModelError."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such file") from None
+    except Exception as e:  # zipfile/np errors: not an .npz, or truncated
+        raise ModelError(f"{path}: not a readable fastnn checkpoint ({e})") from None
+    missing = {"format_version", "sizes", "dtype", "meta"} - data.keys()
+    if missing:
+        raise ModelError(f"{path}: not a fastnn checkpoint (missing {', '.join(sorted(missing))})")
+    version = int(data["format_version"])
+    if version != FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: checkpoint format {version}, this fastnn reads format {FORMAT_VERSION}"
+        )
+    sizes = [int(s) for s in data["sizes"]]
+    dtype = str(data["dtype"])
+    if dtype not in DTYPES or len(sizes) < 2 or sizes[0] != N_INPUTS or sizes[-1] != N_CLASSES:
+        raise ModelError(f"{path}: bad header (sizes {sizes}, dtype {dtype})")
+    params = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        W, b = data.get(f"W{i}"), data.get(f"b{i}")
+        if W is None or b is None:
+            raise ModelError(f"{path}: layer {i} is missing")
+        if W.shape != (fan_out, fan_in) or b.shape != (fan_out,) or W.dtype != dtype:
+            raise ModelError(
+                f"{path}: layer {i} has W {W.shape} {W.dtype}, b {b.shape}; "
+                f"expected W ({fan_out}, {fan_in}) {dtype}, b ({fan_out},)"
+            )
+        params.append((np.ascontiguousarray(W), np.ascontiguousarray(b)))
+    return params, json.loads(str(data["meta"]))
