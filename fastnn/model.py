@@ -79,7 +79,7 @@ def copy_params(params):
     return [(W.copy(), b.copy()) for W, b in params]
 
 
-def _atomic_write(path, write) -> None:
+def atomic_write(path, write) -> None:
     """Call write(file) on a temp file beside path, fsync, then rename over path."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -100,7 +100,7 @@ def _atomic_write(path, write) -> None:
 
 
 def atomic_write_text(path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save(path, params, meta=None) -> None:
@@ -115,7 +115,7 @@ def save(path, params, meta=None) -> None:
     for i, (W, b) in enumerate(params):
         arrays[f"W{i}"] = W
         arrays[f"b{i}"] = b
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load(path):

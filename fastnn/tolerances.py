@@ -1,0 +1,67 @@
+"""How close a backend must be to the reference: one table for tests and --compare.
+
+A value ``a`` agrees with the reference ``r`` when, elementwise,
+
+    |a - r| <= atol + rtol * |r|,   with atol = rtol * max|r|
+
+(atol scales with the array's own magnitude, so entries that cancel to
+near zero are judged against the size of the array, not against themselves).
+
+Why these numbers: the backends compute the same sums in a different order
+(BLAS blocks vs per-sample loops, FMA contraction), so they differ by a few
+roundings per reduction. A 784-term float64 dot product carries relative
+error up to ~784 * 1.1e-16 ~ 1e-13 in the worst case; float32's unit
+roundoff is 6e-8, so ~1e-5 leaves room for a few hundred terms' worth.
+Training trajectories compound those differences over every step, so they
+get their own, looser bound.
+"""
+
+import numpy as np
+
+KERNEL_RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
+# Parameters after a few hundred SGD steps through identical batches.
+TRAJECTORY_RTOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-4}
+
+
+def rtol_for(dtype, trajectory=False):
+    table = TRAJECTORY_RTOL if trajectory else KERNEL_RTOL
+    return table[np.dtype(dtype)]
+
+
+def worst_ratio(a, r, rtol):
+    """max over elements of |a - r| / (atol + rtol |r|); <= 1 means agreement."""
+    a = np.asarray(a, dtype=np.float64)
+    r = np.asarray(r, dtype=np.float64)
+    if a.shape != r.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {r.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(r))):
+        return np.inf
+    if a.size == 0:
+        return 0.0
+    scale = np.max(np.abs(r))
+    bound = rtol * scale + rtol * np.abs(r)
+    diff = np.abs(a - r)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(diff == 0, 0.0, diff / bound)
+    return float(np.max(ratio))
+
+
+def differences(a, r):
+    """(max absolute difference, max difference relative to max|r|)."""
+    a = np.asarray(a, dtype=np.float64)
+    r = np.asarray(r, dtype=np.float64)
+    diff = float(np.max(np.abs(a - r))) if a.size else 0.0
+    scale = float(np.max(np.abs(r))) if r.size else 0.0
+    return diff, (diff / scale if scale > 0 else diff)
+
+
+def assert_agree(a, r, dtype, what="", trajectory=False):
+    rtol = rtol_for(dtype, trajectory)
+    ratio = worst_ratio(a, r, rtol)
+    if not ratio <= 1.0:
+        abs_diff, rel_diff = differences(a, r)
+        raise AssertionError(
+            f"{what}: backend disagrees with reference: max |a - r| = {abs_diff:.3g} "
+            f"({rel_diff:.3g} of max|r|), worst element at {ratio:.3g}x the tolerance "
+            f"(rtol {rtol:g}, {np.dtype(dtype).name})"
+        )

@@ -1,0 +1,252 @@
+"""`python -m fastnn.train`: train the MNIST network and report how it went.
+
+Parses flags, loads data, drives a backend's ``train_epoch`` through seeded
+batches, evaluates, and writes the optional JSON, checkpoint and PNG. All
+arithmetic lives in the kernels; this module only orchestrates and reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from fastnn import config, model
+from fastnn.kernels import KERNELS, get_kernel
+
+# Every flag's value when neither a preset nor the command line sets it.
+DEFAULTS = dict(
+    kernel="numba", hidden=[10], epochs=5, batch_size=32, lr=0.1, seed=0,
+    dtype="float32", init="he", dataset="mnist",
+)
+PRESETS = {
+    "default": {},
+    # The original script: 784-10-10, U(-0.5, 0.5) init, full-batch gradient
+    # descent at lr 0.10 for 500 iterations (one iteration = one "epoch").
+    "seed": dict(hidden=[10], init="uniform", batch_size=0, lr=0.1, epochs=500),
+}
+
+
+class UsageError(Exception):
+    """A flag that only turns out wrong after the data is loaded: exit code 2."""
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and np.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m fastnn.train",
+        description="Train a from-scratch MNIST network (784-hidden-10, ReLU, softmax, SGD).",
+    )
+    p.add_argument("--preset", choices=list(PRESETS), default="default",
+                   help="starting settings; explicit flags override (seed = the original script)")
+    p.add_argument("--kernel", choices=list(KERNELS), help="backend (default: numba)")
+    p.add_argument("--hidden", type=_positive_int, nargs="+", metavar="N",
+                   help="hidden layer widths, e.g. --hidden 256 128 (default: 10)")
+    p.add_argument("--epochs", type=_positive_int, help="passes over the training set (default: 5)")
+    p.add_argument("--batch-size", type=_non_negative_int, metavar="N",
+                   help="minibatch size; 0 = full batch (default: 32)")
+    p.add_argument("--lr", type=_positive_float, help="learning rate (default: 0.1)")
+    p.add_argument("--seed", type=int, help="seed for init and shuffling (default: 0)")
+    p.add_argument("--dtype", choices=list(model.DTYPES), help="float type (default: float32)")
+    p.add_argument("--init", choices=list(model.INITS),
+                   help="he = N(0, 2/fan_in); uniform = U(-0.5, 0.5) as the seed (default: he)")
+    p.add_argument("--dataset", choices=["mnist", "fashion"], help="default: mnist")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="where the IDX files live or are cached (default: $FASTNN_DATA or "
+                        "a per-user cache dir)")
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="Numba threads (default: all cores)")
+    p.add_argument("--save", metavar="PATH", help="write the model (.npz) at each epoch end")
+    p.add_argument("--json", metavar="PATH", help="write metrics as one JSON object")
+    p.add_argument("--plot", metavar="PATH",
+                   help="write a PNG of test digits with predicted and true labels")
+    p.add_argument("--show", action="store_true", help="also open the plot in a window")
+    p.add_argument("--quiet", action="store_true", help="print only errors")
+    p.add_argument("--compare", action="store_true",
+                   help="train every backend through the same batches and report agreement "
+                        "and speed instead of a normal run")
+    p.add_argument("--compare-steps", type=_positive_int, default=300, metavar="N",
+                   help="training steps per backend with --compare (default: 300)")
+    return p
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    resolved = dict(DEFAULTS, **PRESETS[args.preset])
+    for key in DEFAULTS:
+        if getattr(args, key) is None:
+            setattr(args, key, resolved[key])
+    if args.threads is not None and args.threads > config.max_threads():
+        parser.error(f"--threads {args.threads}: this machine has {config.max_threads()} "
+                     f"threads; choose 1..{config.max_threads()}")
+    if args.show and not args.plot:
+        parser.error("--show needs --plot PATH")
+    return args
+
+
+def resolved_config(args, n_train):
+    cfg = {k: getattr(args, k) for k in DEFAULTS}
+    cfg.update(preset=args.preset, data_dir=args.data_dir, threads=config.set_threads(None),
+               sizes=model.layer_sizes(args.hidden),
+               batch_size=args.batch_size or n_train)
+    return cfg
+
+
+def load_data(args):
+    from fastnn.data import load_mnist
+
+    train = load_mnist("train", args.data_dir, args.dataset)
+    test = load_mnist("test", args.data_dir, args.dataset)
+    if args.batch_size > len(train[0]):
+        raise UsageError(f"--batch-size {args.batch_size} is larger than the {len(train[0])} "
+                         "training images; use at most that, or 0 for full batch")
+    return train, test
+
+
+def _progress(epoch, epochs, done, total, stream=sys.stderr):
+    width = 30
+    filled = width * done // total
+    stream.write(f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] "
+                 f"{100 * done // total:3d}%")
+    stream.flush()
+
+
+def train_one_epoch(kernel, params, images, labels, order, batch_size, lr, progress):
+    """Run one epoch; in pieces of whole batches when a progress bar is shown."""
+    if progress is None:
+        return kernel.train_epoch(params, images, labels, order, batch_size, lr)
+    n_batches = -(-len(order) // batch_size)
+    pieces = min(n_batches, 40)
+    loss_sum = correct = 0.0
+    for i in range(pieces):
+        lo = (n_batches * i // pieces) * batch_size
+        hi = min(len(order), (n_batches * (i + 1) // pieces) * batch_size)
+        loss, acc = kernel.train_epoch(params, images, labels, order[lo:hi], batch_size, lr)
+        loss_sum += loss * (hi - lo)
+        correct += acc * (hi - lo)
+        progress(hi, len(order))
+    return loss_sum / len(order), correct / len(order)
+
+
+class Diverged(Exception):
+    pass
+
+
+def run(args, out=sys.stdout):
+    say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=out, flush=True))
+    (train_x, train_y), (test_x, test_y) = load_data(args)
+    config.set_threads(args.threads)
+    cfg = resolved_config(args, len(train_x))
+    kernel = get_kernel(args.kernel)
+    dtype = model.DTYPES[args.dtype]
+    params = model.init_params(cfg["sizes"], seed=args.seed, dtype=dtype, init=args.init)
+    compile_seconds = kernel.warmup(cfg["sizes"], dtype)
+    bs = cfg["batch_size"]
+    say(f"fastnn: {'-'.join(map(str, cfg['sizes']))} net, {args.kernel} kernel, {args.dtype}, "
+        f"batch {bs}, lr {args.lr}, {args.epochs} epochs, {cfg['threads']} threads")
+
+    rng = np.random.default_rng(args.seed)
+    show_bar = not args.quiet and sys.stderr.isatty()
+    log_every = max(1, args.epochs // 25)
+    history, train_seconds = [], 0.0
+    for epoch in range(1, args.epochs + 1):
+        order = rng.permutation(len(train_x))
+        bar = (lambda d, t, e=epoch: _progress(e, args.epochs, d, t)) if show_bar else None
+        t0 = time.perf_counter()
+        loss, train_acc = train_one_epoch(kernel, params, train_x, train_y, order, bs, args.lr, bar)
+        seconds = time.perf_counter() - t0
+        if bar:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+        if not np.isfinite(loss):
+            last = history[-1]["loss"] if history else None
+            raise Diverged(f"training diverged in epoch {epoch}: the loss is {loss} "
+                           f"(last finite epoch loss: {last}); try a smaller --lr than {args.lr}")
+        train_seconds += seconds
+        test_acc = float(np.mean(kernel.predict(params, test_x) == test_y))
+        history.append(dict(epoch=epoch, loss=loss, train_accuracy=train_acc,
+                            test_accuracy=test_acc, seconds=seconds,
+                            samples_per_second=len(order) / seconds))
+        if epoch % log_every == 0 or epoch == args.epochs or epoch == 1:
+            extra = (f"  (+{compile_seconds:.2f} s JIT compile, excluded)"
+                     if epoch == 1 and compile_seconds > 0 else "")
+            say(f"epoch {epoch:3d}/{args.epochs}  loss {loss:.4f}  train {100 * train_acc:6.2f}%"
+                f"  test {100 * test_acc:6.2f}%  {seconds:6.2f} s  "
+                f"{len(order) / seconds:>11,.0f} samples/s{extra}")
+        if args.save:
+            model.save(args.save, params, dict(config=cfg, epoch=epoch, history=history))
+
+    result = dict(kernel=args.kernel, config=cfg, epochs=history,
+                  test_accuracy=history[-1]["test_accuracy"], train_seconds=train_seconds,
+                  compile_seconds=compile_seconds)
+    say(f"test accuracy {100 * result['test_accuracy']:.2f}% after {train_seconds:.2f} s of "
+        f"training ({compile_seconds:.2f} s compile)")
+    if args.json:
+        model.atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        from fastnn import plots
+
+        preds = kernel.predict(params, test_x)
+        plots.predictions_grid(test_x, test_y, preds, args.plot, show=args.show)
+        say(f"wrote {args.plot}")
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from fastnn.data import DataError
+
+    try:
+        if args.compare:
+            from fastnn import compare
+
+            return compare.run(args, load_data(args))
+        run(args)
+        return 0
+    except UsageError as e:
+        build_parser().print_usage(sys.stderr)
+        print(f"python -m fastnn.train: error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, model.ModelError, Diverged, OSError) as e:
+        print(f"fastnn: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nfastnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
