@@ -1,0 +1,21 @@
+import os
+
+import pytest
+
+from fastnn.data import DataError, load_mnist
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """Real MNIST as {"train": (images, labels), "test": (images, labels)}.
+
+    Skipped when no source is reachable, unless FASTNN_REQUIRE_MNIST=1 (CI),
+    where a missing dataset must fail the run instead of hiding behind a skip.
+    """
+    try:
+        return {split: load_mnist(split) for split in ("train", "test")}
+    except DataError as e:
+        if os.environ.get("FASTNN_REQUIRE_MNIST") == "1":
+            pytest.fail(f"FASTNN_REQUIRE_MNIST=1 but MNIST cannot be loaded:\n{e}",
+                        pytrace=False)
+        pytest.skip(f"MNIST not reachable: {e}")
