@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -20,7 +19,7 @@ from fastnn.kernels import KERNELS, get_kernel
 
 # Every flag's value when neither a preset nor the command line sets it.
 DEFAULTS = dict(
-    kernel="numba", hidden=[10], epochs=5, batch_size=32, lr=0.1, seed=0,
+    kernel="numba", hidden=[10], epochs=10, batch_size=32, lr=0.05, seed=0,
     dtype="float32", init="he", dataset="mnist",
 )
 PRESETS = {
@@ -72,15 +71,19 @@ def build_parser():
     )
     p.add_argument("--preset", choices=list(PRESETS), default="default",
                    help="starting settings; explicit flags override (seed = the original script)")
-    p.add_argument("--kernel", choices=list(KERNELS), help="backend (default: numba)")
+    p.add_argument("--kernel", choices=list(KERNELS),
+                   help=f"backend (default: {DEFAULTS['kernel']})")
     p.add_argument("--hidden", type=_positive_int, nargs="+", metavar="N",
                    help="hidden layer widths, e.g. --hidden 256 128 (default: 10)")
-    p.add_argument("--epochs", type=_positive_int, help="passes over the training set (default: 5)")
+    p.add_argument("--epochs", type=_positive_int,
+                   help=f"passes over the training set (default: {DEFAULTS['epochs']})")
     p.add_argument("--batch-size", type=_non_negative_int, metavar="N",
-                   help="minibatch size; 0 = full batch (default: 32)")
-    p.add_argument("--lr", type=_positive_float, help="learning rate (default: 0.1)")
-    p.add_argument("--seed", type=int, help="seed for init and shuffling (default: 0)")
-    p.add_argument("--dtype", choices=list(model.DTYPES), help="float type (default: float32)")
+                   help=f"minibatch size; 0 = full batch (default: {DEFAULTS['batch_size']})")
+    p.add_argument("--lr", type=_positive_float, help=f"learning rate (default: {DEFAULTS['lr']})")
+    p.add_argument("--seed", type=int,
+                   help=f"seed for init and shuffling (default: {DEFAULTS['seed']})")
+    p.add_argument("--dtype", choices=list(model.DTYPES),
+                   help=f"float type (default: {DEFAULTS['dtype']})")
     p.add_argument("--init", choices=list(model.INITS),
                    help="he = N(0, 2/fan_in); uniform = U(-0.5, 0.5) as the seed (default: he)")
     p.add_argument("--dataset", choices=["mnist", "fashion"], help="default: mnist")
@@ -91,8 +94,11 @@ def build_parser():
                    help="Numba threads (default: all cores)")
     p.add_argument("--save", metavar="PATH", help="write the model (.npz) at each epoch end")
     p.add_argument("--json", metavar="PATH", help="write metrics as one JSON object")
-    p.add_argument("--plot", metavar="PATH",
-                   help="write a PNG of test digits with predicted and true labels")
+    p.add_argument("--plot", metavar="PATH", default="predictions.png",
+                   help="PNG of test digits with predicted and true labels "
+                        "(default: predictions.png)")
+    p.add_argument("--no-plot", dest="plot", action="store_const", const=None,
+                   help="do not write the PNG")
     p.add_argument("--show", action="store_true", help="also open the plot in a window")
     p.add_argument("--quiet", action="store_true", help="print only errors")
     p.add_argument("--compare", action="store_true",

@@ -1,0 +1,46 @@
+"""Developer sessions. `nox` alone runs the test suite twice: JIT on, then JIT off.
+
+    nox                  tests + nojit (what CI runs)
+    nox -s tests         the full pytest suite, JIT enabled, benchmarks run once untimed
+    nox -s nojit         agreement tests on small shapes with NUMBA_DISABLE_JIT=1, so the
+                         loop bodies are also checked as plain Python
+    nox -s lint          ruff
+    nox -s bench         pytest-benchmark, timed; JSON saved under .benchmarks/
+    nox -s asv           asv quick run + HTML report in benchmarks/html (`nox -s asv -- full`)
+"""
+
+import nox
+
+nox.options.sessions = ["tests", "nojit"]
+nox.options.default_venv_backend = "venv"
+
+
+@nox.session
+def tests(session):
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def nojit(session):
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest", "tests/test_agreement.py", "-q", *session.posargs,
+        env={"NUMBA_DISABLE_JIT": "1", "FASTNN_SMALL": "1"},
+    )
+
+
+@nox.session
+def lint(session):
+    session.install("ruff")
+    session.run("ruff", "check", "fastnn", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def bench(session):
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest", "tests/test_bench_forward.py", "tests/test_bench_train.py",
+        "tests/test_bench_inference.py", "--benchmark-enable", "--benchmark-autosave",
+        "--benchmark-group-by=group", *session.posargs,
+    )

@@ -1,0 +1,124 @@
+"""The command line: flags, presets, errors, JSON, plot, a short real training run."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastnn import model, train
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "fastnn.train", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--kernel", "torch"], "invalid choice: 'torch'"),
+    (["--epochs", "0"], "must be a positive integer"),
+    (["--epochs", "two"], "expected a positive integer"),
+    (["--batch-size", "-1"], "must be >= 0"),
+    (["--lr", "0"], "must be a positive finite number"),
+    (["--lr", "nan"], "must be a positive finite number"),
+    (["--hidden", "10", "0"], "must be a positive integer"),
+    (["--dtype", "float16"], "invalid choice: 'float16'"),
+    (["--threads", "0"], "must be a positive integer"),
+    (["--threads", "100000"], "choose 1.."),
+    (["--preset", "nope"], "invalid choice: 'nope'"),
+    (["--show", "--no-plot"], "--show needs --plot"),
+])
+def test_bad_flags_exit_2_with_a_message(args, needle):
+    res = run_cli(*args)
+    assert res.returncode == 2
+    assert needle in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_presets_resolve_and_flags_override():
+    seed = train.parse_args(["--preset", "seed"])
+    assert (seed.hidden, seed.init, seed.batch_size, seed.lr, seed.epochs) == (
+        [10], "uniform", 0, 0.1, 500)
+    override = train.parse_args(["--preset", "seed", "--epochs", "3", "--lr", "0.5"])
+    assert (override.epochs, override.lr, override.init) == (3, 0.5, "uniform")
+    default = train.parse_args([])
+    assert (default.kernel, default.hidden, default.dtype) == ("numba", [10], "float32")
+
+
+def test_batch_larger_than_dataset_exits_2(mnist):
+    res = run_cli("--batch-size", "70000", "--no-plot")
+    assert res.returncode == 2
+    assert "larger than the 60000 training images" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_missing_data_exits_1_without_traceback(tmp_path, monkeypatch, capsys):
+    # An empty data dir, no mirrors, no npm: the error lists what was tried.
+    from fastnn import data
+
+    monkeypatch.setattr(data, "MIRRORS", {"mnist": [], "fashion": []})
+    monkeypatch.setenv("PATH", str(tmp_path))  # no npm
+    code = train.main(["--data-dir", str(tmp_path / "empty"), "--no-plot", "--kernel", "numpy"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fastnn: error:") and "npm" in err
+
+
+@pytest.mark.parametrize("kernel", ["numpy", "numba"])
+def test_short_real_run_json_plot_and_checkpoint(mnist, tmp_path, kernel):
+    out, png, ckpt = tmp_path / "run.json", tmp_path / "pred.png", tmp_path / "m.npz"
+    res = run_cli("--kernel", kernel, "--epochs", "2", "--json", str(out), "--plot", str(png),
+                  "--save", str(ckpt))
+    assert res.returncode == 0, res.stderr
+    assert "test accuracy" in res.stdout
+    result = json.loads(out.read_text())
+    assert result["kernel"] == kernel
+    assert {"kernel", "config", "epochs", "test_accuracy", "train_seconds",
+            "compile_seconds"} <= result.keys()
+    cfg = result["config"]
+    for key in ("hidden", "epochs", "batch_size", "lr", "seed", "dtype", "init", "threads",
+                "sizes", "dataset"):
+        assert key in cfg
+    assert len(result["epochs"]) == 2
+    for row in result["epochs"]:
+        assert {"epoch", "loss", "train_accuracy", "test_accuracy", "seconds",
+                "samples_per_second"} <= row.keys()
+        assert 0 <= row["test_accuracy"] <= 1 and row["samples_per_second"] > 0
+    # Two epochs of the default 784-10-10 net: comfortably above 90% on MNIST.
+    assert result["test_accuracy"] >= 0.90
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    params, meta = model.load(ckpt)
+    assert model.sizes_of(params) == [784, 10, 10]
+    assert meta["epoch"] == 2
+
+
+def test_default_run_reaches_92_percent_and_kernels_match(mnist, tmp_path):
+    """The README's main job: >= 92% test accuracy; numba and numpy within 0.2 points."""
+    acc = {}
+    for kernel in ("numba", "numpy"):
+        out = tmp_path / f"{kernel}.json"
+        res = run_cli("--kernel", kernel, "--json", str(out), "--no-plot", "--quiet")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == ""  # --quiet
+        acc[kernel] = json.loads(out.read_text())["test_accuracy"]
+    assert acc["numba"] >= 0.92
+    assert abs(acc["numba"] - acc["numpy"]) <= 0.002
+
+
+def test_divergence_stops_with_exit_1(mnist, tmp_path):
+    ckpt = tmp_path / "m.npz"
+    res = run_cli("--lr", "1e30", "--epochs", "2", "--no-plot", "--save", str(ckpt))
+    assert res.returncode == 1
+    assert "diverged" in res.stderr and "--lr" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not ckpt.exists()  # no checkpoint of a broken model
+
+
+def test_same_seed_same_result(mnist):
+    args = train.parse_args(["--epochs", "1", "--no-plot", "--quiet"])
+    first = train.run(args)
+    second = train.run(args)
+    assert first["epochs"][0]["loss"] == second["epochs"][0]["loss"]
+    assert first["test_accuracy"] == second["test_accuracy"]
+    assert np.isfinite(first["epochs"][0]["loss"])
