@@ -12,6 +12,7 @@ import importlib
 KERNELS = {
     "numpy": "fastnn.kernels.numpy_ref",
     "numba": "fastnn.kernels.numba_loops",
+    "numba-simple": "fastnn.kernels.numba_simple",
 }
 
 REFERENCE = "numpy"

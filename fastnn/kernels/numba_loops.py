@@ -1,4 +1,4 @@
-"""Fast path: the reference network as explicit Numba-jitted loops.
+"""The "numba" backend: the reference network as explicit Numba-jitted loops.
 
 Two layers of code, both checked against ``numpy_ref`` by the agreement tests:
 
@@ -6,11 +6,12 @@ Two layers of code, both checked against ``numpy_ref`` by the agreement tests:
   ``softmax_xent_*``, ``sgd_update``) over a whole batch, parallel over
   independent rows. ``forward`` and ``loss_and_grads`` are built from them, one
   call per layer, so each equation can be read and tested on its own.
-* a fused epoch kernel (``_train_epoch_fused``) that gathers each batch from
-  the sample order, scales uint8 pixels, runs forward, backward and the update
-  for every batch of the epoch in one compiled call.
+* ``train_epoch`` and ``predict`` run one compiled call for a whole epoch (or
+  data set): the register-blocked tile kernels of ``numba_tiles``. The
+  straightforward one-sample-at-a-time version of the same fused epoch is
+  the "numba-simple" backend (``numba_simple``).
 
-The fused kernel works on one flat parameter vector ``theta`` (each layer's W
+The fused kernels work on one flat parameter vector ``theta`` (each layer's W
 row-major, then its b): per-thread gradient buffers and the update become
 plain loops over one array, whatever the depth of the net. Each batch is cut
 into one contiguous slice of samples per thread; every thread sums its
@@ -22,10 +23,12 @@ No np.dot/@ here: every product is a loop.
 
 import time
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from fastnn import config
+from fastnn.kernels import numba_tiles
 from fastnn.kernels.numpy_ref import PIXEL_SCALE
 
 # ---------------------------------------------------------------- per layer
@@ -200,128 +203,10 @@ def sgd_step(params, grads, lr):
         sgd_update(b, db, lr)
 
 
-# ---------------------------------------------------------------- fused epoch
+# ---------------------------------------------------------------- fused epoch and inference
 
 
-@njit(**config.JIT)
-def _forward_sample(theta, sizes, woff, boff, x, a, aoff):
-    # theta: (P,) flat params; sizes: (L+1,); woff, boff: (L,) offsets into theta
-    # x: (784,) input row; a: (sum sizes,) activations, layer l at aoff[l]
-    # leaves ReLU(Z) of every hidden layer and the last layer's logits in a
-    n_layers = sizes.shape[0] - 1
-    zero = theta.dtype.type(0)
-    for i in range(sizes[0]):
-        a[i] = x[i]
-    for layer in range(n_layers):
-        n_in, n_out = sizes[layer], sizes[layer + 1]
-        a_in = a[aoff[layer] : aoff[layer] + n_in]
-        for o in range(n_out):
-            w = theta[woff[layer] + o * n_in : woff[layer] + (o + 1) * n_in]
-            s = theta[boff[layer] + o]
-            for i in range(n_in):  # z[o] = W[o, :] . a_in + b[o]
-                s += w[i] * a_in[i]
-            if layer < n_layers - 1 and s < zero:
-                s = zero  # hidden layers: A = ReLU(Z)
-            a[aoff[layer + 1] + o] = s
-
-
-@njit(**config.JIT_PARALLEL)
-def _train_epoch_fused(theta, sizes, woff, boff, images, labels, order, batch_size, lr, scale,
-                       gbuf, abuf, dbuf, stats):
-    # theta: (P,) flat params, updated in place; sizes: (L+1,); woff, boff: (L,)
-    # images: (n, 784) uint8; labels: (n,) int64; order: (k,) int64 sample indices
-    # gbuf: (T, P) per-thread grads; abuf, dbuf: (T, sum sizes) activations, deltas
-    # stats: (T, 2) float64 per-thread loss sum and correct count
-    T = gbuf.shape[0]
-    k = order.shape[0]
-    n_layers = sizes.shape[0] - 1
-    n_in0, n_cls = sizes[0], sizes[n_layers]
-    aoff = np.zeros(n_layers + 2, np.int64)
-    for layer in range(n_layers + 1):
-        aoff[layer + 1] = aoff[layer] + sizes[layer]
-    zero = theta.dtype.type(0)
-    for start in range(0, k, batch_size):
-        m = min(batch_size, k - start)
-        inv_m = theta.dtype.type(1) / theta.dtype.type(m)
-        for t in prange(T):
-            g, a, d = gbuf[t], abuf[t], dbuf[t]
-            g[:] = zero
-            for s in range(start + (m * t) // T, start + (m * (t + 1)) // T):
-                j = order[s]
-                for i in range(n_in0):  # gather and scale the uint8 row
-                    a[i] = images[j, i] * scale
-                _forward_sample(theta, sizes, woff, boff, a, a, aoff)
-                # softmax + cross-entropy on the logits, in place in a
-                z = a[aoff[n_layers] : aoff[n_layers] + n_cls]
-                yj = labels[j]
-                best = 0
-                for c in range(1, n_cls):
-                    if z[c] > z[best]:
-                        best = c
-                zy = z[yj]
-                lse, mx = _softmax_row(z, z)  # z now holds P
-                stats[t, 0] += lse - (zy - mx)
-                stats[t, 1] += best == yj
-                # d_last = (P - Y) / m, stored at d[aoff[L]:]
-                dl = d[aoff[n_layers] : aoff[n_layers] + n_cls]
-                for c in range(n_cls):
-                    dl[c] = z[c] * inv_m
-                dl[yj] -= inv_m
-                for layer in range(n_layers - 1, -1, -1):
-                    n_in, n_out = sizes[layer], sizes[layer + 1]
-                    a_in = a[aoff[layer] : aoff[layer] + n_in]
-                    d_out = d[aoff[layer + 1] : aoff[layer + 1] + n_out]
-                    d_in = d[aoff[layer] : aoff[layer] + n_in]
-                    if layer > 0:
-                        d_in[:] = zero
-                    for o in range(n_out):
-                        do = d_out[o]
-                        w0 = woff[layer] + o * n_in
-                        gw = g[w0 : w0 + n_in]
-                        for i in range(n_in):  # dW[o, :] += d[o] * a_in
-                            gw[i] += do * a_in[i]
-                        g[boff[layer] + o] += do  # db[o] += d[o]
-                        if layer > 0:
-                            w = theta[w0 : w0 + n_in]
-                            for i in range(n_in):  # d_in += d[o] * W[o, :]
-                                d_in[i] += do * w[i]
-                    if layer > 0:
-                        for i in range(n_in):  # d_in *= [Z > 0]
-                            if a_in[i] <= zero:
-                                d_in[i] = zero
-        # the update: sum per-thread grads in thread order, then step
-        for p in prange(theta.shape[0]):
-            acc = gbuf[0, p]
-            for t in range(1, T):
-                acc += gbuf[t, p]
-            theta[p] -= lr * acc
-
-
-@njit(**config.JIT_PARALLEL)
-def _predict_fused(theta, sizes, woff, boff, images, scale, abuf, out):
-    # images: (n, 784) uint8 -> out: (n,) int64 argmax of the logits
-    # abuf: (T, sum sizes) per-thread activations
-    T = abuf.shape[0]
-    n = images.shape[0]
-    n_layers = sizes.shape[0] - 1
-    aoff = np.zeros(n_layers + 2, np.int64)
-    for layer in range(n_layers + 1):
-        aoff[layer + 1] = aoff[layer] + sizes[layer]
-    for t in prange(T):
-        a = abuf[t]
-        for j in range((n * t) // T, (n * (t + 1)) // T):
-            for i in range(sizes[0]):
-                a[i] = images[j, i] * scale
-            _forward_sample(theta, sizes, woff, boff, a, a, aoff)
-            z = a[aoff[n_layers] :]
-            best = 0
-            for c in range(1, sizes[n_layers]):
-                if z[c] > z[best]:
-                    best = c
-            out[j] = best
-
-
-def _pack(params):
+def pack(params):
     """params -> (theta, sizes, woff, boff): one flat copy plus layer offsets."""
     sizes = np.array([params[0][0].shape[1]] + [W.shape[0] for W, _ in params], np.int64)
     woff, boff, pos = [], [], 0
@@ -333,7 +218,8 @@ def _pack(params):
     return theta, sizes, np.array(woff, np.int64), np.array(boff, np.int64)
 
 
-def _unpack(theta, params, woff, boff):
+def unpack(theta, params, woff, boff):
+    """Copy the flat theta back into the params' own arrays (in place)."""
     for (W, b), wo, bo in zip(params, woff, boff):
         W[...] = theta[wo : wo + W.size].reshape(W.shape)
         b[...] = theta[bo : bo + b.size]
@@ -346,45 +232,53 @@ def _check_images(images):
     return images
 
 
-def train_epoch(params, images, labels, order, batch_size, lr):
-    """Minibatch SGD over ``order``, updating params in place (fused kernel).
+def run_epoch(fused, rows, params, images, labels, order, batch_size, lr):
+    """Drive a fused epoch kernel; ``rows`` = scratch rows per layer width and thread.
 
-    Same contract as numpy_ref.train_epoch: returns (mean loss, accuracy) over
-    the samples seen, each measured before its batch's update.
+    fused(theta, sizes, woff, boff, images, labels, order, batch_size, lr, scale,
+    gbuf (T, P), scratch (T, rows * sum sizes), stats (T, 2)) updates theta in
+    place. Returns (mean loss, accuracy) over the samples seen, each measured
+    before its batch's update, like numpy_ref.train_epoch.
     """
-    import numba
-
     images = _check_images(images)
     labels = np.ascontiguousarray(labels, np.int64)
     order = np.ascontiguousarray(order, np.int64)
-    theta, sizes, woff, boff = _pack(params)
+    theta, sizes, woff, boff = pack(params)
     dtype = theta.dtype.type
     T = numba.get_num_threads()
-    width = int(sizes.sum())
     gbuf = np.empty((T, theta.size), theta.dtype)
-    abuf = np.empty((T, width), theta.dtype)
-    dbuf = np.empty((T, width), theta.dtype)
+    scratch = np.empty((T, rows * int(sizes.sum())), theta.dtype)
     stats = np.zeros((T, 2))
-    _train_epoch_fused(theta, sizes, woff, boff, images, labels, order, int(batch_size),
-                       dtype(lr), dtype(PIXEL_SCALE), gbuf, abuf, dbuf, stats)
-    _unpack(theta, params, woff, boff)
+    fused(theta, sizes, woff, boff, images, labels, order, int(batch_size), dtype(lr),
+          dtype(PIXEL_SCALE), gbuf, scratch, stats)
+    unpack(theta, params, woff, boff)
     k = len(order)
     return float(stats[:, 0].sum() / k), float(stats[:, 1].sum() / k)
 
 
-def predict(params, images):
-    """images (n, 784) uint8 -> predicted labels (n,) int64."""
-    import numba
-
+def run_predict(fused, rows, params, images):
+    """Drive a fused inference kernel fused(theta, sizes, woff, boff, images, scale,
+    scratch (T, rows * sum sizes), out (n,)); return the predicted labels."""
     images = _check_images(images)
-    theta, sizes, woff, boff = _pack(params)
-    abuf = np.empty((numba.get_num_threads(), int(sizes.sum())), theta.dtype)
+    theta, sizes, woff, boff = pack(params)
+    scratch = np.empty((numba.get_num_threads(), rows * int(sizes.sum())), theta.dtype)
     out = np.empty(len(images), np.int64)
-    _predict_fused(theta, sizes, woff, boff, images, theta.dtype.type(PIXEL_SCALE), abuf, out)
+    fused(theta, sizes, woff, boff, images, theta.dtype.type(PIXEL_SCALE), scratch, out)
     return out
 
 
-def warmup(sizes, dtype):
+def train_epoch(params, images, labels, order, batch_size, lr):
+    """Minibatch SGD over ``order``, updating params in place (tiled fused kernel)."""
+    return run_epoch(numba_tiles.train_epoch_tiled, 2 * numba_tiles.TILE, params, images,
+                     labels, order, batch_size, lr)
+
+
+def predict(params, images):
+    """images (n, 784) uint8 -> predicted labels (n,) int64 (tiled fused kernel)."""
+    return run_predict(numba_tiles.predict_tiled, numba_tiles.TILE, params, images)
+
+
+def warmup_module(module, sizes, dtype):
     """Compile (or load from cache) what training uses; return the seconds it took."""
     from fastnn.model import init_params
 
@@ -392,6 +286,13 @@ def warmup(sizes, dtype):
     params = init_params([sizes[0], 2, sizes[-1]], dtype=dtype)
     images = np.zeros((3, sizes[0]), np.uint8)
     labels = np.zeros(3, np.int64)
-    train_epoch(params, images, labels, np.arange(3), 2, 0.0)
-    predict(params, images)
+    module.train_epoch(params, images, labels, np.arange(3), 2, 0.0)
+    module.predict(params, images)
     return time.perf_counter() - t0
+
+
+def warmup(sizes, dtype):
+    """Compile (or load from cache) train_epoch and predict; return the seconds it took."""
+    import sys
+
+    return warmup_module(sys.modules[__name__], sizes, dtype)
