@@ -58,12 +58,10 @@ def _tile_forward(A, ns, W, b, Z, relu):
 
 
 @njit(**config.JIT)
-def _column4(D, s, o, ns, n_out):
-    # D[s:s+4, o] as four scalars; rows >= ns or a unit o >= n_out give 0, so a
-    # clamped duplicate adds nothing to the gradient sums
+def _column4(D, s, o, ns):
+    # D[s:s+4, o] as four scalars; rows >= ns give 0, so a clamped duplicate
+    # sample adds nothing to the gradient sums
     zero = D.dtype.type(0)
-    if o >= n_out:
-        return zero, zero, zero, zero
     return (D[s, o], D[s + 1, o] if s + 1 < ns else zero,
             D[s + 2, o] if s + 2 < ns else zero, D[s + 3, o] if s + 3 < ns else zero)
 
@@ -72,25 +70,35 @@ def _column4(D, s, o, ns, n_out):
 def _tile_grad_w(D, A, ns, gW, gb):
     # D: (TILE, n_out) deltas; A: (TILE, n_in) layer input; rows [0, ns) valid
     # gW: (n_out, n_in) += D^T A;  gb: (n_out,) += sum_s D
-    # 4 units x 4 samples per sweep over n_in
+    # 4 units x 4 samples per sweep over n_in. Units are not clamped like
+    # samples: two aliased rows of gW would stop LLVM vectorising the sweep,
+    # so the last n_out % 4 units take a one-row loop instead.
     n_out, n_in = gW.shape
     zero = gW.dtype.type(0)
-    for o in range(0, n_out, 4):
-        o1, o2, o3 = min(o + 1, n_out - 1), min(o + 2, n_out - 1), min(o + 3, n_out - 1)
-        g0, g1, g2, g3 = gW[o], gW[o1], gW[o2], gW[o3]
+    n_quads = n_out - n_out % 4
+    for o in range(0, n_quads, 4):  # units outer: 4 rows of gW stay in L1 for the tile
+        g0, g1, g2, g3 = gW[o], gW[o + 1], gW[o + 2], gW[o + 3]
         for s in range(0, ns, 4):
             s1, s2, s3 = min(s + 1, ns - 1), min(s + 2, ns - 1), min(s + 3, ns - 1)
             a0, a1, a2, a3 = A[s], A[s1], A[s2], A[s3]
-            d00, d10, d20, d30 = _column4(D, s, o, ns, n_out)
-            d01, d11, d21, d31 = _column4(D, s, o + 1, ns, n_out)
-            d02, d12, d22, d32 = _column4(D, s, o + 2, ns, n_out)
-            d03, d13, d23, d33 = _column4(D, s, o + 3, ns, n_out)
+            d00, d10, d20, d30 = _column4(D, s, o, ns)
+            d01, d11, d21, d31 = _column4(D, s, o + 1, ns)
+            d02, d12, d22, d32 = _column4(D, s, o + 2, ns)
+            d03, d13, d23, d33 = _column4(D, s, o + 3, ns)
             for i in range(n_in):
                 x0, x1, x2, x3 = a0[i], a1[i], a2[i], a3[i]
                 g0[i] += d00 * x0 + d10 * x1 + d20 * x2 + d30 * x3
                 g1[i] += d01 * x0 + d11 * x1 + d21 * x2 + d31 * x3
                 g2[i] += d02 * x0 + d12 * x1 + d22 * x2 + d32 * x3
                 g3[i] += d03 * x0 + d13 * x1 + d23 * x2 + d33 * x3
+    for o in range(n_quads, n_out):
+        g0 = gW[o]
+        for s in range(0, ns, 4):
+            s1, s2, s3 = min(s + 1, ns - 1), min(s + 2, ns - 1), min(s + 3, ns - 1)
+            a0, a1, a2, a3 = A[s], A[s1], A[s2], A[s3]
+            d00, d10, d20, d30 = _column4(D, s, o, ns)
+            for i in range(n_in):
+                g0[i] += d00 * a0[i] + d10 * a1[i] + d20 * a2[i] + d30 * a3[i]
     for o in range(n_out):
         acc = zero
         for s in range(ns):
