@@ -2,8 +2,12 @@
 
 ``get_kernel(name)`` returns a module with at least ``forward(params, X)``,
 ``loss_and_grads(params, X, y)``, ``train_epoch(params, images, labels,
-order, batch_size, lr)``, ``predict(params, images)``, ``sgd_step`` and
+order, batch_size, lr, opt=None)``, ``predict(params, images)``,
+``sgd_step(params, grads, lr)``, ``apply_update(params, grads, lr, opt)`` and
 ``warmup(sizes, dtype)``. A new backend is one module plus one line here.
+
+"numba-simple" is the one-sample-at-a-time version of the numba backend's
+fused epoch: slower, easier to read, and kept in every agreement test.
 """
 
 import importlib

@@ -29,7 +29,9 @@ from numba import njit, prange
 
 from fastnn import config
 from fastnn.kernels import numba_tiles
+from fastnn.kernels.numba_optim import update_params
 from fastnn.kernels.numpy_ref import PIXEL_SCALE
+from fastnn.optim import Optimizer
 
 # ---------------------------------------------------------------- per layer
 
@@ -232,13 +234,23 @@ def _check_images(images):
     return images
 
 
-def run_epoch(fused, rows, params, images, labels, order, batch_size, lr):
+def _pack_state(opt, params, theta):
+    """The optimizer's state arrays as (S, P) rows laid out like theta."""
+    slots = opt.ensure_state(params)
+    state = np.empty((len(slots), theta.size), theta.dtype)
+    for row, slot in zip(state, slots):
+        row[:] = pack(slot)[0]
+    return state
+
+
+def run_epoch(fused, rows, params, images, labels, order, batch_size, lr, opt=None):
     """Drive a fused epoch kernel; ``rows`` = scratch rows per layer width and thread.
 
     fused(theta, sizes, woff, boff, images, labels, order, batch_size, lr, scale,
-    gbuf (T, P), scratch (T, rows * sum sizes), stats (T, 2)) updates theta in
-    place. Returns (mean loss, accuracy) over the samples seen, each measured
-    before its batch's update, like numpy_ref.train_epoch.
+    gbuf (T, P), scratch (T, rows * sum sizes), stats (T, 2), kind, hyper,
+    state (S, P), step (1,)) updates theta and the optimizer state in place.
+    Returns (mean loss, accuracy) over the samples seen, each measured before
+    its batch's update, like numpy_ref.train_epoch.
     """
     images = _check_images(images)
     labels = np.ascontiguousarray(labels, np.int64)
@@ -249,9 +261,16 @@ def run_epoch(fused, rows, params, images, labels, order, batch_size, lr):
     gbuf = np.empty((T, theta.size), theta.dtype)
     scratch = np.empty((T, rows * int(sizes.sum())), theta.dtype)
     stats = np.zeros((T, 2))
+    opt = opt if opt is not None else Optimizer("sgd")
+    state = _pack_state(opt, params, theta)
+    step = np.array([opt.step], np.int64)
     fused(theta, sizes, woff, boff, images, labels, order, int(batch_size), dtype(lr),
-          dtype(PIXEL_SCALE), gbuf, scratch, stats)
+          dtype(PIXEL_SCALE), gbuf, scratch, stats, opt.kind, opt.hyper(theta.dtype), state,
+          step)
     unpack(theta, params, woff, boff)
+    for row, slot in zip(state, opt.state):
+        unpack(row, slot, woff, boff)
+    opt.step = int(step[0])
     k = len(order)
     return float(stats[:, 0].sum() / k), float(stats[:, 1].sum() / k)
 
@@ -267,10 +286,27 @@ def run_predict(fused, rows, params, images):
     return out
 
 
-def train_epoch(params, images, labels, order, batch_size, lr):
-    """Minibatch SGD over ``order``, updating params in place (tiled fused kernel)."""
+def train_epoch(params, images, labels, order, batch_size, lr, opt=None):
+    """Minibatch training over ``order``, updating params (and ``opt``) in place.
+
+    The tiled fused kernel; ``opt`` is a fastnn.optim.Optimizer, None = plain SGD.
+    """
     return run_epoch(numba_tiles.train_epoch_tiled, 2 * numba_tiles.TILE, params, images,
-                     labels, order, batch_size, lr)
+                     labels, order, batch_size, lr, opt)
+
+
+def apply_update(params, grads, lr, opt):
+    """One step of the optimizer ``opt`` given batch gradients, in place."""
+    theta, _, woff, boff = pack(params)
+    gbuf = pack(grads)[0][None, :]
+    state = _pack_state(opt, params, theta)
+    step = np.array([opt.step], np.int64)
+    update_params(theta, gbuf, theta.dtype.type(lr), opt.kind, opt.hyper(theta.dtype), state,
+                  step)
+    unpack(theta, params, woff, boff)
+    for row, slot in zip(state, opt.state):
+        unpack(row, slot, woff, boff)
+    opt.step = int(step[0])
 
 
 def predict(params, images):

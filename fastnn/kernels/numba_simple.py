@@ -17,6 +17,7 @@ from numba import njit, prange
 from fastnn import config
 from fastnn.kernels.numba_loops import (  # noqa: F401  (the backend's public API)
     _softmax_row,
+    apply_update,
     forward,
     loss_and_grads,
     run_epoch,
@@ -24,6 +25,7 @@ from fastnn.kernels.numba_loops import (  # noqa: F401  (the backend's public AP
     sgd_step,
     warmup_module,
 )
+from fastnn.kernels.numba_optim import update_params
 
 
 @njit(**config.JIT)
@@ -50,11 +52,12 @@ def _forward_sample(theta, sizes, woff, boff, x, a, aoff):
 
 @njit(**config.JIT_PARALLEL)
 def train_epoch_per_sample(theta, sizes, woff, boff, images, labels, order, batch_size, lr,
-                           scale, gbuf, scratch, stats):
+                           scale, gbuf, scratch, stats, kind, hyper, state, step):
     # theta: (P,) flat params, updated in place; sizes: (L+1,); woff, boff: (L,)
     # images: (n, 784) uint8; labels: (n,) int64; order: (k,) int64 sample indices
     # gbuf: (T, P) per-thread grads; scratch: (T, 2 * sum sizes) activations, then deltas
     # stats: (T, 2) float64 per-thread loss sum and correct count
+    # kind, hyper, state (S, P), step (1,): the optimizer, see numba_optim.update_params
     T = gbuf.shape[0]
     k = order.shape[0]
     n_layers = sizes.shape[0] - 1
@@ -113,12 +116,7 @@ def train_epoch_per_sample(theta, sizes, woff, boff, images, labels, order, batc
                         for i in range(n_in):  # d_in *= [Z > 0]
                             if a_in[i] <= zero:
                                 d_in[i] = zero
-        # the update: sum per-thread grads in thread order, then step
-        for p in prange(theta.shape[0]):
-            acc = gbuf[0, p]
-            for t in range(1, T):
-                acc += gbuf[t, p]
-            theta[p] -= lr * acc
+        update_params(theta, gbuf, lr, kind, hyper, state, step)
 
 
 @njit(**config.JIT_PARALLEL)
@@ -145,9 +143,10 @@ def predict_per_sample(theta, sizes, woff, boff, images, scale, abuf, out):
             out[j] = best
 
 
-def train_epoch(params, images, labels, order, batch_size, lr):
-    """Minibatch SGD over ``order``, updating params in place, one sample at a time."""
-    return run_epoch(train_epoch_per_sample, 2, params, images, labels, order, batch_size, lr)
+def train_epoch(params, images, labels, order, batch_size, lr, opt=None):
+    """Minibatch training over ``order``, updating params in place, one sample at a time."""
+    return run_epoch(train_epoch_per_sample, 2, params, images, labels, order, batch_size, lr,
+                     opt)
 
 
 def predict(params, images):

@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from fastnn import config
+from fastnn.kernels.numba_optim import update_params
 
 TILE = 32  # samples per tile: a tile's activations stay in L2 while a layer runs
 
@@ -159,11 +160,12 @@ def _softmax_xent_tile(Z, ns, labels, order, first, inv_m, D, stats_row):
 
 @njit(**config.JIT_PARALLEL)
 def train_epoch_tiled(theta, sizes, woff, boff, images, labels, order, batch_size, lr, scale,
-                      gbuf, tbuf, stats):
+                      gbuf, tbuf, stats, kind, hyper, state, step):
     # theta: (P,) flat params; sizes: (L+1,); woff, boff: (L,); images: (n, 784) uint8
     # labels: (n,) int64; order: (k,) int64; gbuf: (T, P) per-thread grads
     # tbuf: (T, 2 * TILE * sum sizes) per-thread tile activations and deltas
     # stats: (T, 2) float64 loss sum and correct count
+    # kind, hyper, state (S, P), step (1,): the optimizer, see numba_optim.update_params
     T = gbuf.shape[0]
     k = order.shape[0]
     L = sizes.shape[0] - 1
@@ -171,7 +173,6 @@ def train_epoch_tiled(theta, sizes, woff, boff, images, labels, order, batch_siz
     for layer in range(L + 1):
         width += sizes[layer]
     zero = theta.dtype.type(0)
-    P = theta.shape[0]
     for start in range(0, k, batch_size):
         m = min(batch_size, k - start)
         inv_m = theta.dtype.type(1) / theta.dtype.type(m)
@@ -218,19 +219,7 @@ def train_epoch_tiled(theta, sizes, woff, boff, images, labels, order, batch_siz
                         W = theta[woff[layer] : woff[layer] + n_out * n_in].reshape((n_out, n_in))
                         DA = buf[dpos : dpos + TILE * n_in].reshape((TILE, n_in))
                         _tile_grad_input(D, W, A, ns, DA)
-        if P >= 65536:
-            for p in prange(P):
-                acc = gbuf[0, p]
-                for t in range(1, T):
-                    acc += gbuf[t, p]
-                theta[p] -= lr * acc
-        else:  # small nets: a second fork/join per batch costs more than the sum
-            for p in range(P):
-                acc = gbuf[0, p]
-                for t in range(1, T):
-                    acc += gbuf[t, p]
-                theta[p] -= lr * acc
-
+        update_params(theta, gbuf, lr, kind, hyper, state, step)
 
 
 @njit(**config.JIT_PARALLEL)

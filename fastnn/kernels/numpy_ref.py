@@ -85,13 +85,42 @@ def sgd_step(params, grads, lr):
         b -= lr * db
 
 
-def train_epoch(params, images, labels, order, batch_size, lr):
-    """Minibatch SGD over ``order``, updating params in place.
+def apply_update(params, grads, lr, opt):
+    """One step of the optimizer ``opt`` (fastnn.optim.Optimizer), in place."""
+    dt = params[0][0].dtype.type
+    state = opt.ensure_state(params)
+    opt.step += 1
+    lr = dt(lr)
+    mu, b1, b2, eps, wd = opt.hyper(params[0][0].dtype)
+    one = dt(1)
+    # Adam's bias corrections 1 - beta^t, computed in float64 from the dtype's beta
+    c1, c2 = dt(1 - float(b1) ** opt.step), dt(1 - float(b2) ** opt.step)
+    for i, (pair, gpair) in enumerate(zip(params, grads)):
+        for j in (0, 1):
+            w, g = pair[j], gpair[j]
+            if wd != 0:
+                g = g + wd * w  # L2 weight decay
+            if opt.name == "sgd":
+                w -= lr * g
+            elif opt.name == "momentum":
+                v = state[0][i][j]
+                v[...] = mu * v + g
+                w -= lr * v
+            else:
+                m, v = state[0][i][j], state[1][i][j]
+                m[...] = b1 * m + (one - b1) * g
+                v[...] = b2 * v + (one - b2) * g * g
+                w -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
+
+
+def train_epoch(params, images, labels, order, batch_size, lr, opt=None):
+    """Minibatch training over ``order``, updating params in place.
 
     images: (n, 784) uint8, labels: (n,) int64, order: (k,) int64 sample
     indices; consecutive runs of batch_size (the last may be shorter) form
-    the batches. Returns (mean loss, accuracy) over the samples seen, each
-    measured before its batch's update.
+    the batches. ``opt`` is a fastnn.optim.Optimizer (None: plain SGD); its
+    state and step count advance in place. Returns (mean loss, accuracy)
+    over the samples seen, each measured before its batch's update.
     """
     dtype = params[0][0].dtype
     loss_sum, correct = 0.0, 0
@@ -99,7 +128,10 @@ def train_epoch(params, images, labels, order, batch_size, lr):
         idx = order[start : start + batch_size]
         X, y = to_float(images[idx], dtype), labels[idx]
         loss, grads, P = _loss_grads_probs(params, X, y)
-        sgd_step(params, grads, lr)
+        if opt is None:
+            sgd_step(params, grads, lr)
+        else:
+            apply_update(params, grads, lr, opt)
         loss_sum += loss * len(idx)
         correct += int((P.argmax(axis=1) == y).sum())
     return loss_sum / len(order), correct / len(order)
