@@ -103,8 +103,12 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def save(path, params, meta=None) -> None:
-    """Write params and JSON-able meta to ``path`` (.npz) atomically."""
+def save(path, params, meta=None, state=None) -> None:
+    """Write params, JSON-able meta and optimizer state to ``path`` (.npz) atomically.
+
+    ``state`` is a list of slots shaped like params (an optimizer's momentum,
+    Adam's m and v), or None.
+    """
     check_params(params)
     arrays = {
         "format_version": np.array(FORMAT_VERSION),
@@ -115,11 +119,21 @@ def save(path, params, meta=None) -> None:
     for i, (W, b) in enumerate(params):
         arrays[f"W{i}"] = W
         arrays[f"b{i}"] = b
+    for k, slot in enumerate(state or []):
+        for i, (W, b) in enumerate(slot):
+            arrays[f"S{k}_W{i}"] = W
+            arrays[f"S{k}_b{i}"] = b
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load(path):
     """Read a checkpoint written by save(); return (params, meta) or raise ModelError."""
+    params, meta, _ = load_checkpoint(path)
+    return params, meta
+
+
+def load_checkpoint(path):
+    """Read a checkpoint written by save(); return (params, meta, state)."""
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -151,4 +165,18 @@ def load(path):
                 f"expected W ({fan_out}, {fan_in}) {dtype}, b ({fan_out},)"
             )
         params.append((np.ascontiguousarray(W), np.ascontiguousarray(b)))
-    return params, json.loads(str(data["meta"]))
+    state = []
+    while f"S{len(state)}_W0" in data:
+        k = len(state)
+        slot = [(data.get(f"S{k}_W{i}"), data.get(f"S{k}_b{i}")) for i in range(len(params))]
+        for i, ((W, b), (sW, sb)) in enumerate(zip(params, slot)):
+            if sW is None or sb is None or sW.shape != W.shape or sb.shape != b.shape \
+                    or sW.dtype != W.dtype or sb.dtype != b.dtype:
+                raise ModelError(f"{path}: optimizer state {k} of layer {i} is missing or "
+                                 "does not match the layer")
+        state.append([(np.ascontiguousarray(W), np.ascontiguousarray(b)) for W, b in slot])
+    try:
+        meta = json.loads(str(data["meta"]))
+    except ValueError:
+        raise ModelError(f"{path}: its metadata is not valid JSON") from None
+    return params, meta, state

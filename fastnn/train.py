@@ -14,13 +14,14 @@ import time
 
 import numpy as np
 
-from fastnn import config, model
+from fastnn import config, model, optim
 from fastnn.kernels import KERNELS, get_kernel
 
 # Every flag's value when neither a preset nor the command line sets it.
 DEFAULTS = dict(
     kernel="numba", hidden=[10], epochs=10, batch_size=32, lr=0.05, seed=0,
-    dtype="float32", init="he", dataset="mnist",
+    dtype="float32", init="he", dataset="mnist", optimizer="sgd", momentum=0.9, beta1=0.9,
+    beta2=0.999, eps=1e-8, weight_decay=0.0, schedule="constant", warmup=0,
 )
 PRESETS = {
     "default": {},
@@ -55,13 +56,31 @@ def _non_negative_int(text):
 
 
 def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    value = _float(text)
     if not (value > 0 and np.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
     return value
+
+
+def _non_negative_float(text):
+    value = _float(text)
+    if not (value >= 0 and np.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _unit_float(text):
+    value = _float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _float(text):
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def build_parser():
@@ -87,12 +106,30 @@ def build_parser():
     p.add_argument("--init", choices=list(model.INITS),
                    help="he = N(0, 2/fan_in); uniform = U(-0.5, 0.5) as the seed (default: he)")
     p.add_argument("--dataset", choices=["mnist", "fashion"], help="default: mnist")
+    p.add_argument("--optimizer", choices=list(optim.OPTIMIZERS),
+                   help=f"update rule (default: {DEFAULTS['optimizer']})")
+    p.add_argument("--momentum", type=_unit_float, help="momentum coefficient (default: 0.9)")
+    p.add_argument("--beta1", type=_unit_float, help="Adam's beta1 (default: 0.9)")
+    p.add_argument("--beta2", type=_unit_float, help="Adam's beta2 (default: 0.999)")
+    p.add_argument("--eps", type=_positive_float, help="Adam's epsilon (default: 1e-8)")
+    p.add_argument("--weight-decay", type=_non_negative_float, metavar="X",
+                   help="L2 weight decay added to every gradient (default: 0)")
+    p.add_argument("--schedule", choices=list(optim.SCHEDULES),
+                   help="learning-rate schedule over epochs (default: constant); step "
+                        "divides by 10 every third of the run")
+    p.add_argument("--warmup", type=_non_negative_int, metavar="N",
+                   help="epochs of linear learning-rate warm-up (default: 0)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="where the IDX files live or are cached (default: $FASTNN_DATA or "
                         "a per-user cache dir)")
     p.add_argument("--threads", type=_positive_int, metavar="N",
                    help="Numba threads (default: all cores)")
-    p.add_argument("--save", metavar="PATH", help="write the model (.npz) at each epoch end")
+    p.add_argument("--save", metavar="PATH",
+                   help="write a checkpoint (.npz: model, optimizer state, history) at each "
+                        "epoch end")
+    p.add_argument("--resume", metavar="PATH",
+                   help="continue the run saved in a checkpoint (same settings; --epochs may "
+                        "extend it)")
     p.add_argument("--json", metavar="PATH", help="write metrics as one JSON object")
     p.add_argument("--plot", metavar="PATH", default="predictions.png",
                    help="PNG of test digits with predicted and true labels "
@@ -112,6 +149,7 @@ def build_parser():
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.explicit = {k for k in DEFAULTS if getattr(args, k) is not None}
     resolved = dict(DEFAULTS, **PRESETS[args.preset])
     for key in DEFAULTS:
         if getattr(args, key) is None:
@@ -130,6 +168,40 @@ def resolved_config(args, n_train):
                sizes=model.layer_sizes(args.hidden),
                batch_size=args.batch_size or n_train)
     return cfg
+
+
+def make_optimizer(args):
+    return optim.Optimizer(args.optimizer, momentum=args.momentum, beta1=args.beta1,
+                           beta2=args.beta2, eps=args.eps, weight_decay=args.weight_decay)
+
+
+# Settings a resumed run takes from its checkpoint; changing them would not
+# continue the same run.
+RESUME_FIXED = ("hidden", "dtype", "init", "seed", "batch_size", "lr", "optimizer", "momentum",
+                "beta1", "beta2", "eps", "weight_decay", "schedule", "warmup", "dataset")
+
+
+def resume_from(args):
+    """Load --resume PATH: (params, optimizer, first epoch, history); args take its config."""
+    params, meta, state = model.load_checkpoint(args.resume)
+    saved = meta.get("config")
+    if not isinstance(saved, dict) or "epoch" not in meta or "optimizer_step" not in meta:
+        raise model.ModelError(f"{args.resume}: a model without training state (written by "
+                               "an older fastnn or by hand); it cannot be resumed")
+    for key in RESUME_FIXED:
+        if key in args.explicit and getattr(args, key) != saved.get(key):
+            raise UsageError(f"--{key.replace('_', '-')} {getattr(args, key)} differs from the "
+                             f"checkpoint's {saved.get(key)}; a resumed run keeps its settings")
+        setattr(args, key, saved.get(key, getattr(args, key)))
+    if "epochs" not in args.explicit:
+        args.epochs = saved["epochs"]
+    if meta["epoch"] >= args.epochs:
+        raise UsageError(f"{args.resume} already holds {meta['epoch']} epochs; pass "
+                         f"--epochs N with N > {meta['epoch']} to train further")
+    opt = make_optimizer(args)
+    opt.step, opt.state = int(meta["optimizer_step"]), state
+    opt.ensure_state(params)
+    return params, opt, meta["epoch"] + 1, list(meta.get("history", []))
 
 
 def load_data(args):
@@ -151,17 +223,17 @@ def _progress(epoch, epochs, done, total, stream=sys.stderr):
     stream.flush()
 
 
-def train_one_epoch(kernel, params, images, labels, order, batch_size, lr, progress):
+def train_one_epoch(kernel, params, images, labels, order, batch_size, lr, opt, progress):
     """Run one epoch; in pieces of whole batches when a progress bar is shown."""
     if progress is None:
-        return kernel.train_epoch(params, images, labels, order, batch_size, lr)
+        return kernel.train_epoch(params, images, labels, order, batch_size, lr, opt)
     n_batches = -(-len(order) // batch_size)
     pieces = min(n_batches, 40)
     loss_sum = correct = 0.0
     for i in range(pieces):
         lo = (n_batches * i // pieces) * batch_size
         hi = min(len(order), (n_batches * (i + 1) // pieces) * batch_size)
-        loss, acc = kernel.train_epoch(params, images, labels, order[lo:hi], batch_size, lr)
+        loss, acc = kernel.train_epoch(params, images, labels, order[lo:hi], batch_size, lr, opt)
         loss_sum += loss * (hi - lo)
         correct += acc * (hi - lo)
         progress(hi, len(order))
@@ -172,48 +244,69 @@ class Diverged(Exception):
     pass
 
 
+class Interrupted(Exception):
+    pass
+
+
 def run(args, out=sys.stdout):
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=out, flush=True))
+    if args.resume:
+        params, opt, first_epoch, history = resume_from(args)
     (train_x, train_y), (test_x, test_y) = load_data(args)
     config.set_threads(args.threads)
     cfg = resolved_config(args, len(train_x))
     kernel = get_kernel(args.kernel)
     dtype = model.DTYPES[args.dtype]
-    params = model.init_params(cfg["sizes"], seed=args.seed, dtype=dtype, init=args.init)
+    if not args.resume:
+        params = model.init_params(cfg["sizes"], seed=args.seed, dtype=dtype, init=args.init)
+        opt, first_epoch, history = make_optimizer(args), 1, []
     compile_seconds = kernel.warmup(cfg["sizes"], dtype)
     bs = cfg["batch_size"]
     say(f"fastnn: {'-'.join(map(str, cfg['sizes']))} net, {args.kernel} kernel, {args.dtype}, "
-        f"batch {bs}, lr {args.lr}, {args.epochs} epochs, {cfg['threads']} threads")
+        f"{args.optimizer} lr {args.lr} ({args.schedule}), batch {bs}, {args.epochs} epochs, "
+        f"{cfg['threads']} threads" + (f", resuming at epoch {first_epoch}" if args.resume else ""))
 
     rng = np.random.default_rng(args.seed)
+    for _ in range(1, first_epoch):  # replay the shuffles of the epochs already done
+        rng.permutation(len(train_x))
     show_bar = not args.quiet and sys.stderr.isatty()
     log_every = max(1, args.epochs // 25)
-    history, train_seconds = [], 0.0
-    for epoch in range(1, args.epochs + 1):
+    train_seconds = sum(row["seconds"] for row in history)
+    for epoch in range(first_epoch, args.epochs + 1):
         order = rng.permutation(len(train_x))
+        lr = optim.learning_rate(epoch, args.lr, args.epochs, args.schedule, args.warmup)
         bar = (lambda d, t, e=epoch: _progress(e, args.epochs, d, t)) if show_bar else None
         t0 = time.perf_counter()
-        loss, train_acc = train_one_epoch(kernel, params, train_x, train_y, order, bs, args.lr, bar)
+        try:
+            loss, train_acc = train_one_epoch(kernel, params, train_x, train_y, order, bs, lr,
+                                              opt, bar)
+        except KeyboardInterrupt:
+            saved = (f"; the checkpoint of epoch {epoch - 1} is {args.save} (continue with "
+                     f"--resume {args.save})" if args.save and epoch > first_epoch else "")
+            raise Interrupted(f"interrupted during epoch {epoch}{saved}") from None
         seconds = time.perf_counter() - t0
         if bar:
             sys.stderr.write("\r" + " " * 60 + "\r")
         if not np.isfinite(loss):
             last = history[-1]["loss"] if history else None
             raise Diverged(f"training diverged in epoch {epoch}: the loss is {loss} "
-                           f"(last finite epoch loss: {last}); try a smaller --lr than {args.lr}")
+                           f"(last finite epoch loss: {last}); try a smaller --lr than {args.lr}"
+                           + (f"; {args.save} still holds the last good epoch" if args.save
+                              and history else ""))
         train_seconds += seconds
         test_acc = float(np.mean(kernel.predict(params, test_x) == test_y))
         history.append(dict(epoch=epoch, loss=loss, train_accuracy=train_acc,
                             test_accuracy=test_acc, seconds=seconds,
-                            samples_per_second=len(order) / seconds))
-        if epoch % log_every == 0 or epoch == args.epochs or epoch == 1:
+                            samples_per_second=len(order) / seconds, lr=lr))
+        if epoch % log_every == 0 or epoch == args.epochs or epoch == first_epoch:
             extra = (f"  (+{compile_seconds:.2f} s JIT compile, excluded)"
-                     if epoch == 1 and compile_seconds > 0 else "")
+                     if epoch == first_epoch and compile_seconds > 0 else "")
             say(f"epoch {epoch:3d}/{args.epochs}  loss {loss:.4f}  train {100 * train_acc:6.2f}%"
                 f"  test {100 * test_acc:6.2f}%  {seconds:6.2f} s  "
                 f"{len(order) / seconds:>11,.0f} samples/s{extra}")
         if args.save:
-            model.save(args.save, params, dict(config=cfg, epoch=epoch, history=history))
+            model.save(args.save, params, dict(config=cfg, epoch=epoch, history=history,
+                                               optimizer_step=opt.step), opt.state)
 
     result = dict(kernel=args.kernel, config=cfg, epochs=history,
                   test_accuracy=history[-1]["test_accuracy"], train_seconds=train_seconds,
@@ -249,8 +342,8 @@ def main(argv=None):
     except (DataError, model.ModelError, Diverged, OSError) as e:
         print(f"fastnn: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\nfastnn: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as e:
+        print(f"\nfastnn: {e or 'interrupted'}", file=sys.stderr)
         return 130
 
 
