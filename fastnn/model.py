@@ -159,10 +159,11 @@ def load_checkpoint(path):
         W, b = data.get(f"W{i}"), data.get(f"b{i}")
         if W is None or b is None:
             raise ModelError(f"{path}: layer {i} is missing")
-        if W.shape != (fan_out, fan_in) or b.shape != (fan_out,) or W.dtype != dtype:
+        if (W.shape != (fan_out, fan_in) or b.shape != (fan_out,) or W.dtype != dtype
+                or b.dtype != dtype):
             raise ModelError(
-                f"{path}: layer {i} has W {W.shape} {W.dtype}, b {b.shape}; "
-                f"expected W ({fan_out}, {fan_in}) {dtype}, b ({fan_out},)"
+                f"{path}: layer {i} has W {W.shape} {W.dtype}, b {b.shape} {b.dtype}; "
+                f"expected W ({fan_out}, {fan_in}) {dtype}, b ({fan_out},) {dtype}"
             )
         params.append((np.ascontiguousarray(W), np.ascontiguousarray(b)))
     state = []

@@ -248,7 +248,8 @@ class Interrupted(Exception):
     pass
 
 
-def run(args, out=sys.stdout):
+def run(args, out=None):
+    out = out or sys.stdout
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=out, flush=True))
     if args.resume:
         params, opt, first_epoch, history = resume_from(args)

@@ -98,7 +98,7 @@ def relu_backward(dA, A, dZ):
             dZ[r, i] = dA[r, i] if A[r, i] > zero else zero
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_EXACT)
 def _softmax_row(z, p):
     # z, p: (k,); p = exp(z - max z) / sum; returns (log sum exp(z - max z), max z)
     k = z.shape[0]
@@ -117,7 +117,7 @@ def _softmax_row(z, p):
     return np.log(s), mx
 
 
-@njit(**config.JIT_PARALLEL)
+@njit(**config.JIT_EXACT_PARALLEL)
 def softmax_xent_forward(Z, y, P, losses):
     # Z: (m, k) logits, y: (m,) int64 -> P: (m, k) probabilities, losses: (m,) per sample
     # -log P[y] = log sum exp(z - max) - (z[y] - max): finite for any finite logits

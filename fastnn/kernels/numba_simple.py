@@ -28,6 +28,12 @@ from fastnn.kernels.numba_loops import (  # noqa: F401  (the backend's public AP
 from fastnn.kernels.numba_optim import update_params
 
 
+@njit(**config.JIT_EXACT)
+def _xent(lse, zy, mx):
+    # -log P[y] = lse - (z_y - max z), kept exact (see config.JIT_EXACT)
+    return lse - (zy - mx)
+
+
 @njit(**config.JIT)
 def _forward_sample(theta, sizes, woff, boff, x, a, aoff):
     # theta: (P,) flat params; sizes: (L+1,); woff, boff: (L,) offsets into theta
@@ -87,7 +93,7 @@ def train_epoch_per_sample(theta, sizes, woff, boff, images, labels, order, batc
                         best = c
                 zy = z[yj]
                 lse, mx = _softmax_row(z, z)  # z now holds P
-                stats[t, 0] += lse - (zy - mx)
+                stats[t, 0] += _xent(lse, zy, mx)
                 stats[t, 1] += best == yj
                 # d_last = (P - Y) / m, stored at d[aoff[L]:]
                 dl = d[aoff[n_layers] : aoff[n_layers] + n_cls]

@@ -132,7 +132,7 @@ def _tile_grad_input(D, W, A, ns, DA):
                 da[i] = zero
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_EXACT)
 def _softmax_xent_tile(Z, ns, labels, order, first, inv_m, D, stats_row):
     # Z: (TILE, k) logits -> D: (TILE, k) = (P - Y) / m; adds loss and hits to stats_row
     k = Z.shape[1]

@@ -46,9 +46,14 @@ def _softmax_and_loss(Z, y):
     return P, float(loss)
 
 
+def logits(params, X):
+    """X (m, 784) -> Z (m, 10), the last layer's pre-softmax values."""
+    return _forward_all(params, X)[-1]
+
+
 def forward(params, X):
     """X (m, 784) -> P (m, 10) softmax probabilities."""
-    Z = _forward_all(params, X)[-1]
+    Z = logits(params, X)
     shifted = Z - Z.max(axis=1, keepdims=True)
     E = np.exp(shifted)
     return E / E.sum(axis=1, keepdims=True)

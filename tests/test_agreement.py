@@ -1,0 +1,553 @@
+"""Every backend against the reference: kernels, training, gradients, edge cases.
+
+Backends come from the registry (fastnn.kernels.KERNELS), so a new backend is
+tested by adding its registry line. Backend-vs-reference comparisons use
+fastnn.tolerances only. The finite-difference check and the naive per-sample
+trainer (tests/naive.py) check the reference itself, so agreement with it
+means something.
+
+FASTNN_SMALL=1 caps shapes, sample counts and example counts so the module
+also runs in minutes with NUMBA_DISABLE_JIT=1 (pure-Python loops).
+"""
+
+import contextlib
+import math
+import os
+
+import naive
+import numba
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from fastnn.kernels import KERNELS, REFERENCE, get_kernel
+from fastnn.kernels.numpy_ref import to_float
+from fastnn.model import INITS, copy_params, init_params
+from fastnn.tolerances import assert_agree, logit_scale
+
+SMALL = os.environ.get("FASTNN_SMALL") == "1"
+
+BACKENDS = list(KERNELS)
+OTHERS = [name for name in KERNELS if name != REFERENCE]
+DTYPES = [np.float32, np.float64]
+DTYPE_IDS = ["float32", "float64"]
+
+# hypothesis: batch and hidden widths up to these, this many examples per backend
+MAX_BATCH, MAX_WIDTH, EXAMPLES = (20, 20, 8) if SMALL else (300, 300, 40)
+N_SYNTHETIC = 60 if SMALL else 500  # images in the train_epoch agreement tests
+MNIST_STEPS = 20 if SMALL else 200  # steps in the real-data trajectory test
+
+
+def thread_counts():
+    """1, 2 and all threads, as far as this machine has them."""
+    n = numba.config.NUMBA_NUM_THREADS
+    return sorted({1, min(2, n), n})
+
+
+@contextlib.contextmanager
+def numba_threads(n):
+    before = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_kernels():
+    """Compile (or load from Numba's cache) every backend's kernels once, up front."""
+    rng = np.random.default_rng(0)
+    for name in BACKENDS:
+        kernel = get_kernel(name)
+        for dtype in DTYPES:
+            kernel.warmup([784, 2, 10], dtype)
+            params = init_params([784, 2, 10], 0, dtype)
+            X = rng.random((3, 784)).astype(dtype)
+            kernel.forward(params, X)
+            kernel.loss_and_grads(params, X, np.zeros(3, np.int64))
+
+
+def random_batch(sizes, m, dtype, init, seed):
+    """params from init_params, X in [0, 1) of the params' dtype, int64 labels 0..9."""
+    rng = np.random.default_rng(seed)
+    params = init_params(sizes, seed, dtype, init)
+    X = rng.random((m, sizes[0])).astype(dtype)
+    y = rng.integers(0, sizes[-1], m)
+    return params, X, y
+
+
+def mnist_like_images(n, seed):
+    """uint8 (n, 784): random pixels, about 70% of them zero, as in MNIST."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 784)).astype(np.uint8)
+    images[rng.random((n, 784)) < 0.7] = 0
+    return images, rng.integers(0, 10, n)
+
+
+def param_names(params):
+    return [f"{w}{i + 1}" for i in range(len(params)) for w in ("W", "b")]
+
+
+def flat(pairs):
+    return [a for pair in pairs for a in pair]
+
+
+def assert_params_agree(params, ref_params, dtype, what, trajectory=False):
+    for name, a, r in zip(param_names(ref_params), flat(params), flat(ref_params)):
+        assert a.shape == r.shape and a.dtype == r.dtype, f"{what} {name}: shape/dtype"
+        assert_agree(a, r, dtype, f"{what} {name}", trajectory=trajectory)
+
+
+def assert_batch_agrees(name, params, X, y):
+    """forward P, loss and every dW/db of backend `name` against the reference."""
+    dtype = params[0][0].dtype
+    kernel, ref = get_kernel(name), get_kernel(REFERENCE)
+    before = copy_params(params)
+
+    P, P_ref = kernel.forward(params, X), ref.forward(params, X)
+    assert P.shape == P_ref.shape == (len(X), params[-1][0].shape[0])
+    assert P.dtype == dtype
+    scale = logit_scale(naive.logits(params, X))
+    assert_agree(P, P_ref, dtype, f"{name} forward probabilities", scale=scale)
+
+    loss, grads = kernel.loss_and_grads(params, X, y)
+    loss_ref, grads_ref = ref.loss_and_grads(params, X, y)
+    assert np.isfinite(loss)
+    assert_agree(loss, loss_ref, dtype, f"{name} loss", scale=scale)
+    assert len(grads) == len(grads_ref) == len(params)
+    for gname, g, r in zip(param_names(params), flat(grads), flat(grads_ref)):
+        assert g.shape == r.shape and g.dtype == dtype, f"{name} d{gname}: {g.shape} {g.dtype}"
+        assert_agree(g, r, dtype, f"{name} d{gname}")
+
+    for a, b in zip(flat(params), flat(before)):
+        assert np.array_equal(a, b), f"{name}: forward/loss_and_grads modified the params"
+
+
+# ---------------------------------------------------------------- 1. kernels, hypothesis
+
+
+@st.composite
+def batches(draw):
+    return dict(
+        dtype=draw(st.sampled_from(DTYPE_IDS)),
+        init=draw(st.sampled_from(INITS)),
+        hidden=draw(st.lists(st.integers(1, MAX_WIDTH), min_size=1, max_size=2)),
+        m=draw(st.integers(1, MAX_BATCH)),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+def _with_examples(test):
+    """Pinned examples on top of the random ones (full-size runs only)."""
+    if SMALL:
+        return test
+    pinned = [
+        # the widest, deepest net at the largest batch
+        dict(dtype="float32", init="he", hidden=[300, 300], m=300, seed=1),
+        dict(dtype="float64", init="uniform", hidden=[300, 300], m=300, seed=1),
+        # float32, uniform init, two wide layers: logits of ~150, where softmax
+        # turns the logits' float32 rounding (~1e-5 absolute) into P errors of
+        # ~3e-5: why P's tolerance scales with max|Z| (tolerances.logit_scale)
+        dict(dtype="float32", init="uniform", hidden=[280, 280], m=250, seed=1),
+        # one confidently classified sample: loss 0.0061 from logits up to 37;
+        # see test_loss_of_a_confident_sample
+        dict(dtype="float32", init="uniform", hidden=[198], m=1, seed=0),
+    ]
+    for case in pinned:
+        test = example(case=case)(test)
+    return test
+
+
+@pytest.mark.parametrize("name", OTHERS)
+@settings(max_examples=EXAMPLES, deadline=None)
+@_with_examples
+@given(case=batches())
+def test_forward_loss_grads_agree(name, case):
+    sizes = [784, *case["hidden"], 10]
+    params, X, y = random_batch(sizes, case["m"], case["dtype"], case["init"], case["seed"])
+    assert_batch_agrees(name, params, X, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", OTHERS)
+def test_sgd_step_agrees(name, dtype):
+    params, X, y = random_batch([784, 13, 6, 10], 9, dtype, "uniform", 5)
+    _, grads = get_kernel(REFERENCE).loss_and_grads(params, X, y)
+    ours, ref = copy_params(params), copy_params(params)
+    get_kernel(name).sgd_step(ours, grads, 0.3)
+    get_kernel(REFERENCE).sgd_step(ref, grads, 0.3)
+    assert_params_agree(ours, ref, dtype, f"{name} sgd_step")
+    assert not np.array_equal(ref[0][0], params[0][0])  # the step did move W1
+
+
+@pytest.mark.parametrize("entry", ["loss_and_grads", "train_epoch"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", OTHERS)
+def test_loss_of_a_confident_sample(name, dtype, entry):
+    """-log P[y] when y is the argmax by a margin of 5: small, and it must stay accurate.
+
+    The net copies chosen logits through (W1 = 0, b1 = logits, W2 = I), so
+    the loss is log(1 + sum_c exp(z_c - z_y)) = 0.0061 with z_y = 37.4, and
+    the reference gets it to ~0.3x the tolerance. Computed as log-sum-exp
+    minus (z_y - max z), the subtraction is exact; letting z_y cancel
+    against max z after adding it to log-sum-exp (what fast-math
+    reassociation may do) costs half an ulp of 37.4, 2e-6 in float32.
+    """
+    logits = np.array([37.373264, 32.283756, 19.698233, 11.456707, 25.131477, 15.063572,
+                       7.558215, 5.0, 1.0, 2.0])
+    params = [(np.zeros((10, 784), dtype), logits.astype(dtype)),
+              (np.eye(10, dtype=dtype), np.zeros(10, dtype))]
+    X, y = np.zeros((1, 784), dtype), np.array([0])
+    loss_ref, _ = get_kernel(REFERENCE).loss_and_grads(params, X, y)
+    assert_agree(loss_ref, naive.cross_entropy_loss(params, X, y), dtype,
+                 "reference loss vs naive")
+    if entry == "loss_and_grads":
+        loss, _ = get_kernel(name).loss_and_grads(params, X, y)
+    else:  # the same image as uint8 zeros, one batch of one, lr 0
+        loss, _ = get_kernel(name).train_epoch(copy_params(params), np.zeros((1, 784), np.uint8),
+                                               y, np.arange(1), 1, 0.0)
+    assert_agree(loss, loss_ref, dtype, f"{name} {entry} loss of a confident sample",
+                 trajectory=entry == "train_epoch")
+
+
+# ------------------------------------------------------- 2. training through identical batches
+
+
+@st.composite
+def epochs(draw):
+    init = draw(st.sampled_from(INITS))
+    # uniform init only on narrow nets, like the seed's 784-10-10: wide
+    # uniform-init nets start with logits ~150 and losses ~20, and their
+    # training is chaotic enough that even float64 rounding grows past the
+    # trajectory tolerance within ~50 steps
+    width = MAX_WIDTH if init == "he" else min(MAX_WIDTH, 32)
+    n = draw(st.integers(1, MAX_BATCH))
+    batch_size = draw(st.integers(1, n + 5))
+    return dict(
+        init=init,
+        hidden=draw(st.lists(st.integers(1, width), min_size=1, max_size=2)),
+        n=n,
+        batch_size=batch_size,
+        k=draw(st.integers(1, min(n, 8 * batch_size))),  # samples seen: at most 8 batches
+        threads=draw(st.sampled_from(thread_counts())),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+@pytest.mark.parametrize("name", OTHERS)
+@settings(max_examples=EXAMPLES // 2, deadline=None)
+@given(case=epochs())
+def test_train_epoch_agrees_on_random_shapes(name, case):
+    """A few float64 batches of random size and shape: every tile and thread tail.
+
+    float64 only: in float32 a hidden pre-activation lands within rounding
+    (~1e-7) of zero somewhere in about one random wide epoch in thirty; the
+    backend and the reference then take opposite sides of the ReLU and both
+    trajectories are right, yet far apart (seen: Z = +3.8e-8 in float32
+    against -7.9e-8 in float64, then 1e3x the tolerance). The shapes, tails
+    and thread splits are the same code in both dtypes; float32 training is
+    checked on the fixed cases below.
+    """
+    dtype, n = np.dtype(np.float64), case["n"]
+    images, labels = mnist_like_images(n, case["seed"])
+    order = np.random.default_rng(case["seed"]).permutation(n)[: case["k"]]
+    params0 = init_params([784, *case["hidden"], 10], case["seed"], dtype, case["init"])
+    ours, ref = copy_params(params0), copy_params(params0)
+    with numba_threads(case["threads"]):
+        loss, acc = get_kernel(name).train_epoch(ours, images, labels, order,
+                                                 case["batch_size"], 0.05)
+    loss_ref, acc_ref = get_kernel(REFERENCE).train_epoch(ref, images, labels, order,
+                                                          case["batch_size"], 0.05)
+    assert_params_agree(ours, ref, dtype, f"{name} train_epoch", trajectory=True)
+    assert_agree(loss, loss_ref, dtype, f"{name} train_epoch mean loss", trajectory=True)
+    assert round(acc * case["k"]) == round(acc_ref * case["k"]), (acc, acc_ref)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 32, 128, N_SYNTHETIC])
+@pytest.mark.parametrize("sizes", [[784, 10, 10], [784, 13, 7, 10]],
+                         ids=["784-10-10", "784-13-7-10"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", OTHERS)
+def test_train_epoch_agrees(name, dtype, sizes, batch_size):
+    images, labels = mnist_like_images(N_SYNTHETIC, seed=11)
+    order = np.random.default_rng(12).permutation(N_SYNTHETIC)
+    params0 = init_params(sizes, 13, dtype, "he")
+    ours, ref = copy_params(params0), copy_params(params0)
+
+    loss, acc = get_kernel(name).train_epoch(ours, images, labels, order, batch_size, 0.1)
+    loss_ref, acc_ref = get_kernel(REFERENCE).train_epoch(ref, images, labels, order,
+                                                          batch_size, 0.1)
+
+    assert_params_agree(ours, ref, dtype, f"{name} train_epoch(batch {batch_size})",
+                        trajectory=True)
+    assert_agree(loss, loss_ref, dtype, f"{name} train_epoch mean loss", trajectory=True)
+    # accuracy is a count of argmaxes: equal unless a logit pair is within rounding
+    assert round(acc * N_SYNTHETIC) == round(acc_ref * N_SYNTHETIC), (acc, acc_ref)
+    assert not np.array_equal(ref[0][0], params0[0][0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_reference_train_epoch_matches_naive(dtype):
+    """The oracle itself against minibatch SGD written one sample at a time."""
+    images, labels = mnist_like_images(40, seed=21)
+    order = np.random.default_rng(22).permutation(40)
+    params0 = init_params([784, 6, 5, 10], 23, dtype, "uniform")
+    ref = copy_params(params0)
+    slow = [(W.astype(np.float64), b.astype(np.float64)) for W, b in params0]
+    loss_ref, acc_ref = get_kernel(REFERENCE).train_epoch(ref, images, labels, order, 7, 0.05)
+    loss, acc = naive.train_epoch_one_sample_at_a_time(slow, images, labels, order, 7, 0.05)
+    assert_params_agree(ref, [(W.astype(dtype), b.astype(dtype)) for W, b in slow], dtype,
+                        "reference train_epoch vs naive", trajectory=True)
+    assert_agree(loss_ref, loss, dtype, "reference train_epoch loss vs naive", trajectory=True)
+    assert acc_ref == acc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sizes", [[784, 10, 10], [784, 32, 16, 10]],
+                         ids=["784-10-10", "784-32-16-10"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", OTHERS)
+def test_mnist_trajectory_agrees(mnist, name, dtype, sizes):
+    """MNIST_STEPS steps of batch 32 through identical batches of real MNIST."""
+    images, labels = mnist["train"]
+    batch = 32
+    order = np.random.default_rng(31).permutation(len(images))[: MNIST_STEPS * batch]
+    params0 = init_params(sizes, 32, dtype, "he")
+    ours, ref = copy_params(params0), copy_params(params0)
+
+    loss, acc = get_kernel(name).train_epoch(ours, images, labels, order, batch, 0.1)
+    loss_ref, acc_ref = get_kernel(REFERENCE).train_epoch(ref, images, labels, order, batch, 0.1)
+
+    assert_params_agree(ours, ref, dtype, f"{name} after {MNIST_STEPS} MNIST steps",
+                        trajectory=True)
+    assert_agree(loss, loss_ref, dtype, f"{name} mean loss over the run", trajectory=True)
+    assert round(acc * len(order)) == round(acc_ref * len(order)), (acc, acc_ref)
+    assert loss_ref < math.log(10), "the reference did not learn: the comparison is vacuous"
+
+
+# ------------------------------------------------------- 3. gradients by finite differences
+
+
+# Central differences in float64: the truncation error is ~eps^2 |L'''| / 6
+# and the rounding error ~1e-16 |L| / eps, so eps = 1e-5 (near the optimum,
+# cbrt(1e-16)) keeps both around 1e-10, four decades below the gradients
+# checked. A step moves a pre-activation by at most eps * max|input| (~1e-4
+# here), so a batch is used only when every hidden |Z| >= 1e-3: no step can
+# cross a ReLU kink, where a central difference would average two slopes.
+FD_EPS = 1e-5
+FD_MIN_KINK_DISTANCE = 1e-3
+
+
+def _kink_free_batch(sizes, m, init, seed):
+    """float64 params and a batch far from every ReLU kink (redrawn until so)."""
+    for attempt in range(100):
+        params, X, y = random_batch(sizes, m, np.float64, init, seed + 1000 * attempt)
+        if naive.min_distance_to_relu_kink(params, X) >= FD_MIN_KINK_DISTANCE:
+            return params, X, y
+    raise AssertionError("could not draw a batch away from the ReLU kinks")
+
+
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("sizes", [[784, 5, 10], [784, 4, 3, 10]], ids=["784-5-10", "784-4-3-10"])
+@pytest.mark.parametrize("name", BACKENDS)
+def test_gradients_match_finite_differences(name, sizes, init):
+    kernel = get_kernel(name)
+    params, X, y = _kink_free_batch(sizes, 6, init, seed=41)
+    loss, grads = kernel.loss_and_grads(params, X, y)
+    # the loss being differentiated is the right one
+    assert_agree(loss, naive.cross_entropy_loss(params, X, y), np.float64, f"{name} loss vs naive")
+
+    # every bias and every weight of the small layers; 40 random weights of W1
+    rng = np.random.default_rng(42)
+    entries = {}
+    for i, (W, b) in enumerate(params):
+        entries[(i, "W")] = (rng.choice(W.size, size=40, replace=False) if W.size > 200
+                             else np.arange(W.size))
+        entries[(i, "b")] = np.arange(b.size)
+    numeric = naive.finite_difference_grads(
+        lambda p: kernel.loss_and_grads(p, X, y)[0], params, FD_EPS, entries)
+
+    for (i, which), idx in entries.items():
+        analytic = grads[i][0 if which == "W" else 1].reshape(-1)[idx]
+        err = naive.relative_error(analytic, numeric[(i, which)])
+        assert err <= 1e-6, f"{name} d{which}{i + 1}: relative error {err:.3g} vs finite diffs"
+    # not vacuous: the last layer's bias gradient is mean(P - Y), never all zero
+    assert np.max(np.abs(numeric[(len(params) - 1, "b")])) > 1e-3
+
+
+# ---------------------------------------------------------------- 4. edge cases
+
+
+def assert_probabilities(P, dtype):
+    assert np.all(np.isfinite(P)) and np.all(P >= 0) and np.all(P <= 1)
+    sums = P.astype(np.float64).sum(axis=1)
+    # ten roundings in the exponentials and the normalisation: a few ulp
+    assert np.max(np.abs(sums - 1)) <= 16 * np.finfo(dtype).eps, sums
+
+
+def assert_edge_case(name, params, X, y):
+    """Finite, normalised, and the same as the reference."""
+    dtype = params[0][0].dtype
+    kernel = get_kernel(name)
+    assert_probabilities(kernel.forward(params, X), dtype)
+    loss, grads = kernel.loss_and_grads(params, X, y)
+    assert np.isfinite(loss)
+    for g in flat(grads):
+        assert np.all(np.isfinite(g))
+    if name != REFERENCE:
+        assert_batch_agrees(name, params, X, y)
+
+
+def assert_training_agrees(name, params0, images, labels, order, batch_size, lr=0.1):
+    dtype = params0[0][0].dtype
+    ours, ref = copy_params(params0), copy_params(params0)
+    loss, acc = get_kernel(name).train_epoch(ours, images, labels, order, batch_size, lr)
+    loss_ref, acc_ref = get_kernel(REFERENCE).train_epoch(ref, images, labels, order,
+                                                          batch_size, lr)
+    assert np.isfinite(loss) and 0.0 <= acc <= 1.0
+    for a in flat(ours):
+        assert np.all(np.isfinite(a))
+    assert_params_agree(ours, ref, dtype, f"{name} train_epoch", trajectory=True)
+    assert_agree(loss, loss_ref, dtype, f"{name} train_epoch loss", trajectory=True)
+    assert acc == acc_ref
+
+
+def assert_predict_agrees(name, params, images):
+    dtype = params[0][0].dtype
+    got = get_kernel(name).predict(params, images)
+    want = get_kernel(REFERENCE).forward(params, to_float(images, dtype)).argmax(axis=1)
+    assert got.dtype == np.int64 and got.shape == (len(images),)
+    assert np.array_equal(got, want), f"{name} predict differs at {np.flatnonzero(got != want)}"
+
+
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_batch_of_one(name, dtype, init):
+    params, X, y = random_batch([784, 9, 10], 1, dtype, init, 51)
+    assert_edge_case(name, params, X, y)
+    images, labels = mnist_like_images(5, seed=52)
+    assert_training_agrees(name, params, images, labels, np.array([3]), 1)
+    assert_training_agrees(name, params, images, labels, np.arange(5), 1)
+
+
+@pytest.mark.parametrize("threads", thread_counts())
+@pytest.mark.parametrize("m", [3, 5])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_batch_not_a_multiple_of_threads(name, dtype, m, threads):
+    params, X, y = random_batch([784, 8, 6, 10], m, dtype, "he", 61)
+    images, labels = mnist_like_images(2 * m + 1, seed=62)
+    with numba_threads(threads):
+        assert_edge_case(name, params, X, y)
+        # batches of m, then a last batch of 1; and a batch larger than the data
+        assert_training_agrees(name, params, images, labels, np.arange(2 * m + 1), m)
+        assert_training_agrees(name, params, images, labels, np.arange(2 * m + 1), 4 * m)
+        assert_predict_agrees(name, params, images)
+
+
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_all_zero_images(name, dtype, init):
+    # with "he" (b = 0) every logit is exactly 0: a 10-way tie everywhere
+    params = init_params([784, 7, 10], 71, dtype, init)
+    y = np.arange(6) % 10
+    assert_edge_case(name, params, np.zeros((6, 784), dtype), y)
+    images = np.zeros((6, 784), np.uint8)
+    assert_training_agrees(name, params, images, y, np.arange(6), 4)
+    assert_predict_agrees(name, params, images)
+
+
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_saturated_images(name, dtype, init):
+    params = init_params([784, 7, 5, 10], 81, dtype, init)
+    y = np.arange(6) % 10
+    assert_edge_case(name, params, np.ones((6, 784), dtype), y)
+    images = np.full((6, 784), 255, np.uint8)
+    assert_training_agrees(name, params, images, y, np.arange(6), 4, lr=0.01)
+    assert_predict_agrees(name, params, images)
+
+
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_huge_logits(name, dtype, init):
+    params, X, y = random_batch([784, 12, 10], 16, dtype, init, 91)
+    W, _ = params[-1]
+    W *= dtype(1e4)
+    Z = naive.logits(params, X)
+    assert 1e4 <= np.max(np.abs(Z)) <= 1e7, np.max(np.abs(Z))  # the regime under test
+    assert_edge_case(name, params, X, y)
+    loss, _ = get_kernel(name).loss_and_grads(params, X, y)
+    assert loss > 100  # the labels are random: most are far from the argmax
+    images, _ = mnist_like_images(16, seed=92)
+    assert_predict_agrees(name, params, images)
+
+
+# ---------------------------------------------------------------- 5. determinism
+
+
+@pytest.mark.parametrize("threads", thread_counts())
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_train_epoch_is_deterministic(name, dtype, threads):
+    images, labels = mnist_like_images(N_SYNTHETIC, seed=101)
+    order = np.random.default_rng(102).permutation(N_SYNTHETIC)
+    runs = []
+    with numba_threads(threads):
+        for _ in range(2):
+            params = init_params([784, 16, 10], 103, dtype, "he")
+            stats = get_kernel(name).train_epoch(params, images, labels, order, 32, 0.1)
+            runs.append((params, stats))
+    (p1, s1), (p2, s2) = runs
+    assert s1 == s2
+    for a, b in zip(flat(p1), flat(p2)):
+        assert np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------- 6. predict
+
+
+@pytest.mark.parametrize("sizes", [[784, 10, 10], [784, 20, 9, 10]],
+                         ids=["784-10-10", "784-20-9-10"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_predict_is_argmax_of_reference_forward(name, dtype, sizes):
+    n = 300 if SMALL else 5000  # more than numpy_ref's 4096-image chunk
+    rng = np.random.default_rng(111)
+    images = rng.integers(0, 256, (n, 784)).astype(np.uint8)
+    params = init_params(sizes, 112, dtype, "uniform")
+    # keep the images whose logits are distinct: rounding cannot flip their argmax
+    Z = naive.logits(params, to_float(images, dtype))
+    images = images[naive.logit_margin(Z) > 1e-3 * np.abs(Z).max()]
+    assert len(images) > 0.9 * n
+    assert_predict_agrees(name, params, images)
+    assert len(np.unique(get_kernel(name).predict(params, images))) > 1
+
+
+# ---------------------------------------------------------------- 7. registry
+
+
+def test_reference_is_registered():
+    assert REFERENCE in KERNELS
+
+
+def test_unknown_kernel_lists_known_names():
+    for bad in ("nope", None, ["numba"]):
+        with pytest.raises(ValueError) as excinfo:
+            get_kernel(bad)
+        for known in KERNELS:
+            assert known in str(excinfo.value)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_backend_exposes_the_contract(name):
+    kernel = get_kernel(name)
+    for attr in ("forward", "loss_and_grads", "train_epoch", "predict", "sgd_step", "warmup"):
+        assert callable(getattr(kernel, attr, None)), f"{name} lacks {attr}"
+    assert kernel.warmup([784, 3, 10], np.float32) >= 0.0
