@@ -21,7 +21,7 @@ from fastnn.kernels import KERNELS, get_kernel
 DEFAULTS = dict(
     kernel="numba", hidden=[10], epochs=10, batch_size=32, lr=0.05, seed=0,
     dtype="float32", init="he", dataset="mnist", optimizer="sgd", momentum=0.9, beta1=0.9,
-    beta2=0.999, eps=1e-8, weight_decay=0.0, schedule="constant", warmup=0,
+    beta2=0.999, eps=1e-8, weight_decay=0.0, schedule="constant", warmup=0, shift=0,
 )
 PRESETS = {
     "default": {},
@@ -119,6 +119,9 @@ def build_parser():
                         "divides by 10 every third of the run")
     p.add_argument("--warmup", type=_non_negative_int, metavar="N",
                    help="epochs of linear learning-rate warm-up (default: 0)")
+    p.add_argument("--shift", type=_non_negative_int, metavar="PX",
+                   help="augment: move each training image by a random (dy, dx) in "
+                        "[-PX, PX] pixels, drawn per epoch (default: 0 = off)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="where the IDX files live or are cached (default: $FASTNN_DATA or "
                         "a per-user cache dir)")
@@ -178,7 +181,8 @@ def make_optimizer(args):
 # Settings a resumed run takes from its checkpoint; changing them would not
 # continue the same run.
 RESUME_FIXED = ("hidden", "dtype", "init", "seed", "batch_size", "lr", "optimizer", "momentum",
-                "beta1", "beta2", "eps", "weight_decay", "schedule", "warmup", "dataset")
+                "beta1", "beta2", "eps", "weight_decay", "schedule", "warmup", "shift",
+                "dataset")
 
 
 def resume_from(args):
@@ -223,17 +227,26 @@ def _progress(epoch, epochs, done, total, stream=sys.stderr):
     stream.flush()
 
 
-def train_one_epoch(kernel, params, images, labels, order, batch_size, lr, opt, progress):
+def draw_epoch(rng, n, shift):
+    """The epoch's sample order and, when augmenting, each sample's (dy, dx) shift."""
+    order = rng.permutation(n)
+    shifts = rng.integers(-shift, shift + 1, size=(n, 2)) if shift else None
+    return order, shifts
+
+
+def train_one_epoch(kernel, params, images, labels, order, shifts, batch_size, lr, opt,
+                    progress):
     """Run one epoch; in pieces of whole batches when a progress bar is shown."""
     if progress is None:
-        return kernel.train_epoch(params, images, labels, order, batch_size, lr, opt)
+        return kernel.train_epoch(params, images, labels, order, batch_size, lr, opt, shifts)
     n_batches = -(-len(order) // batch_size)
     pieces = min(n_batches, 40)
     loss_sum = correct = 0.0
     for i in range(pieces):
         lo = (n_batches * i // pieces) * batch_size
         hi = min(len(order), (n_batches * (i + 1) // pieces) * batch_size)
-        loss, acc = kernel.train_epoch(params, images, labels, order[lo:hi], batch_size, lr, opt)
+        loss, acc = kernel.train_epoch(params, images, labels, order[lo:hi], batch_size, lr, opt,
+                                       None if shifts is None else shifts[lo:hi])
         loss_sum += loss * (hi - lo)
         correct += acc * (hi - lo)
         progress(hi, len(order))
@@ -268,19 +281,19 @@ def run(args, out=None):
         f"{cfg['threads']} threads" + (f", resuming at epoch {first_epoch}" if args.resume else ""))
 
     rng = np.random.default_rng(args.seed)
-    for _ in range(1, first_epoch):  # replay the shuffles of the epochs already done
-        rng.permutation(len(train_x))
+    for _ in range(1, first_epoch):  # replay the draws of the epochs already done
+        draw_epoch(rng, len(train_x), args.shift)
     show_bar = not args.quiet and sys.stderr.isatty()
     log_every = max(1, args.epochs // 25)
     train_seconds = sum(row["seconds"] for row in history)
     for epoch in range(first_epoch, args.epochs + 1):
-        order = rng.permutation(len(train_x))
+        order, shifts = draw_epoch(rng, len(train_x), args.shift)
         lr = optim.learning_rate(epoch, args.lr, args.epochs, args.schedule, args.warmup)
         bar = (lambda d, t, e=epoch: _progress(e, args.epochs, d, t)) if show_bar else None
         t0 = time.perf_counter()
         try:
-            loss, train_acc = train_one_epoch(kernel, params, train_x, train_y, order, bs, lr,
-                                              opt, bar)
+            loss, train_acc = train_one_epoch(kernel, params, train_x, train_y, order, shifts,
+                                              bs, lr, opt, bar)
         except KeyboardInterrupt:
             saved = (f"; the checkpoint of epoch {epoch - 1} is {args.save} (continue with "
                      f"--resume {args.save})" if args.save and epoch > first_epoch else "")

@@ -129,3 +129,30 @@ def test_resume_refuses_changed_settings(mnist, tmp_path):
     assert res.returncode == 2 and "already holds 1 epochs" in res.stderr
     res = run_cli("--resume", str(tmp_path / "missing.npz"))
     assert res.returncode == 1 and "no such file" in res.stderr
+
+
+def test_shift_images_moves_pixels_and_fills_zeros():
+    from fastnn.kernels.numpy_ref import shift_images
+
+    one = np.zeros((1, 784), np.uint8)
+    one[0, 5 * 28 + 7] = 200
+    moved = shift_images(one, np.array([[2, -3]]))
+    assert moved[0, 7 * 28 + 4] == 200 and moved.sum() == 200
+    assert shift_images(one, np.array([[-6, 0]])).sum() == 0  # shifted off the top
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", OTHERS)
+def test_training_with_shifts_agrees(name, dtype):
+    x, y = images(200, seed=4)
+    rng = np.random.default_rng(4)
+    order, shifts = rng.permutation(200), rng.integers(-2, 3, (200, 2))
+    params = init_params([784, 20, 10], seed=4, dtype=dtype)
+    ours, ref, plain = copy_params(params), copy_params(params), copy_params(params)
+    get_kernel(name).train_epoch(ours, x, y, order, 8, 0.05, None, shifts)
+    get_kernel(REFERENCE).train_epoch(ref, x, y, order, 8, 0.05, None, shifts)
+    get_kernel(REFERENCE).train_epoch(plain, x, y, order, 8, 0.05)
+    for a, r in zip(ours, ref):
+        assert_agree(a[0], r[0], dtype, f"{name} shifted W", trajectory=True)
+        assert_agree(a[1], r[1], dtype, f"{name} shifted b", trajectory=True)
+    assert not np.allclose(plain[0][0], ref[0][0])  # the shifts changed the training

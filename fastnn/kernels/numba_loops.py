@@ -29,7 +29,7 @@ from numba import njit, prange
 
 from fastnn import config
 from fastnn.kernels import numba_tiles
-from fastnn.kernels.numba_optim import update_params
+from fastnn.kernels.numba_shared import update_params
 from fastnn.kernels.numpy_ref import PIXEL_SCALE
 from fastnn.optim import Optimizer
 
@@ -243,12 +243,24 @@ def _pack_state(opt, params, theta):
     return state
 
 
-def run_epoch(fused, rows, params, images, labels, order, batch_size, lr, opt=None):
+def _check_shifts(shifts, order):
+    if shifts is None:
+        return np.zeros((0, 2), np.int64)
+    shifts = np.ascontiguousarray(shifts, np.int64)
+    if shifts.shape != (len(order), 2):
+        raise ValueError(f"shifts must be (len(order), 2) = ({len(order)}, 2), "
+                         f"got {shifts.shape}")
+    return shifts
+
+
+def run_epoch(fused, rows, params, images, labels, order, batch_size, lr, opt=None,
+              shifts=None):
     """Drive a fused epoch kernel; ``rows`` = scratch rows per layer width and thread.
 
     fused(theta, sizes, woff, boff, images, labels, order, batch_size, lr, scale,
     gbuf (T, P), scratch (T, rows * sum sizes), stats (T, 2), kind, hyper,
-    state (S, P), step (1,)) updates theta and the optimizer state in place.
+    state (S, P), step (1,), shifts (k, 2)) updates theta and the optimizer
+    state in place.
     Returns (mean loss, accuracy) over the samples seen, each measured before
     its batch's update, like numpy_ref.train_epoch.
     """
@@ -266,7 +278,7 @@ def run_epoch(fused, rows, params, images, labels, order, batch_size, lr, opt=No
     step = np.array([opt.step], np.int64)
     fused(theta, sizes, woff, boff, images, labels, order, int(batch_size), dtype(lr),
           dtype(PIXEL_SCALE), gbuf, scratch, stats, opt.kind, opt.hyper(theta.dtype), state,
-          step)
+          step, _check_shifts(shifts, order))
     unpack(theta, params, woff, boff)
     for row, slot in zip(state, opt.state):
         unpack(row, slot, woff, boff)
@@ -286,13 +298,14 @@ def run_predict(fused, rows, params, images):
     return out
 
 
-def train_epoch(params, images, labels, order, batch_size, lr, opt=None):
+def train_epoch(params, images, labels, order, batch_size, lr, opt=None, shifts=None):
     """Minibatch training over ``order``, updating params (and ``opt``) in place.
 
-    The tiled fused kernel; ``opt`` is a fastnn.optim.Optimizer, None = plain SGD.
+    The tiled fused kernel; ``opt`` is a fastnn.optim.Optimizer (None = plain
+    SGD); ``shifts`` (len(order), 2) moves each sample by (dy, dx) pixels.
     """
     return run_epoch(numba_tiles.train_epoch_tiled, 2 * numba_tiles.TILE, params, images,
-                     labels, order, batch_size, lr, opt)
+                     labels, order, batch_size, lr, opt, shifts)
 
 
 def apply_update(params, grads, lr, opt):

@@ -25,7 +25,7 @@ from fastnn.kernels.numba_loops import (  # noqa: F401  (the backend's public AP
     sgd_step,
     warmup_module,
 )
-from fastnn.kernels.numba_optim import update_params
+from fastnn.kernels.numba_shared import gather_row, update_params
 
 
 @njit(**config.JIT_EXACT)
@@ -58,12 +58,13 @@ def _forward_sample(theta, sizes, woff, boff, x, a, aoff):
 
 @njit(**config.JIT_PARALLEL)
 def train_epoch_per_sample(theta, sizes, woff, boff, images, labels, order, batch_size, lr,
-                           scale, gbuf, scratch, stats, kind, hyper, state, step):
+                           scale, gbuf, scratch, stats, kind, hyper, state, step, shifts):
     # theta: (P,) flat params, updated in place; sizes: (L+1,); woff, boff: (L,)
     # images: (n, 784) uint8; labels: (n,) int64; order: (k,) int64 sample indices
     # gbuf: (T, P) per-thread grads; scratch: (T, 2 * sum sizes) activations, then deltas
     # stats: (T, 2) float64 per-thread loss sum and correct count
-    # kind, hyper, state (S, P), step (1,): the optimizer, see numba_optim.update_params
+    # kind, hyper, state (S, P), step (1,): the optimizer, see numba_shared.update_params
+    # shifts: (k, 2) int64 per-sample pixel shifts, or (0, 2) for none
     T = gbuf.shape[0]
     k = order.shape[0]
     n_layers = sizes.shape[0] - 1
@@ -81,8 +82,7 @@ def train_epoch_per_sample(theta, sizes, woff, boff, images, labels, order, batc
             g[:] = zero
             for s in range(start + (m * t) // T, start + (m * (t + 1)) // T):
                 j = order[s]
-                for i in range(n_in0):  # gather and scale the uint8 row
-                    a[i] = images[j, i] * scale
+                gather_row(images, j, shifts, s, scale, a[:n_in0])
                 _forward_sample(theta, sizes, woff, boff, a, a, aoff)
                 # softmax + cross-entropy on the logits, in place in a
                 z = a[aoff[n_layers] : aoff[n_layers] + n_cls]
@@ -149,10 +149,10 @@ def predict_per_sample(theta, sizes, woff, boff, images, scale, abuf, out):
             out[j] = best
 
 
-def train_epoch(params, images, labels, order, batch_size, lr, opt=None):
+def train_epoch(params, images, labels, order, batch_size, lr, opt=None, shifts=None):
     """Minibatch training over ``order``, updating params in place, one sample at a time."""
     return run_epoch(train_epoch_per_sample, 2, params, images, labels, order, batch_size, lr,
-                     opt)
+                     opt, shifts)
 
 
 def predict(params, images):

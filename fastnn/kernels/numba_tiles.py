@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from fastnn import config
-from fastnn.kernels.numba_optim import update_params
+from fastnn.kernels.numba_shared import gather_row, update_params
 
 TILE = 32  # samples per tile: a tile's activations stay in L2 while a layer runs
 
@@ -160,12 +160,13 @@ def _softmax_xent_tile(Z, ns, labels, order, first, inv_m, D, stats_row):
 
 @njit(**config.JIT_PARALLEL)
 def train_epoch_tiled(theta, sizes, woff, boff, images, labels, order, batch_size, lr, scale,
-                      gbuf, tbuf, stats, kind, hyper, state, step):
+                      gbuf, tbuf, stats, kind, hyper, state, step, shifts):
     # theta: (P,) flat params; sizes: (L+1,); woff, boff: (L,); images: (n, 784) uint8
     # labels: (n,) int64; order: (k,) int64; gbuf: (T, P) per-thread grads
     # tbuf: (T, 2 * TILE * sum sizes) per-thread tile activations and deltas
     # stats: (T, 2) float64 loss sum and correct count
-    # kind, hyper, state (S, P), step (1,): the optimizer, see numba_optim.update_params
+    # kind, hyper, state (S, P), step (1,): the optimizer, see numba_shared.update_params
+    # shifts: (k, 2) int64 per-sample pixel shifts, or (0, 2) for none
     T = gbuf.shape[0]
     k = order.shape[0]
     L = sizes.shape[0] - 1
@@ -187,9 +188,7 @@ def train_epoch_tiled(theta, sizes, woff, boff, images, labels, order, batch_siz
                 # second half: the deltas, laid out the same way
                 X = buf[: TILE * sizes[0]].reshape((TILE, sizes[0]))
                 for s in range(ns):
-                    row = images[order[first + s]]
-                    for i in range(sizes[0]):
-                        X[s, i] = row[i] * scale
+                    gather_row(images, order[first + s], shifts, first + s, scale, X[s])
                 pos = 0
                 for layer in range(L):
                     n_in, n_out = sizes[layer], sizes[layer + 1]

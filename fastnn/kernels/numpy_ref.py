@@ -26,6 +26,20 @@ def to_float(images, dtype):
     return images.astype(dtype) * np.dtype(dtype).type(PIXEL_SCALE)
 
 
+def shift_images(images, shifts):
+    # images: (m, 784) uint8 28x28; shifts: (m, 2) int (dy, dx) -> (m, 784) uint8,
+    # each image moved down dy and right dx pixels, zeros shifted in
+    m = len(images)
+    r = np.arange(28)
+    src_r = r[None, :] - shifts[:, :1]  # (m, 28): the source row of each output row
+    src_c = r[None, :] - shifts[:, 1:]
+    inside = ((src_r >= 0) & (src_r < 28))[:, :, None] & ((src_c >= 0) & (src_c < 28))[:, None, :]
+    pixels = images.reshape(m, 28, 28)[np.arange(m)[:, None, None],
+                                       np.clip(src_r, 0, 27)[:, :, None],
+                                       np.clip(src_c, 0, 27)[:, None, :]]
+    return np.where(inside, pixels, 0).astype(np.uint8).reshape(m, 784)
+
+
 def _forward_all(params, X):
     """Return the activations [X, A1, ..., Z_last]: what backward needs."""
     acts = [X]
@@ -118,20 +132,24 @@ def apply_update(params, grads, lr, opt):
                 w -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
 
 
-def train_epoch(params, images, labels, order, batch_size, lr, opt=None):
+def train_epoch(params, images, labels, order, batch_size, lr, opt=None, shifts=None):
     """Minibatch training over ``order``, updating params in place.
 
     images: (n, 784) uint8, labels: (n,) int64, order: (k,) int64 sample
     indices; consecutive runs of batch_size (the last may be shorter) form
     the batches. ``opt`` is a fastnn.optim.Optimizer (None: plain SGD); its
-    state and step count advance in place. Returns (mean loss, accuracy)
+    state and step count advance in place. ``shifts`` (k, 2), if given, moves
+    sample order[i] by shifts[i] = (dy, dx) pixels (augmentation). Returns (mean loss, accuracy)
     over the samples seen, each measured before its batch's update.
     """
     dtype = params[0][0].dtype
     loss_sum, correct = 0.0, 0
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        X, y = to_float(images[idx], dtype), labels[idx]
+        batch = images[idx]
+        if shifts is not None:
+            batch = shift_images(batch, shifts[start : start + batch_size])
+        X, y = to_float(batch, dtype), labels[idx]
         loss, grads, P = _loss_grads_probs(params, X, y)
         if opt is None:
             sgd_step(params, grads, lr)

@@ -1,6 +1,10 @@
-"""The parameter update of the fused Numba kernels: every optimizer rule of
-fastnn.optim, over one flat parameter vector, summing the per-thread
-gradient buffers in thread order on the way."""
+"""What both fused Numba epochs share: the batch gather and the update.
+
+``gather_row`` scales one uint8 image into a float row, optionally shifted
+by a few pixels (data augmentation). ``update_params`` applies every
+optimizer rule of fastnn.optim to one flat parameter vector, summing the
+per-thread gradient buffers in thread order on the way.
+"""
 
 import numpy as np
 from numba import njit, prange
@@ -55,3 +59,24 @@ def update_params(theta, gbuf, lr, kind, hyper, state, step):
         for k in prange(blocks):
             _update_range(theta, gbuf, (P * k) // blocks, (P * (k + 1)) // blocks, lr, kind,
                           hyper, state, c1, c2)
+
+
+@njit(**config.JIT)
+def gather_row(images, j, shifts, s, scale, out):
+    # images: (n, 784) uint8; shifts: (k, 2) int64 (dy, dx) per order position, or (0, 2)
+    # out: (784,) <- images[j] * scale, moved down dy and right dx (zeros shifted in)
+    row = images[j]
+    if shifts.shape[0] == 0:
+        for i in range(row.shape[0]):
+            out[i] = row[i] * scale
+        return
+    dy, dx = shifts[s, 0], shifts[s, 1]
+    zero = out.dtype.type(0)
+    for r in range(28):
+        sr = r - dy
+        for c in range(28):
+            sc = c - dx
+            if 0 <= sr < 28 and 0 <= sc < 28:
+                out[r * 28 + c] = row[sr * 28 + sc] * scale
+            else:
+                out[r * 28 + c] = zero
