@@ -44,3 +44,21 @@ def bench(session):
         "tests/test_bench_inference.py", "--benchmark-enable", "--benchmark-autosave",
         "--benchmark-group-by=group", *session.posargs,
     )
+
+
+@nox.session
+def asv(session):
+    """asv quick run of the short grid, HTML in benchmarks/html; `nox -s asv -- full`:
+    the full grid (FASTNN_BENCH_GRID=full), properly timed (no --quick): long."""
+    session.install("-e", ".[bench]")
+    full = "full" in session.posargs
+    env = {"FASTNN_BENCH_GRID": "full" if full else "short"}
+    # --python=same benchmarks the working tree installed above; asv saves such
+    # results (which publish needs) only under an explicit commit hash.
+    commit = session.run("git", "rev-parse", "HEAD", external=True, silent=True).strip()
+    session.chdir("benchmarks")
+    session.run("asv", "machine", "--yes")
+    session.run("asv", "check", "--python=same", env=env)
+    session.run("asv", "run", "--python=same", *([] if full else ["--quick"]),
+                f"--set-commit-hash={commit}", env=env)
+    session.run("asv", "publish")
