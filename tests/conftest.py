@@ -19,3 +19,13 @@ def mnist():
             pytest.fail(f"FASTNN_REQUIRE_MNIST=1 but MNIST cannot be loaded:\n{e}",
                         pytrace=False)
         pytest.skip(f"MNIST not reachable: {e}")
+
+
+@pytest.fixture(scope="session")
+def fashion():
+    """Real Fashion-MNIST, {"train": ..., "test": ...}; skipped when no source has it
+    (mirrors or Debian's dataset-fashion-mnist package, which .ci/run installs)."""
+    try:
+        return {split: load_mnist(split, dataset="fashion") for split in ("train", "test")}
+    except DataError as e:
+        pytest.skip(f"Fashion-MNIST not reachable: {e}")

@@ -122,3 +122,13 @@ def test_same_seed_same_result(mnist):
     assert first["epochs"][0]["loss"] == second["epochs"][0]["loss"]
     assert first["test_accuracy"] == second["test_accuracy"]
     assert np.isfinite(first["epochs"][0]["loss"])
+
+
+def test_fashion_mnist_trains(fashion, tmp_path):
+    """Fashion-MNIST goes through the same pipeline; a 784-10-10 net beats 75% in 2 epochs."""
+    out = tmp_path / "f.json"
+    res = run_cli("--dataset", "fashion", "--epochs", "2", "--json", str(out), "--no-plot")
+    assert res.returncode == 0, res.stderr
+    result = json.loads(out.read_text())
+    assert result["config"]["dataset"] == "fashion"
+    assert result["test_accuracy"] >= 0.75
