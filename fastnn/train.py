@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -143,6 +144,9 @@ def build_parser():
                         "(default: predictions.png)")
     p.add_argument("--no-plot", dest="plot", action="store_const", const=None,
                    help="do not write the PNG")
+    p.add_argument("--plots-dir", metavar="DIR",
+                   help="also write training curves (PNG + CSV), the confusion matrix and the "
+                        "first layer's weights as pictures into DIR")
     p.add_argument("--show", action="store_true", help="also open the plot in a window")
     p.add_argument("--quiet", action="store_true", help="print only errors")
     p.add_argument("--compare", action="store_true",
@@ -333,13 +337,28 @@ def run(args, out=None):
         f"training ({compile_seconds:.2f} s compile)")
     if args.json:
         model.atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
-    if args.plot:
-        from fastnn import plots
-
-        preds = kernel.predict(params, test_x)
-        plots.predictions_grid(test_x, test_y, preds, args.plot, show=args.show)
-        say(f"wrote {args.plot}")
+    if args.plot or args.plots_dir:
+        write_pictures(args, history, params, kernel.predict(params, test_x), test_x, test_y, say)
     return result
+
+
+def write_pictures(args, history, params, preds, test_x, test_y, say):
+    from fastnn import evaluate, plots
+
+    written = []
+    if args.plot:
+        plots.predictions_grid(test_x, test_y, preds, args.plot, show=args.show)
+        written.append(args.plot)
+    if args.plots_dir:
+        d = args.plots_dir
+        os.makedirs(d, exist_ok=True)
+        paths = [os.path.join(d, name) for name in
+                 ("curves.png", "curves.csv", "confusion.png", "weights.png")]
+        plots.training_curves(history, paths[0], paths[1])
+        plots.confusion(evaluate.confusion_matrix(test_y, preds), paths[2])
+        plots.first_layer_weights(params[0][0], paths[3])
+        written += paths
+    say(f"wrote {', '.join(written)}")
 
 
 def main(argv=None):

@@ -48,6 +48,7 @@ def test_training_with_each_optimizer_agrees(name, rule, decay, dtype):
         for a, r in zip(slot, slot_ref):
             assert_agree(a[0], r[0], dtype, f"{name} {rule} state W", trajectory=True)
     assert_agree(loss, loss_ref, dtype, f"{name} {rule} loss", trajectory=True)
+    assert abs(acc - acc_ref) <= 2 / len(x)  # at most a near-tie or two flip
     assert not np.array_equal(p_ref[0][0], params[0][0])
 
 

@@ -1,0 +1,136 @@
+"""`python -m fastnn.evaluate`: how good is a saved model, class by class?
+
+Runs a checkpoint over the whole test set and prints the accuracy, each
+class's precision, recall and count, and the 10x10 confusion matrix (rows:
+true class, columns: predicted); ``--plot PATH`` also draws the matrix. The
+metrics are small pure NumPy functions, kept apart from the printing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from fastnn import model
+from fastnn.kernels import KERNELS, get_kernel
+from fastnn.predict import dataset_of
+
+
+def confusion_matrix(y_true, y_pred, k=model.N_CLASSES):
+    """cm[t, p] = how many samples of true class t were predicted as p; int64 (k, k)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be equally "
+                         "long 1-D arrays")
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        if y.size and (y.min() < 0 or y.max() >= k):
+            raise ValueError(f"{name} holds labels outside 0..{k - 1}")
+    return np.bincount(k * y_true + y_pred, minlength=k * k).reshape(k, k)
+
+
+def precision_recall(cm):
+    """Per-class (precision, recall, count) from a confusion matrix.
+
+    precision[c] = cm[c, c] / (predicted as c), recall[c] = cm[c, c] / (truly c),
+    count[c] = truly c. A ratio with nothing to divide by is NaN.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    hits = np.diag(cm).astype(np.float64)
+    predicted, count = cm.sum(axis=0), cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, hits / predicted, np.nan)
+        recall = np.where(count > 0, hits / count, np.nan)
+    return precision, recall, count
+
+
+def accuracy(cm) -> float:
+    cm = np.asarray(cm)
+    return float(np.trace(cm) / cm.sum()) if cm.sum() else float("nan")
+
+
+def _pct(x):
+    return "      -" if np.isnan(x) else f"{100 * x:6.2f}%"
+
+
+def format_report(cm) -> str:
+    """Accuracy line, per-class table and the confusion matrix as aligned text."""
+    precision, recall, count = precision_recall(cm)
+    k = len(cm)
+    lines = [f"accuracy {100 * accuracy(cm):.2f}% ({int(np.trace(cm))} of {int(cm.sum())})", "",
+             "class  precision   recall  count"]
+    for c in range(k):
+        lines.append(f"{c:>5}    {_pct(precision[c])}  {_pct(recall[c])}  {count[c]:>5}")
+    lines.append(f"{'mean':>5}    {_pct(np.nanmean(precision))}  {_pct(np.nanmean(recall))}  "
+                 f"{int(count.sum()):>5}")
+    width = max(5, len(str(int(cm.max()))) + 1)
+    lines += ["", "confusion matrix (rows: true class, columns: predicted class)",
+              "true" + "".join(f"{c:>{width}}" for c in range(k)) + f"{'total':>{width + 2}}"]
+    for t in range(k):
+        lines.append(f"{t:>4}" + "".join(f"{v:>{width}}" for v in cm[t])
+                     + f"{int(cm[t].sum()):>{width + 2}}")
+    lines.append(f"{'all':>4}" + "".join(f"{v:>{width}}" for v in cm.sum(axis=0))
+                 + f"{int(cm.sum()):>{width + 2}}")
+    return "\n".join(lines)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m fastnn.evaluate",
+        description="Test-set accuracy, per-class precision/recall and the confusion matrix "
+                    "of a saved fastnn model.",
+    )
+    p.add_argument("--model", required=True, metavar="PATH",
+                   help="checkpoint written by python -m fastnn.train --save")
+    p.add_argument("--kernel", choices=list(KERNELS), default="numba",
+                   help="backend (default: numba)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="where the IDX files live or are cached (default: $FASTNN_DATA or "
+                        "a per-user cache dir)")
+    p.add_argument("--plot", metavar="PATH", help="also write the confusion matrix as a PNG")
+    return p
+
+
+def run(args, out=None):
+    out = out or sys.stdout
+    from fastnn.data import load_mnist
+
+    params, meta = model.load(args.model)
+    dataset = dataset_of(meta)
+    images, labels = load_mnist("test", args.data_dir, dataset)
+    preds = get_kernel(args.kernel).predict(params, images)
+    cm = confusion_matrix(labels, preds)
+    sizes = "-".join(map(str, model.sizes_of(params)))
+    print(f"fastnn: {args.model}: {sizes} net, {params[0][0].dtype}, {args.kernel} kernel, "
+          f"{len(images)} {dataset} test images", file=out)
+    print(format_report(cm), file=out)
+    if args.plot:
+        from fastnn import plots
+
+        title = (f"{os.path.basename(args.model)} on the {dataset} test set "
+                 f"(accuracy {100 * accuracy(cm):.2f}%)")
+        plots.confusion(cm, args.plot, title=title)
+        print(f"wrote {args.plot}", file=out)
+    return cm
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from fastnn.data import DataError
+
+    try:
+        run(args)
+        return 0
+    except (DataError, model.ModelError, OSError) as e:
+        print(f"fastnn: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nfastnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

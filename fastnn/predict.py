@@ -1,0 +1,145 @@
+"""`python -m fastnn.predict`: classify test-set digits or your own image files.
+
+Loads a checkpoint written by ``python -m fastnn.train --save``, turns each
+input into a uint8 (784,) MNIST image (test-set rows as they are, files via
+``fastnn.images``), runs the backend's ``forward`` and prints one line per
+input with the top classes and their probabilities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from fastnn import model
+from fastnn.kernels import KERNELS, get_kernel
+from fastnn.kernels.numpy_ref import to_float
+
+
+class UsageError(Exception):
+    """A flag that only turns out wrong once the data is loaded: exit code 2."""
+
+
+def _top_k(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer 1..10, got {text!r}") from None
+    if not 1 <= value <= model.N_CLASSES:
+        raise argparse.ArgumentTypeError(f"must be 1..{model.N_CLASSES}, got {value}")
+    return value
+
+
+def _index(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a test-image index, got {text!r}") from None
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m fastnn.predict",
+        description="Classify MNIST test images by index, or image files (PNG, JPEG, ...), "
+                    "with a saved fastnn model.",
+    )
+    p.add_argument("--model", required=True, metavar="PATH",
+                   help="checkpoint written by python -m fastnn.train --save")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--index", type=_index, nargs="+", metavar="N",
+                     help="test-set image indices (0..9999 for MNIST)")
+    src.add_argument("--image", nargs="+", metavar="FILE",
+                     help="image files of one digit each; dark-on-light or light-on-dark")
+    p.add_argument("--kernel", choices=list(KERNELS), default="numpy",
+                   help="backend (default: numpy, which needs no JIT compile)")
+    p.add_argument("--top", type=_top_k, default=3, metavar="K",
+                   help="how many classes to show per input, 1..10 (default: 3)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="where the IDX files live or are cached (with --index)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    return p
+
+
+def dataset_of(meta) -> str:
+    """The dataset a checkpoint was trained on: its config's, else "mnist"."""
+    cfg = meta.get("config") if isinstance(meta, dict) else None
+    dataset = cfg.get("dataset") if isinstance(cfg, dict) else None
+    return dataset if isinstance(dataset, str) else "mnist"
+
+
+def gather_inputs(args, dataset):
+    """(names, images uint8 (n, 784), true labels (n,) or None) for --index or --image."""
+    if args.image:
+        from fastnn.images import load_image
+
+        return list(args.image), np.stack([load_image(f) for f in args.image]), None
+    from fastnn.data import load_mnist
+
+    images, labels = load_mnist("test", args.data_dir, dataset)
+    bad = [i for i in args.index if not 0 <= i < len(images)]
+    if bad:
+        raise UsageError(f"--index {bad[0]} is out of range: the {dataset} test set has "
+                         f"{len(images)} images, use 0..{len(images) - 1}")
+    idx = np.array(args.index, dtype=np.int64)
+    return [f"test image {i}" for i in args.index], images[idx], labels[idx]
+
+
+def top_classes(P, k):
+    """P (n, 10) probabilities -> (classes (n, k), probabilities (n, k)), most likely first."""
+    order = np.argsort(-P, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(P, order, axis=1)
+
+
+def format_line(name, width, truth, classes, probs):
+    true = f"true {truth}" if truth is not None else ""
+    guesses = "  ".join(f"{c}: {100 * p:6.2f}%" for c, p in zip(classes, probs))
+    wrong = "  (wrong)" if truth is not None and classes[0] != truth else ""
+    return f"{name:<{width}}  {true:<6}  {guesses}{wrong}"
+
+
+def run(args, out=None):
+    out = out or sys.stdout
+    params, meta = model.load(args.model)
+    names, images, truths = gather_inputs(args, dataset_of(meta))
+    kernel = get_kernel(args.kernel)
+    P = np.asarray(kernel.forward(params, to_float(images, params[0][0].dtype)))
+    classes, probs = top_classes(P, args.top)
+    width = max(len(n) for n in names)
+    results = []
+    for i, name in enumerate(names):
+        truth = None if truths is None else int(truths[i])
+        print(format_line(name, width, truth, classes[i], probs[i]), file=out)
+        results.append(dict(input=name, true_label=truth,
+                            top=[dict(label=int(c), probability=float(p))
+                                 for c, p in zip(classes[i], probs[i])]))
+    if args.json:
+        report = dict(model=args.model, kernel=args.kernel, predictions=results)
+        model.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+    return results
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from fastnn.data import DataError
+    from fastnn.images import ImageError
+
+    try:
+        run(args)
+        return 0
+    except UsageError as e:
+        build_parser().print_usage(sys.stderr)
+        print(f"python -m fastnn.predict: error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, model.ModelError, ImageError, OSError) as e:
+        print(f"fastnn: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nfastnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
