@@ -20,27 +20,32 @@ PARALLEL_MIN = 65536
 def _update_range(theta, gbuf, lo, hi, lr, kind, hyper, state, c1, c2):
     # theta: (P,) params; gbuf: (T, P) per-thread gradient sums; state: (S, P)
     # hyper: (momentum, beta1, beta2, eps, weight_decay); kind: 0 sgd, 1 momentum, 2 adam
-    T = gbuf.shape[0]
+    # Each step is its own flat loop over [lo, hi), so LLVM vectorises all of them.
+    g = gbuf[0, lo:hi]
+    for t in range(1, gbuf.shape[0]):  # sum the thread buffers in thread order, into row 0
+        gt = gbuf[t, lo:hi]
+        for p in range(hi - lo):
+            g[p] += gt[p]
+    w = theta[lo:hi]
     mu, b1, b2, eps, wd = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
-    one = theta.dtype.type(1)
-    for p in range(lo, hi):
-        g = gbuf[0, p]
-        for t in range(1, T):
-            g += gbuf[t, p]
-        if wd != 0:
-            g += wd * theta[p]  # L2 weight decay
-        if kind == 0:
-            theta[p] -= lr * g
-        elif kind == 1:
-            v = mu * state[0, p] + g
-            state[0, p] = v
-            theta[p] -= lr * v
-        else:
-            m = b1 * state[0, p] + (one - b1) * g
-            v = b2 * state[1, p] + (one - b2) * g * g
-            state[0, p] = m
-            state[1, p] = v
-            theta[p] -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
+    if wd != 0:
+        for p in range(hi - lo):
+            g[p] += wd * w[p]  # L2 weight decay
+    if kind == 0:
+        for p in range(hi - lo):
+            w[p] -= lr * g[p]
+    elif kind == 1:
+        v = state[0, lo:hi]
+        for p in range(hi - lo):
+            v[p] = mu * v[p] + g[p]
+            w[p] -= lr * v[p]
+    else:
+        m, v = state[0, lo:hi], state[1, lo:hi]
+        one = theta.dtype.type(1)
+        for p in range(hi - lo):
+            m[p] = b1 * m[p] + (one - b1) * g[p]
+            v[p] = b2 * v[p] + (one - b2) * g[p] * g[p]
+            w[p] -= lr * (m[p] / c1) / (np.sqrt(v[p] / c2) + eps)
 
 
 @njit(**config.JIT_PARALLEL)
