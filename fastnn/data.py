@@ -52,6 +52,22 @@ _FASHION_SHA256 = {
 }
 SHA256 = {"mnist": _MNIST_SHA256, "fashion": _FASHION_SHA256}
 NAMES = {"mnist": "MNIST", "fashion": "Fashion-MNIST"}
+ALIASES = {"fashion-mnist": "fashion"}  # what the command line calls it
+CLASS_NAMES = {
+    "mnist": [str(d) for d in range(10)],
+    "fashion": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                "Sneaker", "Bag", "Ankle boot"],
+}
+
+
+def canonical(dataset: str) -> str:
+    """"fashion-mnist" -> "fashion"; other names unchanged."""
+    return ALIASES.get(dataset, dataset)
+
+
+def class_names(dataset: str) -> list:
+    """The 10 class labels of a dataset, for people."""
+    return CLASS_NAMES[canonical(dataset)]
 # Mirrors serve `<name>.gz`. yann.lecun.com comes last: it often refuses.
 MIRRORS = {
     "mnist": [
@@ -292,6 +308,7 @@ def load_mnist(split: str, data_dir=None, dataset: str = "mnist"):
     """Return (images uint8 (n, 784), labels int64 (n,)) of one split."""
     if split not in FILES:
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    dataset = canonical(dataset)
     if dataset not in SHA256:
         raise ValueError(f"dataset must be one of {sorted(SHA256)}, not {dataset!r}")
     folder = resolve_data_dir(data_dir, dataset)

@@ -24,11 +24,14 @@ def _pyplot(show):
     return plt
 
 
-def predictions_grid(images, labels, preds, path, show=False, rows=4, cols=8):
-    """Write a PNG grid of the first rows*cols digits: 'pred P / true T', mistakes in red.
+def predictions_grid(images, labels, preds, path, show=False, rows=4, cols=8,
+                     class_names=None):
+    """Write a PNG grid of the first rows*cols images: 'pred P / true T', mistakes in red.
 
-    images: (n, 784) uint8; labels, preds: (n,) int64.
+    images: (n, 784) uint8; labels, preds: (n,) int64; class_names: 10 labels
+    to print instead of the class numbers (Fashion-MNIST's "Sneaker", ...).
     """
+    name = (lambda c: class_names[c]) if class_names else str
     plt = _pyplot(show)
     count = min(rows * cols, len(images))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.5))
@@ -38,10 +41,11 @@ def predictions_grid(images, labels, preds, path, show=False, rows=4, cols=8):
             continue
         ax.imshow(images[k].reshape(28, 28), cmap="gray_r", vmin=0, vmax=255)
         wrong = preds[k] != labels[k]
-        ax.set_title(f"pred {preds[k]} / true {labels[k]}", fontsize=8,
+        ax.set_title(f"pred {name(preds[k])}\ntrue {name(labels[k])}" if class_names
+                     else f"pred {preds[k]} / true {labels[k]}", fontsize=8,
                      color="red" if wrong else "black", fontweight="bold" if wrong else "normal")
     accuracy = float(np.mean(preds == labels))
-    fig.suptitle(f"fastnn predictions on the first {count} test digits "
+    fig.suptitle(f"fastnn predictions on the first {count} test images "
                  f"(test accuracy {100 * accuracy:.2f}%)", fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from fastnn import model
+from fastnn.data import canonical, class_names
 from fastnn.kernels import KERNELS, get_kernel
 from fastnn.kernels.numpy_ref import to_float
 
@@ -93,9 +94,11 @@ def top_classes(P, k):
     return order, np.take_along_axis(P, order, axis=1)
 
 
-def format_line(name, width, truth, classes, probs):
-    true = f"true {truth}" if truth is not None else ""
-    guesses = "  ".join(f"{c}: {100 * p:6.2f}%" for c, p in zip(classes, probs))
+def format_line(name, width, truth, classes, probs, labels=None):
+    """One input's line; ``labels`` names the classes (default: their numbers)."""
+    label = (lambda c: labels[c]) if labels else str
+    true = f"true {label(truth)}" if truth is not None else ""
+    guesses = "  ".join(f"{label(c)}: {100 * p:6.2f}%" for c, p in zip(classes, probs))
     wrong = "  (wrong)" if truth is not None and classes[0] != truth else ""
     return f"{name:<{width}}  {true:<6}  {guesses}{wrong}"
 
@@ -103,7 +106,9 @@ def format_line(name, width, truth, classes, probs):
 def run(args, out=None):
     out = out or sys.stdout
     params, meta = model.load(args.model)
-    names, images, truths = gather_inputs(args, dataset_of(meta))
+    dataset = dataset_of(meta)
+    names, images, truths = gather_inputs(args, dataset)
+    labels = class_names(dataset) if canonical(dataset) != "mnist" else None
     kernel = get_kernel(args.kernel)
     P = np.asarray(kernel.forward(params, to_float(images, params[0][0].dtype)))
     classes, probs = top_classes(P, args.top)
@@ -111,7 +116,7 @@ def run(args, out=None):
     results = []
     for i, name in enumerate(names):
         truth = None if truths is None else int(truths[i])
-        print(format_line(name, width, truth, classes[i], probs[i]), file=out)
+        print(format_line(name, width, truth, classes[i], probs[i], labels), file=out)
         results.append(dict(input=name, true_label=truth,
                             top=[dict(label=int(c), probability=float(p))
                                  for c, p in zip(classes[i], probs[i])]))

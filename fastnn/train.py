@@ -110,7 +110,8 @@ def build_parser():
                    help=f"float type (default: {DEFAULTS['dtype']})")
     p.add_argument("--init", choices=list(model.INITS),
                    help="he = N(0, 2/fan_in); uniform = U(-0.5, 0.5) as the seed (default: he)")
-    p.add_argument("--dataset", choices=["mnist", "fashion"], help="default: mnist")
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist", "fashion"],
+                   help="MNIST digits or Fashion-MNIST clothes (default: mnist)")
     p.add_argument("--optimizer", choices=list(optim.OPTIMIZERS),
                    help=f"update rule (default: {DEFAULTS['optimizer']})")
     p.add_argument("--momentum", type=_unit_float, help="momentum coefficient (default: 0.9)")
@@ -344,10 +345,12 @@ def run(args, out=None):
 
 def write_pictures(args, history, params, preds, test_x, test_y, say):
     from fastnn import evaluate, plots
+    from fastnn.data import class_names
 
     written = []
     if args.plot:
-        plots.predictions_grid(test_x, test_y, preds, args.plot, show=args.show)
+        plots.predictions_grid(test_x, test_y, preds, args.plot, show=args.show,
+                               class_names=class_names(args.dataset))
         written.append(args.plot)
     if args.plots_dir:
         d = args.plots_dir

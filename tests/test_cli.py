@@ -126,9 +126,15 @@ def test_same_seed_same_result(mnist):
 
 def test_fashion_mnist_trains(fashion, tmp_path):
     """Fashion-MNIST goes through the same pipeline; a 784-10-10 net beats 75% in 2 epochs."""
-    out = tmp_path / "f.json"
-    res = run_cli("--dataset", "fashion", "--epochs", "2", "--json", str(out), "--no-plot")
+    out, ckpt = tmp_path / "f.json", tmp_path / "f.npz"
+    res = run_cli("--dataset", "fashion-mnist", "--epochs", "2", "--json", str(out), "--no-plot",
+                  "--save", str(ckpt))
     assert res.returncode == 0, res.stderr
     result = json.loads(out.read_text())
-    assert result["config"]["dataset"] == "fashion"
+    assert result["config"]["dataset"] == "fashion-mnist"
     assert result["test_accuracy"] >= 0.75
+    # predictions name the classes: test image 0 is an ankle boot
+    res = subprocess.run([sys.executable, "-m", "fastnn.predict", "--model", str(ckpt),
+                          "--index", "0"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "true Ankle boot" in res.stdout
