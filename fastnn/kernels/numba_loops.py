@@ -253,38 +253,37 @@ def _check_shifts(shifts, order):
     return shifts
 
 
-def run_epoch(fused, rows, params, images, labels, order, batch_size, lr, opt=None,
+def run_epoch(fused, buffers, params, images, labels, order, batch_size, lr, opt=None,
               shifts=None):
-    """Drive a fused epoch kernel; ``rows`` = scratch rows per layer width and thread.
+    """Drive a fused epoch kernel.
 
     fused(theta, sizes, woff, boff, images, labels, order, batch_size, lr, scale,
-    gbuf (T, P), scratch (T, rows * sum sizes), stats (T, 2), kind, hyper,
-    state (S, P), step (1,), shifts (k, 2)) updates theta and the optimizer
-    state in place.
-    Returns (mean loss, accuracy) over the samples seen, each measured before
-    its batch's update, like numpy_ref.train_epoch.
+    grad, scratch, stats, kind, hyper, state (S, P), step (1,), shifts (k, 2))
+    updates theta and the optimizer state in place; ``buffers(P, width,
+    batch_size, dtype)`` allocates its (grad, scratch, stats), stats being
+    float64 rows whose column sums are the loss sum and the hits. Returns
+    (mean loss, accuracy) over the samples seen, each measured before its
+    batch's update, like numpy_ref.train_epoch.
     """
     images = _check_images(images)
     labels = np.ascontiguousarray(labels, np.int64)
     order = np.ascontiguousarray(order, np.int64)
     theta, sizes, woff, boff = pack(params)
     dtype = theta.dtype.type
-    T = numba.get_num_threads()
-    gbuf = np.empty((T, theta.size), theta.dtype)
-    scratch = np.empty((T, rows * int(sizes.sum())), theta.dtype)
-    stats = np.zeros((T, 2))
+    grad, scratch, stats = buffers(theta.size, int(sizes.sum()), int(batch_size), theta.dtype)
     opt = opt if opt is not None else Optimizer("sgd")
     state = _pack_state(opt, params, theta)
     step = np.array([opt.step], np.int64)
     fused(theta, sizes, woff, boff, images, labels, order, int(batch_size), dtype(lr),
-          dtype(PIXEL_SCALE), gbuf, scratch, stats, opt.kind, opt.hyper(theta.dtype), state,
-          step, _check_shifts(shifts, order))
+          dtype(PIXEL_SCALE), grad, scratch, stats, opt.kind, opt.hyper(theta.dtype), state,
+          step, _check_shifts(shifts, order), numba.get_num_threads())
     unpack(theta, params, woff, boff)
     for row, slot in zip(state, opt.state):
         unpack(row, slot, woff, boff)
     opt.step = int(step[0])
     k = len(order)
-    return float(stats[:, 0].sum() / k), float(stats[:, 1].sum() / k)
+    loss_sum, hits = stats.sum(axis=0)
+    return float(loss_sum / k), float(hits / k)
 
 
 def run_predict(fused, rows, params, images):
@@ -298,14 +297,20 @@ def run_predict(fused, rows, params, images):
     return out
 
 
+def _tiled_buffers(P, width, batch_size, dtype):
+    chunk = min(batch_size, numba_tiles.CHUNK)
+    return (np.empty(P, dtype), np.empty(2 * chunk * width, dtype),
+            np.zeros((chunk // 4 + 2, 2)))
+
+
 def train_epoch(params, images, labels, order, batch_size, lr, opt=None, shifts=None):
     """Minibatch training over ``order``, updating params (and ``opt``) in place.
 
-    The tiled fused kernel; ``opt`` is a fastnn.optim.Optimizer (None = plain
-    SGD); ``shifts`` (len(order), 2) moves each sample by (dy, dx) pixels.
+    The tiled two-phase kernel; ``opt`` is a fastnn.optim.Optimizer (None =
+    plain SGD); ``shifts`` (len(order), 2) moves each sample by (dy, dx) pixels.
     """
-    return run_epoch(numba_tiles.train_epoch_tiled, 2 * numba_tiles.TILE, params, images,
-                     labels, order, batch_size, lr, opt, shifts)
+    return run_epoch(numba_tiles.train_epoch_tiled, _tiled_buffers, params, images, labels,
+                     order, batch_size, lr, opt, shifts)
 
 
 def apply_update(params, grads, lr, opt):

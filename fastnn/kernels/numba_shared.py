@@ -17,16 +17,13 @@ PARALLEL_MIN = 65536
 
 
 @njit(**config.JIT)
-def _update_range(theta, gbuf, lo, hi, lr, kind, hyper, state, c1, c2):
-    # theta: (P,) params; gbuf: (T, P) per-thread gradient sums; state: (S, P)
+def apply_rule(theta, g, lo, hi, lr, kind, hyper, state, t):
+    # theta, g: (P,) params and their gradient; state: (S, P); elements [lo, hi) change
     # hyper: (momentum, beta1, beta2, eps, weight_decay); kind: 0 sgd, 1 momentum, 2 adam
-    # Each step is its own flat loop over [lo, hi), so LLVM vectorises all of them.
-    g = gbuf[0, lo:hi]
-    for t in range(1, gbuf.shape[0]):  # sum the thread buffers in thread order, into row 0
-        gt = gbuf[t, lo:hi]
-        for p in range(hi - lo):
-            g[p] += gt[p]
-    w = theta[lo:hi]
+    # t: this update's number (1-based), for Adam's bias correction
+    # Each step is its own flat loop, so LLVM vectorises all of them.
+    dt = theta.dtype.type
+    w, g = theta[lo:hi], g[lo:hi]
     mu, b1, b2, eps, wd = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
     if wd != 0:
         for p in range(hi - lo):
@@ -40,8 +37,11 @@ def _update_range(theta, gbuf, lo, hi, lr, kind, hyper, state, c1, c2):
             v[p] = mu * v[p] + g[p]
             w[p] -= lr * v[p]
     else:
+        # Adam's bias corrections 1 - beta^t, in float64 from the dtype's beta
+        c1 = dt(1.0 - np.float64(b1) ** t)
+        c2 = dt(1.0 - np.float64(b2) ** t)
         m, v = state[0, lo:hi], state[1, lo:hi]
-        one = theta.dtype.type(1)
+        one = dt(1)
         for p in range(hi - lo):
             m[p] = b1 * m[p] + (one - b1) * g[p]
             v[p] = b2 * v[p] + (one - b2) * g[p] * g[p]
@@ -50,20 +50,19 @@ def _update_range(theta, gbuf, lo, hi, lr, kind, hyper, state, c1, c2):
 
 @njit(**config.JIT_PARALLEL)
 def update_params(theta, gbuf, lr, kind, hyper, state, step):
-    # theta: (P,) updated in place; gbuf: (T, P); state: (S, P); step: (1,) int64, += 1
+    # theta: (P,) updated in place; gbuf: (T, P) per-thread gradient sums, added up in
+    # thread order into row 0; state: (S, P); step: (1,) int64 updates so far, += 1
     step[0] += 1
-    dt = theta.dtype.type
-    # Adam's bias corrections 1 - beta^t, in float64 from the dtype's beta
-    c1 = dt(1.0 - np.float64(hyper[1]) ** step[0])
-    c2 = dt(1.0 - np.float64(hyper[2]) ** step[0])
     P = theta.shape[0]
-    if P < PARALLEL_MIN:
-        _update_range(theta, gbuf, 0, P, lr, kind, hyper, state, c1, c2)
-    else:
-        blocks = 64
-        for k in prange(blocks):
-            _update_range(theta, gbuf, (P * k) // blocks, (P * (k + 1)) // blocks, lr, kind,
-                          hyper, state, c1, c2)
+    blocks = 1 if P < PARALLEL_MIN else 64
+    for k in prange(blocks):
+        lo, hi = (P * k) // blocks, (P * (k + 1)) // blocks
+        g = gbuf[0, lo:hi]
+        for t in range(1, gbuf.shape[0]):
+            gt = gbuf[t, lo:hi]
+            for p in range(hi - lo):
+                g[p] += gt[p]
+        apply_rule(theta, gbuf[0], lo, hi, lr, kind, hyper, state, step[0])
 
 
 @njit(**config.JIT)

@@ -11,6 +11,7 @@ the tiles reuse each row across several samples.
 per-layer kernels.
 """
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -58,14 +59,15 @@ def _forward_sample(theta, sizes, woff, boff, x, a, aoff):
 
 @njit(**config.JIT_PARALLEL)
 def train_epoch_per_sample(theta, sizes, woff, boff, images, labels, order, batch_size, lr,
-                           scale, gbuf, scratch, stats, kind, hyper, state, step, shifts):
+                           scale, gbuf, scratch, stats, kind, hyper, state, step, shifts, nthreads):
     # theta: (P,) flat params, updated in place; sizes: (L+1,); woff, boff: (L,)
     # images: (n, 784) uint8; labels: (n,) int64; order: (k,) int64 sample indices
     # gbuf: (T, P) per-thread grads; scratch: (T, 2 * sum sizes) activations, then deltas
     # stats: (T, 2) float64 per-thread loss sum and correct count
     # kind, hyper, state (S, P), step (1,): the optimizer, see numba_shared.update_params
     # shifts: (k, 2) int64 per-sample pixel shifts, or (0, 2) for none
-    T = gbuf.shape[0]
+    # nthreads: Numba's thread count = rows of gbuf and scratch
+    T = nthreads
     k = order.shape[0]
     n_layers = sizes.shape[0] - 1
     n_in0, n_cls = sizes[0], sizes[n_layers]
@@ -149,10 +151,15 @@ def predict_per_sample(theta, sizes, woff, boff, images, scale, abuf, out):
             out[j] = best
 
 
+def _buffers(P, width, batch_size, dtype):
+    T = numba.get_num_threads()  # one gradient buffer and scratch row per thread
+    return np.empty((T, P), dtype), np.empty((T, 2 * width), dtype), np.zeros((T, 2))
+
+
 def train_epoch(params, images, labels, order, batch_size, lr, opt=None, shifts=None):
     """Minibatch training over ``order``, updating params in place, one sample at a time."""
-    return run_epoch(train_epoch_per_sample, 2, params, images, labels, order, batch_size, lr,
-                     opt, shifts)
+    return run_epoch(train_epoch_per_sample, _buffers, params, images, labels, order,
+                     batch_size, lr, opt, shifts)
 
 
 def predict(params, images):

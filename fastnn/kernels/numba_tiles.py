@@ -1,12 +1,20 @@
 """Register-blocked tile kernels: the fast fused epoch and inference of "numba".
 
-Each thread walks its slice of the batch in tiles of ``TILE`` samples. For
-one tile, every layer is a small matrix product written as loops that keep
-several accumulators in registers: the forward pass computes 4 samples x 2
-units per sweep over the input (each loaded value feeds several
-multiply-adds), the weight gradient updates 4 rows of dW from 4 samples per
-sweep. Weight rows are then read once per tile instead of once per sample,
-which is what makes wide layers fast (compare ``numba_simple``).
+Each batch is trained in two parallel phases (in chunks of up to CHUNK samples):
+
+1. forward and backward *deltas*, parallel over tiles of samples: for one
+   tile, every layer is a small matrix product written as loops that keep
+   several accumulators in registers (4 samples x 2 units per sweep over the
+   inputs), so each loaded value feeds several multiply-adds;
+2. weight gradients and the update, parallel over blocks of weight rows:
+   the thread that owns rows o..o+k sums D[:, o]^T A over the whole batch
+   (4 rows x 4 samples per sweep) and applies the optimizer to those rows
+   while they are still in cache.
+
+No per-thread gradient copies to zero, add up and stream through memory,
+and each gradient row is one thread's sum in sample order, so the result
+does not depend on the number of threads. Compare ``numba_simple``, the
+same computation one sample at a time.
 
 Tails (fewer than 4 samples or units left) clamp their indices to the last
 valid one: the duplicate recomputes and rewrites an identical value in the
@@ -17,9 +25,10 @@ import numpy as np
 from numba import njit, prange
 
 from fastnn import config
-from fastnn.kernels.numba_shared import gather_row, update_params
+from fastnn.kernels.numba_shared import apply_rule, gather_row
 
 TILE = 32  # samples per tile: a tile's activations stay in L2 while a layer runs
+CHUNK = 1024  # samples whose activations and deltas are kept at once
 
 
 @njit(**config.JIT)
@@ -68,16 +77,18 @@ def _column4(D, s, o, ns):
 
 
 @njit(**config.JIT)
-def _tile_grad_w(D, A, ns, gW, gb):
-    # D: (TILE, n_out) deltas; A: (TILE, n_in) layer input; rows [0, ns) valid
-    # gW: (n_out, n_in) += D^T A;  gb: (n_out,) += sum_s D
-    # 4 units x 4 samples per sweep over n_in. Units are not clamped like
-    # samples: two aliased rows of gW would stop LLVM vectorising the sweep,
-    # so the last n_out % 4 units take a one-row loop instead.
-    n_out, n_in = gW.shape
+def _grad_rows(D, A, ns, gW, gb, o_lo, o_hi, accumulate):
+    # D: (>=ns, n_out) deltas; A: (>=ns, n_in) layer input; rows o_lo..o_hi of
+    # gW: (n_out, n_in) and gb: (n_out,) get (or, accumulating, add) D^T A and sum D
+    # for the first ns samples, 4 units x 4 samples per sweep over n_in.
+    n_in = gW.shape[1]
     zero = gW.dtype.type(0)
-    n_quads = n_out - n_out % 4
-    for o in range(0, n_quads, 4):  # units outer: 4 rows of gW stay in L1 for the tile
+    if not accumulate:
+        for o in range(o_lo, o_hi):
+            gW[o, :] = zero
+            gb[o] = zero
+    o = o_lo
+    while o + 4 <= o_hi:
         g0, g1, g2, g3 = gW[o], gW[o + 1], gW[o + 2], gW[o + 3]
         for s in range(0, ns, 4):
             s1, s2, s3 = min(s + 1, ns - 1), min(s + 2, ns - 1), min(s + 3, ns - 1)
@@ -92,7 +103,8 @@ def _tile_grad_w(D, A, ns, gW, gb):
                 g1[i] += d01 * x0 + d11 * x1 + d21 * x2 + d31 * x3
                 g2[i] += d02 * x0 + d12 * x1 + d22 * x2 + d32 * x3
                 g3[i] += d03 * x0 + d13 * x1 + d23 * x2 + d33 * x3
-    for o in range(n_quads, n_out):
+        o += 4
+    while o < o_hi:
         g0 = gW[o]
         for s in range(0, ns, 4):
             s1, s2, s3 = min(s + 1, ns - 1), min(s + 2, ns - 1), min(s + 3, ns - 1)
@@ -100,7 +112,8 @@ def _tile_grad_w(D, A, ns, gW, gb):
             d00, d10, d20, d30 = _column4(D, s, o, ns)
             for i in range(n_in):
                 g0[i] += d00 * a0[i] + d10 * a1[i] + d20 * a2[i] + d30 * a3[i]
-    for o in range(n_out):
+        o += 1
+    for o in range(o_lo, o_hi):
         acc = zero
         for s in range(ns):
             acc += D[s, o]
@@ -159,66 +172,87 @@ def _softmax_xent_tile(Z, ns, labels, order, first, inv_m, D, stats_row):
 
 
 @njit(**config.JIT_PARALLEL)
-def train_epoch_tiled(theta, sizes, woff, boff, images, labels, order, batch_size, lr, scale,
-                      gbuf, tbuf, stats, kind, hyper, state, step, shifts):
+def train_epoch_tiled(theta, sizes, woff, boff, images, labels, order, batch_size, lr,
+                          scale, grad, buf, stats, kind, hyper, state, step, shifts, nthreads):
     # theta: (P,) flat params; sizes: (L+1,); woff, boff: (L,); images: (n, 784) uint8
-    # labels: (n,) int64; order: (k,) int64; gbuf: (T, P) per-thread grads
-    # tbuf: (T, 2 * TILE * sum sizes) per-thread tile activations and deltas
-    # stats: (T, 2) float64 loss sum and correct count
-    # kind, hyper, state (S, P), step (1,): the optimizer, see numba_shared.update_params
-    # shifts: (k, 2) int64 per-sample pixel shifts, or (0, 2) for none
-    T = gbuf.shape[0]
+    # labels: (n,) int64; order: (k,) int64 sample indices; shifts: (k, 2) or (0, 2)
+    # grad: (P,) the batch gradient, each row written by the thread that owns it
+    # buf: (2 * CHUNK * sum sizes,) activations of up to CHUNK samples, then their deltas
+    # stats: (CHUNK // 4 + 2, 2) float64; its column sums are the loss sum and hits
+    # kind, hyper, state (S, P), step (1,): the optimizer, see numba_shared.apply_rule
+    # nthreads: Numba's thread count (tiles and row blocks are cut to keep all busy)
     k = order.shape[0]
     L = sizes.shape[0] - 1
     width = 0
     for layer in range(L + 1):
         width += sizes[layer]
-    zero = theta.dtype.type(0)
+    CHUNK = buf.shape[0] // (2 * width)
+    aoff = np.zeros(L + 2, np.int64)  # layer l's (CHUNK, n_l) block starts at CHUNK * aoff[l]
+    for layer in range(L + 1):
+        aoff[layer + 1] = aoff[layer] + sizes[layer]
+    dbase = CHUNK * width  # deltas: same layout, after the activations
     for start in range(0, k, batch_size):
         m = min(batch_size, k - start)
         inv_m = theta.dtype.type(1) / theta.dtype.type(m)
-        for t in prange(T):
-            g = gbuf[t]
-            g[:] = zero
-            buf = tbuf[t]
-            hi = start + (m * (t + 1)) // T
-            for first in range(start + (m * t) // T, hi, TILE):
-                ns = min(TILE, hi - first)
-                # first half of buf: each layer's (TILE, width) activations, in order;
-                # second half: the deltas, laid out the same way
-                X = buf[: TILE * sizes[0]].reshape((TILE, sizes[0]))
+        step[0] += 1
+        for c0 in range(start, start + m, CHUNK):
+            cn = min(CHUNK, start + m - c0)
+            # tiles of up to TILE samples, small enough that every thread gets one
+            tsize = min(TILE, max(4, (cn + nthreads - 1) // nthreads))
+            n_tiles = (cn + tsize - 1) // tsize
+            # phase 1: forward and deltas of every tile (independent samples)
+            for tile in prange(n_tiles):
+                f = tile * tsize
+                ns = min(tsize, cn - f)
+                X = buf[CHUNK * aoff[0] + f * sizes[0]:
+                        CHUNK * aoff[0] + (f + ns) * sizes[0]].reshape((ns, sizes[0]))
                 for s in range(ns):
-                    gather_row(images, order[first + s], shifts, first + s, scale, X[s])
-                pos = 0
+                    gather_row(images, order[c0 + f + s], shifts, c0 + f + s, scale, X[s])
                 for layer in range(L):
                     n_in, n_out = sizes[layer], sizes[layer + 1]
-                    A = buf[pos : pos + TILE * n_in].reshape((TILE, n_in))
-                    Z = buf[pos + TILE * n_in : pos + TILE * (n_in + n_out)]
-                    Z = Z.reshape((TILE, n_out))
-                    W = theta[woff[layer] : woff[layer] + n_out * n_in].reshape((n_out, n_in))
-                    b = theta[boff[layer] : boff[layer] + n_out]
-                    _tile_forward(A, ns, W, b, Z, layer < L - 1)
-                    pos += TILE * n_in
-                # pos now points at the logits; deltas live in the second half of buf
-                dpos = TILE * width + pos
+                    a0, z0 = CHUNK * aoff[layer], CHUNK * aoff[layer + 1]
+                    A = buf[a0 + f * n_in: a0 + (f + ns) * n_in].reshape((ns, n_in))
+                    Z = buf[z0 + f * n_out: z0 + (f + ns) * n_out].reshape((ns, n_out))
+                    W = theta[woff[layer]: woff[layer] + n_out * n_in].reshape((n_out, n_in))
+                    _tile_forward(A, ns, W, theta[boff[layer]: boff[layer] + n_out], Z,
+                                  layer < L - 1)
                 n_cls = sizes[L]
-                Zl = buf[pos : pos + TILE * n_cls].reshape((TILE, n_cls))
-                Dl = buf[dpos : dpos + TILE * n_cls].reshape((TILE, n_cls))
-                _softmax_xent_tile(Zl, ns, labels, order, first, inv_m, Dl, stats[t])
-                for layer in range(L - 1, -1, -1):
+                z0 = CHUNK * aoff[L]
+                Zl = buf[z0 + f * n_cls: z0 + (f + ns) * n_cls].reshape((ns, n_cls))
+                Dl = buf[dbase + z0 + f * n_cls: dbase + z0 + (f + ns) * n_cls].reshape((ns, n_cls))
+                stats[tile, 0] = 0.0
+                stats[tile, 1] = 0.0
+                _softmax_xent_tile(Zl, ns, labels, order, c0 + f, inv_m, Dl, stats[tile])
+                for layer in range(L - 1, 0, -1):  # deltas of the hidden layers
                     n_in, n_out = sizes[layer], sizes[layer + 1]
-                    pos -= TILE * n_in
-                    dpos -= TILE * n_in
-                    A = buf[pos : pos + TILE * n_in].reshape((TILE, n_in))
-                    D = buf[dpos + TILE * n_in : dpos + TILE * (n_in + n_out)]
-                    D = D.reshape((TILE, n_out))
-                    gW = g[woff[layer] : woff[layer] + n_out * n_in].reshape((n_out, n_in))
-                    _tile_grad_w(D, A, ns, gW, g[boff[layer] : boff[layer] + n_out])
-                    if layer > 0:
-                        W = theta[woff[layer] : woff[layer] + n_out * n_in].reshape((n_out, n_in))
-                        DA = buf[dpos : dpos + TILE * n_in].reshape((TILE, n_in))
-                        _tile_grad_input(D, W, A, ns, DA)
-        update_params(theta, gbuf, lr, kind, hyper, state, step)
+                    a0, z0 = CHUNK * aoff[layer], CHUNK * aoff[layer + 1]
+                    A = buf[a0 + f * n_in: a0 + (f + ns) * n_in].reshape((ns, n_in))
+                    D = buf[dbase + z0 + f * n_out: dbase + z0 + (f + ns) * n_out]
+                    DA = buf[dbase + a0 + f * n_in: dbase + a0 + (f + ns) * n_in]
+                    W = theta[woff[layer]: woff[layer] + n_out * n_in].reshape((n_out, n_in))
+                    _tile_grad_input(D.reshape((ns, n_out)), W, A, ns, DA.reshape((ns, n_in)))
+            # phase 2: each block of weight rows is owned by one thread
+            last = c0 + cn >= start + m
+            for layer in range(L):
+                n_in, n_out = sizes[layer], sizes[layer + 1]
+                a0, z0 = CHUNK * aoff[layer], CHUNK * aoff[layer + 1]
+                A = buf[a0: a0 + cn * n_in].reshape((cn, n_in))
+                D = buf[dbase + z0: dbase + z0 + cn * n_out].reshape((cn, n_out))
+                gW = grad[woff[layer]: woff[layer] + n_out * n_in].reshape((n_out, n_in))
+                gb = grad[boff[layer]: boff[layer] + n_out]
+                blocks = min(n_out, nthreads)
+                for blk in prange(blocks):
+                    o_lo, o_hi = (n_out * blk) // blocks, (n_out * (blk + 1)) // blocks
+                    _grad_rows(D, A, cn, gW, gb, o_lo, o_hi, c0 > start)
+                    if last:
+                        apply_rule(theta, grad, woff[layer] + o_lo * n_in,
+                                   woff[layer] + o_hi * n_in, lr, kind, hyper, state, step[0])
+                        apply_rule(theta, grad, boff[layer] + o_lo, boff[layer] + o_hi, lr,
+                                    kind, hyper, state, step[0])
+            for tile in range(n_tiles):  # fold the tiles' stats in, in tile order
+                stats[-1, 0] += stats[tile, 0]
+                stats[-1, 1] += stats[tile, 1]
+                stats[tile, 0] = stats[tile, 1] = 0.0
 
 
 @njit(**config.JIT_PARALLEL)
