@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from fastnn import config, model, optim
+from fastnn import argtypes, config, model, optim
 from fastnn.kernels import KERNELS, get_kernel
 
 # Every flag's value when neither a preset nor the command line sets it.
@@ -40,54 +40,6 @@ class UsageError(Exception):
     """A flag that only turns out wrong after the data is loaded: exit code 2."""
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_float(text):
-    value = _float(text)
-    if not (value > 0 and np.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
-
-
-def _non_negative_float(text):
-    value = _float(text)
-    if not (value >= 0 and np.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _unit_float(text):
-    value = _float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def _float(text):
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m fastnn.train",
@@ -97,13 +49,14 @@ def build_parser():
                    help="starting settings; explicit flags override (seed = the original script)")
     p.add_argument("--kernel", choices=list(KERNELS),
                    help=f"backend (default: {DEFAULTS['kernel']})")
-    p.add_argument("--hidden", type=_positive_int, nargs="+", metavar="N",
+    p.add_argument("--hidden", type=argtypes.positive_int, nargs="+", metavar="N",
                    help="hidden layer widths, e.g. --hidden 256 128 (default: 10)")
-    p.add_argument("--epochs", type=_positive_int,
+    p.add_argument("--epochs", type=argtypes.positive_int,
                    help=f"passes over the training set (default: {DEFAULTS['epochs']})")
-    p.add_argument("--batch-size", type=_non_negative_int, metavar="N",
+    p.add_argument("--batch-size", type=argtypes.non_negative_int, metavar="N",
                    help=f"minibatch size; 0 = full batch (default: {DEFAULTS['batch_size']})")
-    p.add_argument("--lr", type=_positive_float, help=f"learning rate (default: {DEFAULTS['lr']})")
+    p.add_argument("--lr", type=argtypes.positive_float,
+                   help=f"learning rate (default: {DEFAULTS['lr']})")
     p.add_argument("--seed", type=int,
                    help=f"seed for init and shuffling (default: {DEFAULTS['seed']})")
     p.add_argument("--dtype", choices=list(model.DTYPES),
@@ -114,24 +67,25 @@ def build_parser():
                    help="MNIST digits or Fashion-MNIST clothes (default: mnist)")
     p.add_argument("--optimizer", choices=list(optim.OPTIMIZERS),
                    help=f"update rule (default: {DEFAULTS['optimizer']})")
-    p.add_argument("--momentum", type=_unit_float, help="momentum coefficient (default: 0.9)")
-    p.add_argument("--beta1", type=_unit_float, help="Adam's beta1 (default: 0.9)")
-    p.add_argument("--beta2", type=_unit_float, help="Adam's beta2 (default: 0.999)")
-    p.add_argument("--eps", type=_positive_float, help="Adam's epsilon (default: 1e-8)")
-    p.add_argument("--weight-decay", type=_non_negative_float, metavar="X",
+    p.add_argument("--momentum", type=argtypes.unit_float,
+                   help="momentum coefficient (default: 0.9)")
+    p.add_argument("--beta1", type=argtypes.unit_float, help="Adam's beta1 (default: 0.9)")
+    p.add_argument("--beta2", type=argtypes.unit_float, help="Adam's beta2 (default: 0.999)")
+    p.add_argument("--eps", type=argtypes.positive_float, help="Adam's epsilon (default: 1e-8)")
+    p.add_argument("--weight-decay", type=argtypes.non_negative_float, metavar="X",
                    help="L2 weight decay added to every gradient (default: 0)")
     p.add_argument("--schedule", choices=list(optim.SCHEDULES),
                    help="learning-rate schedule over epochs (default: constant); step "
                         "divides by 10 every third of the run")
-    p.add_argument("--warmup", type=_non_negative_int, metavar="N",
+    p.add_argument("--warmup", type=argtypes.non_negative_int, metavar="N",
                    help="epochs of linear learning-rate warm-up (default: 0)")
-    p.add_argument("--shift", type=_non_negative_int, metavar="PX",
+    p.add_argument("--shift", type=argtypes.non_negative_int, metavar="PX",
                    help="augment: move each training image by a random (dy, dx) in "
                         "[-PX, PX] pixels, drawn per epoch (default: 0 = off)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="where the IDX files live or are cached (default: $FASTNN_DATA or "
                         "a per-user cache dir)")
-    p.add_argument("--threads", type=_positive_int, metavar="N",
+    p.add_argument("--threads", type=argtypes.positive_int, metavar="N",
                    help="Numba threads (default: all cores)")
     p.add_argument("--save", metavar="PATH",
                    help="write a checkpoint (.npz: model, optimizer state, history) at each "
@@ -153,7 +107,7 @@ def build_parser():
     p.add_argument("--compare", action="store_true",
                    help="train every backend through the same batches and report agreement "
                         "and speed instead of a normal run")
-    p.add_argument("--compare-steps", type=_positive_int, default=300, metavar="N",
+    p.add_argument("--compare-steps", type=argtypes.positive_int, default=300, metavar="N",
                    help="training steps per backend with --compare (default: 300)")
     return p
 
