@@ -27,27 +27,27 @@ def non_negative_int(text):
 
 
 def positive_float(text):
-    value = float(text)
+    value = number(text)
     if not (value > 0 and np.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
     return value
 
 
 def non_negative_float(text):
-    value = float(text)
+    value = number(text)
     if not (value >= 0 and np.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
 def unit_float(text):
-    value = float(text)
+    value = number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
 
-def float(text):
+def number(text):
     try:
         return float(text)
     except ValueError:
