@@ -90,3 +90,72 @@ def test_failed_savefig_leaves_no_files(tmp_path, monkeypatch, draw):
     with pytest.raises(OSError, match="disk full"):
         draw(tmp_path)
     assert list(tmp_path.iterdir()) == []  # neither the PNG, the CSV nor a temp file
+
+
+def png_size(path):
+    """(width, height) in pixels from the PNG's IHDR chunk."""
+    head = path.read_bytes()[:24]
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Every figure the plots module closes, so its axes can be inspected."""
+    import matplotlib.pyplot as plt
+
+    seen, close = [], plt.close
+
+    def keep(fig=None):
+        seen.append(fig)
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", keep)
+    return seen
+
+
+def test_curves_figure_has_loss_and_accuracy_axes(tmp_path, figures):
+    plots.training_curves(HISTORY, tmp_path / "c.png")
+    w, h = png_size(tmp_path / "c.png")
+    assert w > 400 and h > 200
+    axes = figures[-1].axes
+    assert len(axes) == 2
+    assert "loss" in axes[0].get_title().lower() and axes[0].get_xlabel() == "epoch"
+    assert "accuracy" in axes[1].get_title().lower()
+    assert [line.get_label() for line in axes[1].get_lines()] == ["train", "test"]
+    assert list(axes[0].get_lines()[0].get_ydata()) == [0.57, 0.31, 0.25]
+
+
+def test_confusion_figure_shows_every_count(tmp_path, figures):
+    cm = sample_cm()
+    plots.confusion(cm, tmp_path / "cm.png")
+    w, h = png_size(tmp_path / "cm.png")
+    assert w > 300 and h > 300
+    ax = figures[-1].axes[0]
+    texts = {t.get_text() for t in ax.texts}
+    assert {str(v) for v in cm.ravel() if v} <= texts  # every non-zero count is on the map
+    labels = (ax.get_xlabel() + ax.get_ylabel()).lower()
+    assert "predicted" in labels and "true" in labels
+
+
+@pytest.mark.parametrize("hidden", [3, 10, 100])
+def test_weights_figure_has_one_28x28_image_per_unit(tmp_path, figures, hidden):
+    W = np.random.default_rng(1).standard_normal((hidden, 784))
+    plots.first_layer_weights(W, tmp_path / "w.png")
+    images = [ax.images[0] for ax in figures[-1].axes if ax.images]
+    assert len(images) == min(hidden, 64)
+    assert all(im.get_array().shape == (28, 28) for im in images)
+
+
+def test_predictions_grid_marks_mistakes_and_names_classes(tmp_path, figures):
+    images = np.zeros((32, 784), np.uint8)
+    labels = np.arange(32) % 10
+    preds = labels.copy()
+    preds[3] = 9  # one mistake
+    names = [f"class{c}" for c in range(10)]
+    plots.predictions_grid(images, labels, preds, tmp_path / "p.png", class_names=names)
+    assert png_size(tmp_path / "p.png")[0] > 600
+    titles = [ax.get_title() for ax in figures[-1].axes]
+    assert len(titles) == 32
+    assert titles[3] == "pred class9\ntrue class3"
+    colors = [ax.title.get_color() for ax in figures[-1].axes]
+    assert colors[3] == "red" and colors.count("red") == 1
