@@ -31,7 +31,7 @@ import sys
 
 import numpy as np
 
-from fastnn import argtypes, benchkit, config, model, torch_peer
+from fastnn import benchkit, cli, config, model, torch_peer
 from fastnn.kernels import KERNELS, REFERENCE, get_kernel
 
 DEFAULT_GRID = [(10, 32), (10, 128), (128, 128), (800, 128)]  # (hidden, batch size)
@@ -48,20 +48,20 @@ def build_parser():
         description="Check every backend against the reference, then measure training and "
         "inference samples/s, thread scaling and compile time. Default grid: 784-10-10 at "
         "batch 32 and 128, 784-128-10 and 784-800-10 at batch 128, float32.")
-    p.add_argument("--hidden", type=argtypes.positive_int, nargs="+", metavar="N",
+    p.add_argument("--hidden", type=cli.positive_int, nargs="+", metavar="N",
                    help="hidden widths to measure (with --batch-size: their product; "
                    "default batch 128)")
-    p.add_argument("--batch-size", type=argtypes.positive_int, nargs="+", metavar="N",
+    p.add_argument("--batch-size", type=cli.positive_int, nargs="+", metavar="N",
                    help="batch sizes to measure (default hidden: 10 128 800)")
     p.add_argument("--dtype", nargs="+", choices=list(model.DTYPES), default=None,
                    help="float types (default: float32)")
-    p.add_argument("--repeats", type=argtypes.positive_int,
+    p.add_argument("--repeats", type=cli.positive_int,
                    help=f"timed runs per figure, the median is reported (default "
                    f"{DEFAULT_REPEATS}, 1 with --quick)")
-    p.add_argument("--samples", type=argtypes.positive_int,
+    p.add_argument("--samples", type=cli.positive_int,
                    help=f"training samples per timed run, rounded up to whole batches, at "
                    f"least 8 batches (default {DEFAULT_SAMPLES}, {QUICK_SAMPLES} with --quick)")
-    p.add_argument("--threads", type=argtypes.positive_int,
+    p.add_argument("--threads", type=cli.positive_int,
                    help="threads for the numba backends and PyTorch (default: all)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--no-compile", action="store_true",

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from fastnn import model
+from fastnn import cli, model
 from fastnn.kernels import KERNELS, get_kernel
 from fastnn.predict import dataset_of
 
@@ -119,17 +119,12 @@ def run(args, out=None):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from fastnn.data import DataError
 
-    try:
+    def body():
         run(args)
         return 0
-    except (DataError, model.ModelError, OSError) as e:
-        print(f"fastnn: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nfastnn: interrupted", file=sys.stderr)
-        return 130
+
+    return cli.run_command(build_parser(), body)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,10 @@ import sys
 
 import numpy as np
 
-from fastnn import model
+from fastnn import cli, model
 from fastnn.data import canonical, class_names
 from fastnn.kernels import KERNELS, get_kernel
 from fastnn.kernels.numpy_ref import to_float
-
-
-class UsageError(Exception):
-    """A flag that only turns out wrong once the data is loaded: exit code 2."""
 
 
 def _top_k(text):
@@ -82,7 +78,7 @@ def gather_inputs(args, dataset):
     images, labels = load_mnist("test", args.data_dir, dataset)
     bad = [i for i in args.index if not 0 <= i < len(images)]
     if bad:
-        raise UsageError(f"--index {bad[0]} is out of range: the {dataset} test set has "
+        raise cli.UsageError(f"--index {bad[0]} is out of range: the {dataset} test set has "
                          f"{len(images)} images, use 0..{len(images) - 1}")
     idx = np.array(args.index, dtype=np.int64)
     return [f"test image {i}" for i in args.index], images[idx], labels[idx]
@@ -127,23 +123,15 @@ def run(args, out=None):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    from fastnn.data import DataError
     from fastnn.images import ImageError
 
-    try:
+    args = build_parser().parse_args(argv)
+
+    def body():
         run(args)
         return 0
-    except UsageError as e:
-        build_parser().print_usage(sys.stderr)
-        print(f"python -m fastnn.predict: error: {e}", file=sys.stderr)
-        return 2
-    except (DataError, model.ModelError, ImageError, OSError) as e:
-        print(f"fastnn: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nfastnn: interrupted", file=sys.stderr)
-        return 130
+
+    return cli.run_command(build_parser(), body, (ImageError,))
 
 
 if __name__ == "__main__":

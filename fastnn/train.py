@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from fastnn import argtypes, config, model, optim
+from fastnn import cli, config, model, optim
 from fastnn.kernels import KERNELS, get_kernel
 
 # Every flag's value when neither a preset nor the command line sets it.
@@ -36,10 +36,6 @@ PRESETS = {
 }
 
 
-class UsageError(Exception):
-    """A flag that only turns out wrong after the data is loaded: exit code 2."""
-
-
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m fastnn.train",
@@ -49,13 +45,13 @@ def build_parser():
                    help="starting settings; explicit flags override (seed = the original script)")
     p.add_argument("--kernel", choices=list(KERNELS),
                    help=f"backend (default: {DEFAULTS['kernel']})")
-    p.add_argument("--hidden", type=argtypes.positive_int, nargs="+", metavar="N",
+    p.add_argument("--hidden", type=cli.positive_int, nargs="+", metavar="N",
                    help="hidden layer widths, e.g. --hidden 256 128 (default: 10)")
-    p.add_argument("--epochs", type=argtypes.positive_int,
+    p.add_argument("--epochs", type=cli.positive_int,
                    help=f"passes over the training set (default: {DEFAULTS['epochs']})")
-    p.add_argument("--batch-size", type=argtypes.non_negative_int, metavar="N",
+    p.add_argument("--batch-size", type=cli.non_negative_int, metavar="N",
                    help=f"minibatch size; 0 = full batch (default: {DEFAULTS['batch_size']})")
-    p.add_argument("--lr", type=argtypes.positive_float,
+    p.add_argument("--lr", type=cli.positive_float,
                    help=f"learning rate (default: {DEFAULTS['lr']})")
     p.add_argument("--seed", type=int,
                    help=f"seed for init and shuffling (default: {DEFAULTS['seed']})")
@@ -67,25 +63,25 @@ def build_parser():
                    help="MNIST digits or Fashion-MNIST clothes (default: mnist)")
     p.add_argument("--optimizer", choices=list(optim.OPTIMIZERS),
                    help=f"update rule (default: {DEFAULTS['optimizer']})")
-    p.add_argument("--momentum", type=argtypes.unit_float,
+    p.add_argument("--momentum", type=cli.unit_float,
                    help="momentum coefficient (default: 0.9)")
-    p.add_argument("--beta1", type=argtypes.unit_float, help="Adam's beta1 (default: 0.9)")
-    p.add_argument("--beta2", type=argtypes.unit_float, help="Adam's beta2 (default: 0.999)")
-    p.add_argument("--eps", type=argtypes.positive_float, help="Adam's epsilon (default: 1e-8)")
-    p.add_argument("--weight-decay", type=argtypes.non_negative_float, metavar="X",
+    p.add_argument("--beta1", type=cli.unit_float, help="Adam's beta1 (default: 0.9)")
+    p.add_argument("--beta2", type=cli.unit_float, help="Adam's beta2 (default: 0.999)")
+    p.add_argument("--eps", type=cli.positive_float, help="Adam's epsilon (default: 1e-8)")
+    p.add_argument("--weight-decay", type=cli.non_negative_float, metavar="X",
                    help="L2 weight decay added to every gradient (default: 0)")
     p.add_argument("--schedule", choices=list(optim.SCHEDULES),
                    help="learning-rate schedule over epochs (default: constant); step "
                         "divides by 10 every third of the run")
-    p.add_argument("--warmup", type=argtypes.non_negative_int, metavar="N",
+    p.add_argument("--warmup", type=cli.non_negative_int, metavar="N",
                    help="epochs of linear learning-rate warm-up (default: 0)")
-    p.add_argument("--shift", type=argtypes.non_negative_int, metavar="PX",
+    p.add_argument("--shift", type=cli.non_negative_int, metavar="PX",
                    help="augment: move each training image by a random (dy, dx) in "
                         "[-PX, PX] pixels, drawn per epoch (default: 0 = off)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="where the IDX files live or are cached (default: $FASTNN_DATA or "
                         "a per-user cache dir)")
-    p.add_argument("--threads", type=argtypes.positive_int, metavar="N",
+    p.add_argument("--threads", type=cli.positive_int, metavar="N",
                    help="Numba threads (default: all cores)")
     p.add_argument("--save", metavar="PATH",
                    help="write a checkpoint (.npz: model, optimizer state, history) at each "
@@ -107,7 +103,7 @@ def build_parser():
     p.add_argument("--compare", action="store_true",
                    help="train every backend through the same batches and report agreement "
                         "and speed instead of a normal run")
-    p.add_argument("--compare-steps", type=argtypes.positive_int, default=300, metavar="N",
+    p.add_argument("--compare-steps", type=cli.positive_int, default=300, metavar="N",
                    help="training steps per backend with --compare (default: 300)")
     return p
 
@@ -166,13 +162,13 @@ def resume_from(args):
                                "it cannot be resumed")
     for key in RESUME_FIXED:
         if key in args.explicit and getattr(args, key) != saved.get(key):
-            raise UsageError(f"--{key.replace('_', '-')} {getattr(args, key)} differs from the "
+            raise cli.UsageError(f"--{key.replace('_', '-')} {getattr(args, key)} differs from the "
                              f"checkpoint's {saved.get(key)}; a resumed run keeps its settings")
         setattr(args, key, saved.get(key, getattr(args, key)))
     if "epochs" not in args.explicit:
         args.epochs = saved["epochs"]
     if meta["epoch"] >= args.epochs:
-        raise UsageError(f"{args.resume} already holds {meta['epoch']} epochs; pass "
+        raise cli.UsageError(f"{args.resume} already holds {meta['epoch']} epochs; pass "
                          f"--epochs N with N > {meta['epoch']} to train further")
     opt = make_optimizer(args)
     opt.step, opt.state = meta["optimizer_step"], state
@@ -189,7 +185,7 @@ def load_data(args):
     train = load_mnist("train", args.data_dir, args.dataset)
     test = load_mnist("test", args.data_dir, args.dataset)
     if args.batch_size > len(train[0]):
-        raise UsageError(f"--batch-size {args.batch_size} is larger than the {len(train[0])} "
+        raise cli.UsageError(f"--batch-size {args.batch_size} is larger than the {len(train[0])} "
                          "training images; use at most that, or 0 for full batch")
     return train, test
 
@@ -229,10 +225,6 @@ def train_one_epoch(kernel, params, images, labels, order, shifts, batch_size, l
 
 
 class Diverged(Exception):
-    pass
-
-
-class Interrupted(Exception):
     pass
 
 
@@ -292,7 +284,7 @@ def run(args, out=None):
         except KeyboardInterrupt:
             hint = (f"; {last_saved} holds epoch {epoch - 1}: continue with --resume "
                     f"{last_saved}" if last_saved else "")
-            raise Interrupted(f"interrupted during epoch {epoch}{hint}") from None
+            raise cli.Interrupted(f"interrupted during epoch {epoch}{hint}") from None
         except Diverged as e:
             last = (f"the last epoch's loss was {history[-1]['loss']:.4f}" if history
                     else "no epoch finished with a finite loss")
@@ -314,7 +306,7 @@ def run(args, out=None):
             except KeyboardInterrupt:
                 hint = (f"; {last_saved} still holds epoch {epoch - 1}: continue with --resume "
                         f"{last_saved}" if last_saved else "")
-                raise Interrupted(f"interrupted while saving epoch {epoch}{hint}") from None
+                raise cli.Interrupted(f"interrupted while saving epoch {epoch}{hint}") from None
             except OSError as e:
                 kept = (f"; {last_saved} still holds epoch {epoch - 1}" if last_saved
                         else "; nothing was written")
@@ -357,25 +349,16 @@ def write_pictures(args, history, params, preds, test_x, test_y, say):
 
 def main(argv=None):
     args = parse_args(argv)
-    from fastnn.data import DataError
 
-    try:
+    def body():
         if args.compare:
             from fastnn import compare
 
             return compare.run(args, load_data(args))
         run(args)
         return 0
-    except UsageError as e:
-        build_parser().print_usage(sys.stderr)
-        print(f"python -m fastnn.train: error: {e}", file=sys.stderr)
-        return 2
-    except (DataError, model.ModelError, Diverged, OSError) as e:
-        print(f"fastnn: error: {e}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Interrupted) as e:
-        print(f"\nfastnn: {str(e) or 'interrupted'}", file=sys.stderr)
-        return 130
+
+    return cli.run_command(build_parser(), body, (Diverged,))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,42 @@
-"""argparse types shared by the command-line tools: each returns the value or
-raises ArgumentTypeError with a message that says what is allowed."""
+"""What the command-line tools share: argparse types and the exit-code policy.
+
+The types return the value or raise ArgumentTypeError with a message that
+says what is allowed. ``run_command`` maps outcomes to exit codes: 0 done,
+2 a usage error (argparse style), 1 a runtime problem (bad data, a bad
+checkpoint, ...), 130 Ctrl-C; user errors print one message, no traceback.
+"""
 
 import argparse
+import sys
 
 import numpy as np
+
+
+class UsageError(Exception):
+    """A bad flag combination found after parsing (e.g. against the data): exit 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C, with a message saying what was kept: exit 130."""
+
+
+def run_command(parser, body, runtime_errors=()):
+    """Call body() -> exit code; turn the tools' expected errors into messages."""
+    from fastnn.data import DataError
+    from fastnn.model import ModelError
+
+    try:
+        return body()
+    except UsageError as e:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, ModelError, OSError, *runtime_errors) as e:
+        print(f"fastnn: error: {e}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Interrupted) as e:
+        print(f"\nfastnn: {str(e) or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 def positive_int(text):
