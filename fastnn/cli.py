@@ -20,6 +20,17 @@ class Interrupted(Exception):
     """Ctrl-C, with a message saying what was kept: exit 130."""
 
 
+def main(parser, run, argv=None, runtime_errors=()):
+    """A command's main(): parse argv, call run(args), return the exit code."""
+    args = parser.parse_args(argv)
+
+    def body():
+        run(args)
+        return 0
+
+    return run_command(parser, body, runtime_errors)
+
+
 def run_command(parser, body, runtime_errors=()):
     """Call body() -> exit code; turn the tools' expected errors into messages."""
     from fastnn.data import DataError

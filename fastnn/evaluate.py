@@ -118,13 +118,7 @@ def run(args, out=None):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-
-    def body():
-        run(args)
-        return 0
-
-    return cli.run_command(build_parser(), body)
+    return cli.main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

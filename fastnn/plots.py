@@ -14,6 +14,17 @@ import numpy as np
 from fastnn.model import atomic_write, atomic_write_text
 
 
+def _finish(plt, fig, path, show):
+    """Lay out, write fig to path atomically, show it if asked; always close it."""
+    try:
+        fig.tight_layout()
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+        if show:
+            plt.show()
+    finally:
+        plt.close(fig)
+
+
 def _pyplot(show):
     import matplotlib
 
@@ -47,11 +58,7 @@ def predictions_grid(images, labels, preds, path, show=False, rows=4, cols=8,
     accuracy = float(np.mean(preds == labels))
     fig.suptitle(f"fastnn predictions on the first {count} test images "
                  f"(test accuracy {100 * accuracy:.2f}%)", fontsize=10)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    if show:
-        plt.show()
-    plt.close(fig)
+    _finish(plt, fig, path, show)
 
 
 CURVE_COLUMNS = ("epoch", "loss", "train_accuracy", "test_accuracy", "seconds",
@@ -104,15 +111,9 @@ def training_curves(history, png_path, csv_path=None, show=False):
     if final is not None:
         fig.suptitle(f"fastnn training: test accuracy {100 * final:.2f}% after "
                      f"{len(history)} epochs", fontsize=11)
-    fig.tight_layout()
-    try:
-        atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=100))
-        if csv_path is not None:
-            atomic_write_text(csv_path, curves_csv(history))
-        if show:
-            plt.show()
-    finally:
-        plt.close(fig)
+    _finish(plt, fig, png_path, show)
+    if csv_path is not None:  # after the PNG: a failed picture leaves no CSV either
+        atomic_write_text(csv_path, curves_csv(history))
 
 
 def confusion(cm, png_path, title=None, show=False):
@@ -147,13 +148,7 @@ def confusion(cm, png_path, title=None, show=False):
     bar.ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
     accuracy = np.trace(cm) / cm.sum() if cm.sum() else float("nan")
     ax.set_title(title or f"confusion matrix (accuracy {100 * accuracy:.2f}%)", fontsize=10)
-    fig.tight_layout()
-    try:
-        atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=100))
-        if show:
-            plt.show()
-    finally:
-        plt.close(fig)
+    _finish(plt, fig, png_path, show)
 
 
 def first_layer_weights(W, png_path, max_units=64, show=False):
@@ -182,10 +177,4 @@ def first_layer_weights(W, png_path, max_units=64, show=False):
     fig.suptitle(f"What each hidden unit looks for: its first-layer weights ({shown} units)\n"
                  "red: ink here excites the unit, blue: ink here inhibits it",
                  fontsize=10)
-    fig.tight_layout()
-    try:
-        atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=100))
-        if show:
-            plt.show()
-    finally:
-        plt.close(fig)
+    _finish(plt, fig, png_path, show)

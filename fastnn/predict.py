@@ -125,13 +125,7 @@ def run(args, out=None):
 def main(argv=None):
     from fastnn.images import ImageError
 
-    args = build_parser().parse_args(argv)
-
-    def body():
-        run(args)
-        return 0
-
-    return cli.run_command(build_parser(), body, (ImageError,))
+    return cli.main(build_parser(), run, argv, (ImageError,))
 
 
 if __name__ == "__main__":

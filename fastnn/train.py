@@ -276,21 +276,26 @@ def run(args, out=None):
     train_seconds = sum(row["seconds"] for row in history)
     # the checkpoint that holds the last finished epoch, for messages
     last_saved = args.resume
+
+    def kept(epoch, resume_hint=False):
+        """What the checkpoint on disk still holds, for the messages below."""
+        if not last_saved:
+            return ""
+        hint = f": continue with --resume {last_saved}" if resume_hint else ""
+        return f"; {last_saved} still holds epoch {epoch - 1}{hint}"
+
     for epoch in range(first_epoch, args.epochs + 1):
         try:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 row = run_epoch(args, kernel, params, opt, rng, epoch, train_x, train_y,
                                 test_x, test_y, bs, show_bar)
         except KeyboardInterrupt:
-            hint = (f"; {last_saved} holds epoch {epoch - 1}: continue with --resume "
-                    f"{last_saved}" if last_saved else "")
-            raise cli.Interrupted(f"interrupted during epoch {epoch}{hint}") from None
+            raise cli.Interrupted(f"interrupted during epoch {epoch}{kept(epoch, True)}") from None
         except Diverged as e:
             last = (f"the last epoch's loss was {history[-1]['loss']:.4f}" if history
                     else "no epoch finished with a finite loss")
-            kept = f"; {last_saved} still holds epoch {epoch - 1}" if last_saved else ""
             raise Diverged(f"training diverged in epoch {epoch}: {e} ({last}); try a smaller "
-                           f"--lr than {args.lr}{kept}") from None
+                           f"--lr than {args.lr}{kept(epoch)}") from None
         train_seconds += row["seconds"]
         history.append(row)
         if epoch % log_every == 0 or epoch == args.epochs or epoch == first_epoch:
@@ -304,14 +309,12 @@ def run(args, out=None):
                 model.save(args.save, params, dict(config=cfg, epoch=epoch, history=history,
                                                    optimizer_step=opt.step), opt.state)
             except KeyboardInterrupt:
-                hint = (f"; {last_saved} still holds epoch {epoch - 1}: continue with --resume "
-                        f"{last_saved}" if last_saved else "")
-                raise cli.Interrupted(f"interrupted while saving epoch {epoch}{hint}") from None
+                raise cli.Interrupted(f"interrupted while saving epoch {epoch}"
+                                      f"{kept(epoch, True)}") from None
             except OSError as e:
-                kept = (f"; {last_saved} still holds epoch {epoch - 1}" if last_saved
-                        else "; nothing was written")
                 raise OSError(f"cannot write the checkpoint {args.save}: {e.strerror or e}"
-                              f"{kept}; free some space or pass another --save path") from None
+                              f"{kept(epoch) or '; nothing was written'}; free some space or "
+                              "pass another --save path") from None
             last_saved = args.save
 
     result = dict(kernel=args.kernel, config=cfg, epochs=history,
