@@ -15,7 +15,10 @@ One process, in this order:
    (empty NUMBA_CACHE_DIR) and warm (the cache the cold run wrote).
 
 Markdown tables on stdout (pasteable into the README), ``--json PATH`` for
-the same numbers. Every backend is compiled before it is timed.
+the same numbers. Every backend is compiled before it is timed. The backends
+being compared are timed in rounds, one run each per round, each run after a
+short idle pause (see SETTLE_SECONDS), so that neither a slow phase of a
+shared machine nor another backend's idling threads favour one of them.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -226,20 +230,40 @@ def _median(xs):
     return float(np.median(xs))
 
 
-def _train(name, params, data, bs, samples, repeats):
-    """Median training samples/s and every repeat's figure, compiled (warmed) first."""
-    backend = _backend(name)
-    backend.warmup(model.sizes_of(params), params[0][0].dtype)  # compile: never timed
-    rates = benchkit.train_rates(backend, params, data.train_images, data.train_labels, bs,
-                                 samples, repeats)
-    return _median(rates), rates
+# Seconds of idle before each timed run. After a NumPy matmul, OpenBLAS's worker
+# threads spin for ~0.1 s waiting for more work; a Numba run started inside
+# that window shares its cores with them (measured: 784-10-10 numba at batch
+# 128 ran at ~0.5x right after NumPy runs, at full speed after a pause).
+SETTLE_SECONDS = 0.25
 
 
-def _predict(name, params, data, repeats):
+def _interleaved(runs, repeats):
+    """{key: run() -> samples/s} timed round-robin: ``repeats`` rounds, each key once
+    per round (the first key rotating), after SETTLE_SECONDS of idle. Slow phases
+    of a shared machine then hit every key alike. Returns {key: (median, rates)}."""
+    keys = list(runs)
+    rates = {key: [] for key in keys}
+    for r in range(repeats):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            time.sleep(SETTLE_SECONDS)
+            rates[key].append(runs[key]())
+    return {key: (_median(x), x) for key, x in rates.items()}
+
+
+def _warm(name, params):
+    """Compile (or load) a backend's kernels for params: never timed."""
     backend = _backend(name)
     backend.warmup(model.sizes_of(params), params[0][0].dtype)
-    rates = benchkit.predict_rates(backend, params, data.test_images, repeats)
-    return _median(rates), rates
+    return backend
+
+
+def _train_run(backend, params, data, bs, samples):
+    return lambda: benchkit.train_rates(backend, params, data.train_images, data.train_labels,
+                                        bs, samples, 1)[0]
+
+
+def _predict_run(backend, params, data):
+    return lambda: benchkit.predict_rates(backend, params, data.test_images, 1)[0]
 
 
 def throughput(configs, data, names, samples, repeats, emit):
@@ -250,18 +274,21 @@ def throughput(configs, data, names, samples, repeats, emit):
         params = benchkit.make_params(hidden, dtype)
         row = dict(net=_net(hidden), hidden=hidden, batch_size=bs, dtype=dtype,
                    samples=_samples(samples, bs), samples_per_second={}, repeats={})
+        backends = {name: _warm(name, params) for name in names}
+        timed = _interleaved({name: _train_run(backends[name], params, data, bs, row["samples"])
+                              for name in names}, repeats)
         for name in names:
-            row["samples_per_second"][name], row["repeats"][name] = _train(
-                name, params, data, bs, row["samples"], repeats)
+            row["samples_per_second"][name], row["repeats"][name] = timed[name]
         ref = row["samples_per_second"][REFERENCE]
         row["speedup"] = {n: row["samples_per_second"][n] / ref for n in names if n != REFERENCE}
         train_rows.append(row)
         if (hidden, dtype) not in infer_rows:
             irow = dict(net=_net(hidden), hidden=hidden, dtype=dtype,
                         images=len(data.test_images), samples_per_second={}, repeats={})
+            timed = _interleaved({name: _predict_run(backends[name], params, data)
+                                  for name in names}, repeats)
             for name in names:
-                irow["samples_per_second"][name], irow["repeats"][name] = _predict(
-                    name, params, data, repeats)
+                irow["samples_per_second"][name], irow["repeats"][name] = timed[name]
             ref = irow["samples_per_second"][REFERENCE]
             irow["speedup"] = {n: irow["samples_per_second"][n] / ref
                                for n in names if n != REFERENCE}
@@ -293,6 +320,13 @@ def throughput(configs, data, names, samples, repeats, emit):
     return train_rows, infer_rows
 
 
+def _with_threads(n, run):
+    def timed():
+        config.set_threads(n)
+        return run()
+    return timed
+
+
 def scaling(cfg, data, samples, repeats, emit):
     """Training and inference samples/s of every non-reference backend at 1 and all threads."""
     hidden, bs, dtype = cfg
@@ -302,11 +336,12 @@ def scaling(cfg, data, samples, repeats, emit):
     for name in (n for n in KERNELS if n != REFERENCE):
         row = dict(backend=name, net=_net(hidden), batch_size=bs, dtype=dtype,
                    samples=_samples(samples, bs), threads={})
-        for t in counts:
-            config.set_threads(t)
-            row["threads"][t] = dict(train=_train(name, params, data, bs, _samples(samples, bs),
-                                                  repeats)[0],
-                                     inference=_predict(name, params, data, repeats)[0])
+        backend = _warm(name, params)
+        for what, run in (("train", _train_run(backend, params, data, bs, row["samples"])),
+                          ("inference", _predict_run(backend, params, data))):
+            timed = _interleaved({t: _with_threads(t, run) for t in counts}, repeats)
+            for t in counts:
+                row["threads"].setdefault(t, {})[what] = timed[t][0]
         rows.append(row)
     emit(f"## Thread scaling (numba threads, median of {repeats})")
     emit("")

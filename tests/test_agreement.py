@@ -1,7 +1,8 @@
 """Every backend against the reference: kernels, training, gradients, edge cases.
 
 Backends come from the registry (fastnn.kernels.KERNELS), so a new backend is
-tested by adding its registry line. Backend-vs-reference comparisons use
+tested by adding its registry line, plus each of the numba backend's batch
+strategies forced (tests/backends.py). Backend-vs-reference comparisons use
 fastnn.tolerances only. The finite-difference check and the naive per-sample
 trainer (tests/naive.py) check the reference itself, so agreement with it
 means something.
@@ -18,7 +19,8 @@ import naive
 import numba
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
+from backends import BACKENDS, OTHERS, backend
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from fastnn.kernels import KERNELS, REFERENCE, get_kernel
@@ -28,8 +30,6 @@ from fastnn.tolerances import assert_agree, logit_scale
 
 SMALL = os.environ.get("FASTNN_SMALL") == "1"
 
-BACKENDS = list(KERNELS)
-OTHERS = [name for name in KERNELS if name != REFERENCE]
 DTYPES = [np.float32, np.float64]
 DTYPE_IDS = ["float32", "float64"]
 
@@ -60,7 +60,7 @@ def warm_kernels():
     """Compile (or load from Numba's cache) every backend's kernels once, up front."""
     rng = np.random.default_rng(0)
     for name in BACKENDS:
-        kernel = get_kernel(name)
+        kernel = backend(name)
         for dtype in DTYPES:
             kernel.warmup([784, 2, 10], dtype)
             params = init_params([784, 2, 10], 0, dtype)
@@ -103,7 +103,7 @@ def assert_params_agree(params, ref_params, dtype, what, trajectory=False):
 def assert_batch_agrees(name, params, X, y):
     """forward P, loss and every dW/db of backend `name` against the reference."""
     dtype = params[0][0].dtype
-    kernel, ref = get_kernel(name), get_kernel(REFERENCE)
+    kernel, ref = backend(name), get_kernel(REFERENCE)
     before = copy_params(params)
 
     P, P_ref = kernel.forward(params, X), ref.forward(params, X)
@@ -126,6 +126,14 @@ def assert_batch_agrees(name, params, X, y):
 
 
 # ---------------------------------------------------------------- 1. kernels, hypothesis
+
+
+# A float32 draw with a hidden pre-activation this close to zero is left out:
+# float32 rounding of a 784-term dot product (~1e-7 here) may then land on
+# either side of the ReLU, so backend and reference are both right and their
+# dW differ by one sample's whole contribution (seen: |Z| = 5.3e-7 at 784-59-10,
+# batch 187, dW1 off by 500x the tolerance). Float64 draws are all kept.
+RELU_TIE_FLOAT32 = 4e-6
 
 
 @st.composite
@@ -167,6 +175,8 @@ def _with_examples(test):
 def test_forward_loss_grads_agree(name, case):
     sizes = [784, *case["hidden"], 10]
     params, X, y = random_batch(sizes, case["m"], case["dtype"], case["init"], case["seed"])
+    if case["dtype"] == "float32":
+        assume(naive.min_distance_to_relu_kink(params, X) > RELU_TIE_FLOAT32)
     assert_batch_agrees(name, params, X, y)
 
 
@@ -176,7 +186,7 @@ def test_sgd_step_agrees(name, dtype):
     params, X, y = random_batch([784, 13, 6, 10], 9, dtype, "uniform", 5)
     _, grads = get_kernel(REFERENCE).loss_and_grads(params, X, y)
     ours, ref = copy_params(params), copy_params(params)
-    get_kernel(name).sgd_step(ours, grads, 0.3)
+    backend(name).sgd_step(ours, grads, 0.3)
     get_kernel(REFERENCE).sgd_step(ref, grads, 0.3)
     assert_params_agree(ours, ref, dtype, f"{name} sgd_step")
     assert not np.array_equal(ref[0][0], params[0][0])  # the step did move W1
@@ -204,9 +214,9 @@ def test_loss_of_a_confident_sample(name, dtype, entry):
     assert_agree(loss_ref, naive.cross_entropy_loss(params, X, y), dtype,
                  "reference loss vs naive")
     if entry == "loss_and_grads":
-        loss, _ = get_kernel(name).loss_and_grads(params, X, y)
+        loss, _ = backend(name).loss_and_grads(params, X, y)
     else:  # the same image as uint8 zeros, one batch of one, lr 0
-        loss, _ = get_kernel(name).train_epoch(copy_params(params), np.zeros((1, 784), np.uint8),
+        loss, _ = backend(name).train_epoch(copy_params(params), np.zeros((1, 784), np.uint8),
                                                y, np.arange(1), 1, 0.0)
     assert_agree(loss, loss_ref, dtype, f"{name} {entry} loss of a confident sample",
                  trajectory=entry == "train_epoch")
@@ -256,7 +266,7 @@ def test_train_epoch_agrees_on_random_shapes(name, case):
     params0 = init_params([784, *case["hidden"], 10], case["seed"], dtype, case["init"])
     ours, ref = copy_params(params0), copy_params(params0)
     with numba_threads(case["threads"]):
-        loss, acc = get_kernel(name).train_epoch(ours, images, labels, order,
+        loss, acc = backend(name).train_epoch(ours, images, labels, order,
                                                  case["batch_size"], 0.05)
     loss_ref, acc_ref = get_kernel(REFERENCE).train_epoch(ref, images, labels, order,
                                                           case["batch_size"], 0.05)
@@ -276,7 +286,7 @@ def test_train_epoch_agrees(name, dtype, sizes, batch_size):
     params0 = init_params(sizes, 13, dtype, "he")
     ours, ref = copy_params(params0), copy_params(params0)
 
-    loss, acc = get_kernel(name).train_epoch(ours, images, labels, order, batch_size, 0.1)
+    loss, acc = backend(name).train_epoch(ours, images, labels, order, batch_size, 0.1)
     loss_ref, acc_ref = get_kernel(REFERENCE).train_epoch(ref, images, labels, order,
                                                           batch_size, 0.1)
 
@@ -317,7 +327,7 @@ def test_mnist_trajectory_agrees(mnist, name, dtype, sizes):
     params0 = init_params(sizes, 32, dtype, "he")
     ours, ref = copy_params(params0), copy_params(params0)
 
-    loss, acc = get_kernel(name).train_epoch(ours, images, labels, order, batch, 0.1)
+    loss, acc = backend(name).train_epoch(ours, images, labels, order, batch, 0.1)
     loss_ref, acc_ref = get_kernel(REFERENCE).train_epoch(ref, images, labels, order, batch, 0.1)
 
     assert_params_agree(ours, ref, dtype, f"{name} after {MNIST_STEPS} MNIST steps",
@@ -353,7 +363,7 @@ def _kink_free_batch(sizes, m, init, seed):
 @pytest.mark.parametrize("sizes", [[784, 5, 10], [784, 4, 3, 10]], ids=["784-5-10", "784-4-3-10"])
 @pytest.mark.parametrize("name", BACKENDS)
 def test_gradients_match_finite_differences(name, sizes, init):
-    kernel = get_kernel(name)
+    kernel = backend(name)
     params, X, y = _kink_free_batch(sizes, 6, init, seed=41)
     loss, grads = kernel.loss_and_grads(params, X, y)
     # the loss being differentiated is the right one
@@ -390,7 +400,7 @@ def assert_probabilities(P, dtype):
 def assert_edge_case(name, params, X, y):
     """Finite, normalised, and the same as the reference."""
     dtype = params[0][0].dtype
-    kernel = get_kernel(name)
+    kernel = backend(name)
     assert_probabilities(kernel.forward(params, X), dtype)
     loss, grads = kernel.loss_and_grads(params, X, y)
     assert np.isfinite(loss)
@@ -403,7 +413,7 @@ def assert_edge_case(name, params, X, y):
 def assert_training_agrees(name, params0, images, labels, order, batch_size, lr=0.1):
     dtype = params0[0][0].dtype
     ours, ref = copy_params(params0), copy_params(params0)
-    loss, acc = get_kernel(name).train_epoch(ours, images, labels, order, batch_size, lr)
+    loss, acc = backend(name).train_epoch(ours, images, labels, order, batch_size, lr)
     loss_ref, acc_ref = get_kernel(REFERENCE).train_epoch(ref, images, labels, order,
                                                           batch_size, lr)
     assert np.isfinite(loss) and 0.0 <= acc <= 1.0
@@ -416,7 +426,7 @@ def assert_training_agrees(name, params0, images, labels, order, batch_size, lr=
 
 def assert_predict_agrees(name, params, images):
     dtype = params[0][0].dtype
-    got = get_kernel(name).predict(params, images)
+    got = backend(name).predict(params, images)
     want = get_kernel(REFERENCE).forward(params, to_float(images, dtype)).argmax(axis=1)
     assert got.dtype == np.int64 and got.shape == (len(images),)
     assert np.array_equal(got, want), f"{name} predict differs at {np.flatnonzero(got != want)}"
@@ -483,7 +493,7 @@ def test_huge_logits(name, dtype, init):
     Z = naive.logits(params, X)
     assert 1e4 <= np.max(np.abs(Z)) <= 1e7, np.max(np.abs(Z))  # the regime under test
     assert_edge_case(name, params, X, y)
-    loss, _ = get_kernel(name).loss_and_grads(params, X, y)
+    loss, _ = backend(name).loss_and_grads(params, X, y)
     assert loss > 100  # the labels are random: most are far from the argmax
     images, _ = mnist_like_images(16, seed=92)
     assert_predict_agrees(name, params, images)
@@ -502,7 +512,7 @@ def test_train_epoch_is_deterministic(name, dtype, threads):
     with numba_threads(threads):
         for _ in range(2):
             params = init_params([784, 16, 10], 103, dtype, "he")
-            stats = get_kernel(name).train_epoch(params, images, labels, order, 32, 0.1)
+            stats = backend(name).train_epoch(params, images, labels, order, 32, 0.1)
             runs.append((params, stats))
     (p1, s1), (p2, s2) = runs
     assert s1 == s2
@@ -527,7 +537,7 @@ def test_predict_is_argmax_of_reference_forward(name, dtype, sizes):
     images = images[naive.logit_margin(Z) > 1e-3 * np.abs(Z).max()]
     assert len(images) > 0.9 * n
     assert_predict_agrees(name, params, images)
-    assert len(np.unique(get_kernel(name).predict(params, images))) > 1
+    assert len(np.unique(backend(name).predict(params, images))) > 1
 
 
 # ---------------------------------------------------------------- 7. registry
@@ -547,7 +557,7 @@ def test_unknown_kernel_lists_known_names():
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_backend_exposes_the_contract(name):
-    kernel = get_kernel(name)
+    kernel = backend(name)
     for attr in ("forward", "loss_and_grads", "train_epoch", "predict", "sgd_step", "warmup"):
         assert callable(getattr(kernel, attr, None)), f"{name} lacks {attr}"
     assert kernel.warmup([784, 3, 10], np.float32) >= 0.0

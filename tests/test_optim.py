@@ -6,13 +6,13 @@ import sys
 
 import numpy as np
 import pytest
+from backends import OTHERS, backend
 
 from fastnn import optim
-from fastnn.kernels import KERNELS, REFERENCE, get_kernel
+from fastnn.kernels import REFERENCE, get_kernel
 from fastnn.model import copy_params, init_params
 from fastnn.tolerances import assert_agree
 
-OTHERS = [name for name in KERNELS if name != REFERENCE]
 RULES = [("sgd", 0.0), ("momentum", 0.0), ("adam", 0.0), ("momentum", 1e-3), ("adam", 1e-3)]
 
 
@@ -32,12 +32,12 @@ def test_training_with_each_optimizer_agrees(name, rule, decay, dtype):
     params = init_params([784, 12, 7, 10], seed=1, dtype=dtype)
     lr = 0.002 if rule == "adam" else 0.05
     runs = {}
-    for backend in (name, REFERENCE):
+    for b in (name, REFERENCE):
         p, opt = copy_params(params), optim.Optimizer(rule, weight_decay=decay)
         order = np.random.default_rng(2).permutation(len(x))
         for _ in range(2):
-            loss, acc = get_kernel(backend).train_epoch(p, x, y, order, 2, lr, opt)
-        runs[backend] = (p, opt, loss, acc)
+            loss, acc = backend(b).train_epoch(p, x, y, order, 2, lr, opt)
+        runs[b] = (p, opt, loss, acc)
     (p, opt, loss, acc), (p_ref, opt_ref, loss_ref, acc_ref) = runs[name], runs[REFERENCE]
     assert opt.step == opt_ref.step == 300
     for a, r in zip(p, p_ref):
@@ -62,7 +62,7 @@ def test_apply_update_agrees(name, rule):
     o1, o2 = optim.Optimizer(rule, weight_decay=1e-2), optim.Optimizer(rule, weight_decay=1e-2)
     for _ in range(3):
         _, grads = get_kernel(REFERENCE).loss_and_grads(ref, X, y)
-        get_kernel(name).apply_update(ours, grads, 0.01, o1)
+        backend(name).apply_update(ours, grads, 0.01, o1)
         get_kernel(REFERENCE).apply_update(ref, grads, 0.01, o2)
     for a, r in zip(ours, ref):
         assert_agree(a[0], r[0], np.float64, f"{name} {rule} apply_update")
@@ -150,7 +150,7 @@ def test_training_with_shifts_agrees(name, dtype):
     order, shifts = rng.permutation(200), rng.integers(-2, 3, (200, 2))
     params = init_params([784, 20, 10], seed=4, dtype=dtype)
     ours, ref, plain = copy_params(params), copy_params(params), copy_params(params)
-    get_kernel(name).train_epoch(ours, x, y, order, 8, 0.05, None, shifts)
+    backend(name).train_epoch(ours, x, y, order, 8, 0.05, None, shifts)
     get_kernel(REFERENCE).train_epoch(ref, x, y, order, 8, 0.05, None, shifts)
     get_kernel(REFERENCE).train_epoch(plain, x, y, order, 8, 0.05)
     for a, r in zip(ours, ref):

@@ -21,6 +21,7 @@ thread order, so the result depends on the thread count, never on scheduling.
 No np.dot/@ here: every product is a loop.
 """
 
+import contextlib
 import time
 
 import numba
@@ -300,17 +301,60 @@ def run_predict(fused, rows, params, images):
 def _tiled_buffers(P, width, batch_size, dtype):
     chunk = min(batch_size, numba_tiles.CHUNK)
     return (np.empty(P, dtype), np.empty(2 * chunk * width, dtype),
-            np.zeros((chunk // 4 + 2, 2)))
+            np.zeros((numba_tiles.STATS_PAD * (chunk // 4 + 1) + 1, 2)))
 
+
+def _split_buffers(P, width, batch_size, dtype):
+    T = numba.get_num_threads()
+    return (np.empty((T, P), dtype), np.empty((T, 2 * numba_tiles.TILE * width), dtype),
+            np.zeros((numba_tiles.STATS_PAD * T, 2)))
 
 def train_epoch(params, images, labels, order, batch_size, lr, opt=None, shifts=None):
     """Minibatch training over ``order``, updating params (and ``opt``) in place.
 
-    The tiled two-phase kernel; ``opt`` is a fastnn.optim.Optimizer (None =
-    plain SGD); ``shifts`` (len(order), 2) moves each sample by (dy, dx) pixels.
+    The tiled kernels of ``numba_tiles``, split over samples (small nets) or
+    over weight rows (large ones, see ``split_over_samples``); ``opt`` is a
+    fastnn.optim.Optimizer (None = plain SGD); ``shifts`` (len(order), 2)
+    moves each sample by (dy, dx) pixels.
     """
-    return run_epoch(numba_tiles.train_epoch_tiled, _tiled_buffers, params, images, labels,
-                     order, batch_size, lr, opt, shifts)
+    n_params = sum(W.size + b.size for W, b in params)
+    if strategy(n_params, numba.get_num_threads()) == "samples":
+        fused, buffers = numba_tiles.train_epoch_split, _split_buffers
+    else:
+        fused, buffers = numba_tiles.train_epoch_tiled, _tiled_buffers
+    return run_epoch(fused, buffers, params, images, labels, order, batch_size, lr, opt, shifts)
+
+
+# Per-thread gradient buffers up to this many floats in all (1 MiB of float32):
+# below it, adding them up costs less than train_epoch_tiled's extra parallel
+# regions and its reading of activations written by other cores (measured on
+# 2 cores: "samples" faster at 784-10-10 and 784-32-10, equal at 784-128-10,
+# slower at 784-800-10).
+SPLIT_MAX_FLOATS = 1 << 18
+STRATEGIES = ("samples", "rows")
+_forced = None
+
+
+def strategy(n_params, n_threads):
+    """How train_epoch shares a batch between threads: "samples"
+    (numba_tiles.train_epoch_split) or "rows" (numba_tiles.train_epoch_tiled)."""
+    if _forced is not None:
+        return _forced
+    return "samples" if n_params * n_threads <= SPLIT_MAX_FLOATS else "rows"
+
+
+@contextlib.contextmanager
+def forced_strategy(name):
+    """Within the block, train_epoch uses strategy ``name`` whatever the net's size
+    (the agreement tests run both on every shape)."""
+    global _forced
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
+    before, _forced = _forced, name
+    try:
+        yield
+    finally:
+        _forced = before
 
 
 def apply_update(params, grads, lr, opt):
@@ -346,7 +390,12 @@ def warmup_module(module, sizes, dtype):
 
 
 def warmup(sizes, dtype):
-    """Compile (or load from cache) train_epoch and predict; return the seconds it took."""
+    """Compile (or load from cache) train_epoch and predict; return the seconds it took.
+
+    Only the train_epoch kernel that a net of these sizes will use is loaded.
+    """
     import sys
 
-    return warmup_module(sys.modules[__name__], sizes, dtype)
+    n_params = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+    with forced_strategy(strategy(n_params, numba.get_num_threads())):
+        return warmup_module(sys.modules[__name__], sizes, dtype)

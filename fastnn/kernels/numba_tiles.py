@@ -25,10 +25,11 @@ import numpy as np
 from numba import njit, prange
 
 from fastnn import config
-from fastnn.kernels.numba_shared import apply_rule, gather_row
+from fastnn.kernels.numba_shared import apply_rule, gather_row, prefetch_rows, update_params
 
 TILE = 32  # samples per tile: a tile's activations stay in L2 while a layer runs
 CHUNK = 1024  # samples whose activations and deltas are kept at once
+STATS_PAD = 8  # rows of 16 bytes between two threads' stats: one cache line
 
 
 @njit(**config.JIT)
@@ -171,26 +172,71 @@ def _softmax_xent_tile(Z, ns, labels, order, first, inv_m, D, stats_row):
         stats_row[1] += best == y
 
 
+@njit(**config.JIT)
+def _tile_pass(theta, sizes, woff, boff, aoff, buf, cap, f, ns, images, labels, order, shifts,
+               first, scale, inv_m, stats_row, pf_lo, pf_hi):
+    # Forward and backward deltas of samples order[first:first+ns], kept as rows f..f+ns
+    # of buf's blocks: layer l's activations (cap, n_l) start at cap * aoff[l], its
+    # deltas at cap * (aoff[L+1] + aoff[l]); aoff: (L+2,) prefix sums of sizes.
+    # stats_row: (2,) float64 += (loss sum, hits) of these samples
+    # pf_lo, pf_hi: order positions of the tile that comes next, prefetched here (one
+    # row per row gathered) so that their images arrive while this tile computes
+    L = sizes.shape[0] - 1
+    dbase = cap * aoff[L + 1]
+    n0 = sizes[0]
+    X = buf[f * n0: (f + ns) * n0].reshape((ns, n0))
+    for s in range(ns):
+        gather_row(images, order[first + s], shifts, first + s, scale, X[s])
+        prefetch_rows(images, order, min(pf_lo + s, pf_hi), min(pf_lo + s + 1, pf_hi))
+    prefetch_rows(images, order, min(pf_lo + ns, pf_hi), pf_hi)
+    for layer in range(L):
+        n_in, n_out = sizes[layer], sizes[layer + 1]
+        a0, z0 = cap * aoff[layer], cap * aoff[layer + 1]
+        A = buf[a0 + f * n_in: a0 + (f + ns) * n_in].reshape((ns, n_in))
+        Z = buf[z0 + f * n_out: z0 + (f + ns) * n_out].reshape((ns, n_out))
+        W = theta[woff[layer]: woff[layer] + n_out * n_in].reshape((n_out, n_in))
+        _tile_forward(A, ns, W, theta[boff[layer]: boff[layer] + n_out], Z, layer < L - 1)
+    n_cls = sizes[L]
+    z0 = cap * aoff[L]
+    Zl = buf[z0 + f * n_cls: z0 + (f + ns) * n_cls].reshape((ns, n_cls))
+    Dl = buf[dbase + z0 + f * n_cls: dbase + z0 + (f + ns) * n_cls].reshape((ns, n_cls))
+    _softmax_xent_tile(Zl, ns, labels, order, first, inv_m, Dl, stats_row)
+    for layer in range(L - 1, 0, -1):  # deltas of the hidden layers
+        n_in, n_out = sizes[layer], sizes[layer + 1]
+        a0, z0 = cap * aoff[layer], cap * aoff[layer + 1]
+        A = buf[a0 + f * n_in: a0 + (f + ns) * n_in].reshape((ns, n_in))
+        D = buf[dbase + z0 + f * n_out: dbase + z0 + (f + ns) * n_out].reshape((ns, n_out))
+        DA = buf[dbase + a0 + f * n_in: dbase + a0 + (f + ns) * n_in].reshape((ns, n_in))
+        W = theta[woff[layer]: woff[layer] + n_out * n_in].reshape((n_out, n_in))
+        _tile_grad_input(D, W, A, ns, DA)
+
+
+@njit(**config.JIT)
+def _prefix(sizes):
+    # aoff: (L+2,) with aoff[l] = sizes[0] + ... + sizes[l-1]
+    aoff = np.zeros(sizes.shape[0] + 1, np.int64)
+    for layer in range(sizes.shape[0]):
+        aoff[layer + 1] = aoff[layer] + sizes[layer]
+    return aoff
+
+
 @njit(**config.JIT_PARALLEL)
 def train_epoch_tiled(theta, sizes, woff, boff, images, labels, order, batch_size, lr,
-                          scale, grad, buf, stats, kind, hyper, state, step, shifts, nthreads):
+                      scale, grad, buf, stats, kind, hyper, state, step, shifts, nthreads):
     # theta: (P,) flat params; sizes: (L+1,); woff, boff: (L,); images: (n, 784) uint8
     # labels: (n,) int64; order: (k,) int64 sample indices; shifts: (k, 2) or (0, 2)
     # grad: (P,) the batch gradient, each row written by the thread that owns it
     # buf: (2 * CHUNK * sum sizes,) activations of up to CHUNK samples, then their deltas
-    # stats: (CHUNK // 4 + 2, 2) float64; its column sums are the loss sum and hits
+    # stats: (STATS_PAD * (CHUNK // 4 + 1), 2) float64; tile t's (loss sum, hits) in row
+    #     STATS_PAD * t (rows apart so that threads do not share a cache line)
     # kind, hyper, state (S, P), step (1,): the optimizer, see numba_shared.apply_rule
     # nthreads: Numba's thread count (tiles and row blocks are cut to keep all busy)
     k = order.shape[0]
     L = sizes.shape[0] - 1
-    width = 0
-    for layer in range(L + 1):
-        width += sizes[layer]
-    CHUNK = buf.shape[0] // (2 * width)
-    aoff = np.zeros(L + 2, np.int64)  # layer l's (CHUNK, n_l) block starts at CHUNK * aoff[l]
-    for layer in range(L + 1):
-        aoff[layer + 1] = aoff[layer] + sizes[layer]
-    dbase = CHUNK * width  # deltas: same layout, after the activations
+    aoff = _prefix(sizes)
+    CHUNK = buf.shape[0] // (2 * aoff[L + 1])
+    dbase = CHUNK * aoff[L + 1]  # deltas: same layout, after the activations
+    total = stats.shape[0] - 1
     for start in range(0, k, batch_size):
         m = min(batch_size, k - start)
         inv_m = theta.dtype.type(1) / theta.dtype.type(m)
@@ -203,34 +249,10 @@ def train_epoch_tiled(theta, sizes, woff, boff, images, labels, order, batch_siz
             # phase 1: forward and deltas of every tile (independent samples)
             for tile in prange(n_tiles):
                 f = tile * tsize
-                ns = min(tsize, cn - f)
-                X = buf[CHUNK * aoff[0] + f * sizes[0]:
-                        CHUNK * aoff[0] + (f + ns) * sizes[0]].reshape((ns, sizes[0]))
-                for s in range(ns):
-                    gather_row(images, order[c0 + f + s], shifts, c0 + f + s, scale, X[s])
-                for layer in range(L):
-                    n_in, n_out = sizes[layer], sizes[layer + 1]
-                    a0, z0 = CHUNK * aoff[layer], CHUNK * aoff[layer + 1]
-                    A = buf[a0 + f * n_in: a0 + (f + ns) * n_in].reshape((ns, n_in))
-                    Z = buf[z0 + f * n_out: z0 + (f + ns) * n_out].reshape((ns, n_out))
-                    W = theta[woff[layer]: woff[layer] + n_out * n_in].reshape((n_out, n_in))
-                    _tile_forward(A, ns, W, theta[boff[layer]: boff[layer] + n_out], Z,
-                                  layer < L - 1)
-                n_cls = sizes[L]
-                z0 = CHUNK * aoff[L]
-                Zl = buf[z0 + f * n_cls: z0 + (f + ns) * n_cls].reshape((ns, n_cls))
-                Dl = buf[dbase + z0 + f * n_cls: dbase + z0 + (f + ns) * n_cls].reshape((ns, n_cls))
-                stats[tile, 0] = 0.0
-                stats[tile, 1] = 0.0
-                _softmax_xent_tile(Zl, ns, labels, order, c0 + f, inv_m, Dl, stats[tile])
-                for layer in range(L - 1, 0, -1):  # deltas of the hidden layers
-                    n_in, n_out = sizes[layer], sizes[layer + 1]
-                    a0, z0 = CHUNK * aoff[layer], CHUNK * aoff[layer + 1]
-                    A = buf[a0 + f * n_in: a0 + (f + ns) * n_in].reshape((ns, n_in))
-                    D = buf[dbase + z0 + f * n_out: dbase + z0 + (f + ns) * n_out]
-                    DA = buf[dbase + a0 + f * n_in: dbase + a0 + (f + ns) * n_in]
-                    W = theta[woff[layer]: woff[layer] + n_out * n_in].reshape((n_out, n_in))
-                    _tile_grad_input(D.reshape((ns, n_out)), W, A, ns, DA.reshape((ns, n_in)))
+                _tile_pass(theta, sizes, woff, boff, aoff, buf, CHUNK, f, min(tsize, cn - f),
+                           images, labels, order, shifts, c0 + f, scale, inv_m,
+                           stats[STATS_PAD * tile], c0 + f + tsize,
+                           min(c0 + f + 2 * tsize, c0 + cn))
             # phase 2: each block of weight rows is owned by one thread
             last = c0 + cn >= start + m
             for layer in range(L):
@@ -248,11 +270,78 @@ def train_epoch_tiled(theta, sizes, woff, boff, images, labels, order, batch_siz
                         apply_rule(theta, grad, woff[layer] + o_lo * n_in,
                                    woff[layer] + o_hi * n_in, lr, kind, hyper, state, step[0])
                         apply_rule(theta, grad, boff[layer] + o_lo, boff[layer] + o_hi, lr,
-                                    kind, hyper, state, step[0])
+                                   kind, hyper, state, step[0])
             for tile in range(n_tiles):  # fold the tiles' stats in, in tile order
-                stats[-1, 0] += stats[tile, 0]
-                stats[-1, 1] += stats[tile, 1]
-                stats[tile, 0] = stats[tile, 1] = 0.0
+                row = STATS_PAD * tile
+                stats[total, 0] += stats[row, 0]
+                stats[total, 1] += stats[row, 1]
+                stats[row, 0] = stats[row, 1] = 0.0
+
+
+@njit(**config.JIT)
+def _split_slice(start, k, batch_size, nthreads, t):
+    # thread t's order positions [lo, hi) in the batch at start, and the threads used
+    m = min(batch_size, k - start)
+    T = min(nthreads, (m + 3) // 4)  # at least 4 samples per thread
+    return start + (m * t) // T, start + (m * (t + 1)) // T, T
+
+
+@njit(**config.JIT)
+def _next_tile(lo, hi, t, next_start, k, batch_size, nthreads):
+    # order positions of the tile thread t runs after the one ending at lo (its
+    # slice ends at hi): the rest of its slice, else its slice of the next batch
+    if lo < hi:
+        return lo, min(lo + TILE, hi)
+    if next_start >= k:
+        return 0, 0
+    lo, hi, T = _split_slice(next_start, k, batch_size, nthreads, t)
+    if t >= T:
+        return 0, 0
+    return lo, min(lo + TILE, hi)
+
+
+@njit(**config.JIT_PARALLEL)
+def train_epoch_split(theta, sizes, woff, boff, images, labels, order, batch_size, lr,
+                      scale, gbuf, tbuf, stats, kind, hyper, state, step, shifts, nthreads):
+    # The same epoch, parallel over samples only: one parallel region per batch.
+    # Each thread runs its contiguous slice of the batch, TILE samples at a time,
+    # through _tile_pass and sums the slice's gradients into its own gbuf row;
+    # update_params then adds the rows in thread order and applies the optimizer.
+    # For small layers this beats train_epoch_tiled: one fork/join per batch instead
+    # of 1 + L, and no thread reads activations another core wrote.
+    # gbuf: (T, P) per-thread gradients; tbuf: (T, 2 * TILE * sum sizes) per-thread tile
+    # stats: (STATS_PAD * T, 2) float64, thread t's (loss sum, hits) in row STATS_PAD * t
+    # other arguments as in train_epoch_tiled; T = nthreads
+    k = order.shape[0]
+    L = sizes.shape[0] - 1
+    aoff = _prefix(sizes)
+    for start in range(0, k, batch_size):
+        m = min(batch_size, k - start)
+        inv_m = theta.dtype.type(1) / theta.dtype.type(m)
+        T = _split_slice(start, k, batch_size, nthreads, 0)[2]
+        for t in prange(T):
+            g = gbuf[t]
+            g[:] = 0
+            lo, hi, _ = _split_slice(start, k, batch_size, nthreads, t)
+            if start == 0:
+                prefetch_rows(images, order, lo, min(lo + TILE, hi))
+            for first in range(lo, hi, TILE):
+                ns = min(TILE, hi - first)
+                buf = tbuf[t]
+                pf_lo, pf_hi = _next_tile(first + ns, hi, t, start + m, k, batch_size, nthreads)
+                _tile_pass(theta, sizes, woff, boff, aoff, buf, TILE, 0, ns, images, labels,
+                           order, shifts, first, scale, inv_m, stats[STATS_PAD * t], pf_lo,
+                           pf_hi)
+                dbase = TILE * aoff[L + 1]
+                for layer in range(L):
+                    n_in, n_out = sizes[layer], sizes[layer + 1]
+                    a0, z0 = TILE * aoff[layer], TILE * aoff[layer + 1]
+                    A = buf[a0: a0 + ns * n_in].reshape((ns, n_in))
+                    D = buf[dbase + z0: dbase + z0 + ns * n_out].reshape((ns, n_out))
+                    gW = g[woff[layer]: woff[layer] + n_out * n_in].reshape((n_out, n_in))
+                    _grad_rows(D, A, ns, gW, g[boff[layer]: boff[layer] + n_out], 0, n_out,
+                               True)
+        update_params(theta, gbuf[:T], lr, kind, hyper, state, step)
 
 
 @njit(**config.JIT_PARALLEL)
