@@ -15,8 +15,8 @@ from numba.extending import intrinsic
 
 from fastnn import config
 
-# Below this many parameters the update runs on one thread: a second
-# fork/join per batch costs more than the loop itself.
+# Below this many parameters the update runs on the calling thread, outside
+# any parallel region: waking the other threads costs more than the loop.
 PARALLEL_MIN = 65536
 
 
@@ -58,15 +58,24 @@ def update_params(theta, gbuf, lr, kind, hyper, state, step):
     # thread order into row 0; state: (S, P); step: (1,) int64 updates so far, += 1
     step[0] += 1
     P = theta.shape[0]
-    blocks = 1 if P < PARALLEL_MIN else 64
+    if P < PARALLEL_MIN:
+        _sum_and_apply(theta, gbuf, 0, P, lr, kind, hyper, state, step[0])
+        return
+    blocks = 64
     for k in prange(blocks):
-        lo, hi = (P * k) // blocks, (P * (k + 1)) // blocks
-        g = gbuf[0, lo:hi]
-        for t in range(1, gbuf.shape[0]):
-            gt = gbuf[t, lo:hi]
-            for p in range(hi - lo):
-                g[p] += gt[p]
-        apply_rule(theta, gbuf[0], lo, hi, lr, kind, hyper, state, step[0])
+        _sum_and_apply(theta, gbuf, (P * k) // blocks, (P * (k + 1)) // blocks, lr, kind,
+                       hyper, state, step[0])
+
+
+@njit(**config.JIT)
+def _sum_and_apply(theta, gbuf, lo, hi, lr, kind, hyper, state, t):
+    # gbuf[0, lo:hi] += gbuf[1:, lo:hi] in row order, then the update rule on [lo, hi)
+    g = gbuf[0, lo:hi]
+    for row in range(1, gbuf.shape[0]):
+        gt = gbuf[row, lo:hi]
+        for p in range(hi - lo):
+            g[p] += gt[p]
+    apply_rule(theta, gbuf[0], lo, hi, lr, kind, hyper, state, t)
 
 
 @intrinsic
@@ -97,15 +106,18 @@ if numba.config.DISABLE_JIT:  # plain Python (the nojit test session): nothing t
 
 
 @njit(**config.JIT)
-def prefetch_rows(images, order, lo, hi):
-    # images: (n, 784) uint8; start loading every cache line of images[order[lo:hi]].
-    # A random training image is not in any cache: fetched on demand, its 13 lines
-    # cost about as much as the sample's whole forward and backward pass.
+def prefetch_samples(images, labels, order, lo, hi):
+    # images: (n, 784) uint8; labels: (n,) int64; start loading every cache line of
+    # images[order[lo:hi]] and their labels. A random training sample is in no cache:
+    # fetched on demand, its 13 image lines and its label's line cost about as much
+    # as the sample's whole forward and backward pass.
     for s in range(lo, hi):
-        row = images[order[s]]
+        j = order[s]
+        row = images[j]
         for i in range(0, row.shape[0], 64):
             prefetch(row, i)
         prefetch(row, row.shape[0] - 1)
+        prefetch(labels, j)
 
 
 @njit(**config.JIT)
@@ -113,9 +125,10 @@ def gather_row(images, j, shifts, s, scale, out):
     # images: (n, 784) uint8; shifts: (k, 2) int64 (dy, dx) per order position, or (0, 2)
     # out: (784,) <- images[j] * scale, moved down dy and right dx (zeros shifted in)
     row = images[j]
+    dt = out.dtype.type  # uint8 * float32 would promote to float64: convert first
     if shifts.shape[0] == 0:
         for i in range(row.shape[0]):
-            out[i] = row[i] * scale
+            out[i] = dt(row[i]) * scale
         return
     dy, dx = shifts[s, 0], shifts[s, 1]
     zero = out.dtype.type(0)
@@ -124,6 +137,6 @@ def gather_row(images, j, shifts, s, scale, out):
         for c in range(28):
             sc = c - dx
             if 0 <= sr < 28 and 0 <= sc < 28:
-                out[r * 28 + c] = row[sr * 28 + sc] * scale
+                out[r * 28 + c] = dt(row[sr * 28 + sc]) * scale
             else:
                 out[r * 28 + c] = zero

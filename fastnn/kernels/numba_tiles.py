@@ -25,7 +25,8 @@ import numpy as np
 from numba import njit, prange
 
 from fastnn import config
-from fastnn.kernels.numba_shared import apply_rule, gather_row, prefetch_rows, update_params
+from fastnn.kernels.numba_math import exp_nonpositive
+from fastnn.kernels.numba_shared import apply_rule, gather_row, prefetch_samples, update_params
 
 TILE = 32  # samples per tile: a tile's activations stay in L2 while a layer runs
 CHUNK = 1024  # samples whose activations and deltas are kept at once
@@ -81,7 +82,7 @@ def _column4(D, s, o, ns):
 def _grad_rows(D, A, ns, gW, gb, o_lo, o_hi, accumulate):
     # D: (>=ns, n_out) deltas; A: (>=ns, n_in) layer input; rows o_lo..o_hi of
     # gW: (n_out, n_in) and gb: (n_out,) get (or, accumulating, add) D^T A and sum D
-    # for the first ns samples, 4 units x 4 samples per sweep over n_in.
+    # for the first ns samples, 4 units x 4 samples per sweep over n_in (then 2, then 1).
     n_in = gW.shape[1]
     zero = gW.dtype.type(0)
     if not accumulate:
@@ -105,6 +106,18 @@ def _grad_rows(D, A, ns, gW, gb, o_lo, o_hi, accumulate):
                 g2[i] += d02 * x0 + d12 * x1 + d22 * x2 + d32 * x3
                 g3[i] += d03 * x0 + d13 * x1 + d23 * x2 + d33 * x3
         o += 4
+    if o + 2 <= o_hi:  # two rows left (or three): one sweep for both
+        g0, g1 = gW[o], gW[o + 1]
+        for s in range(0, ns, 4):
+            s1, s2, s3 = min(s + 1, ns - 1), min(s + 2, ns - 1), min(s + 3, ns - 1)
+            a0, a1, a2, a3 = A[s], A[s1], A[s2], A[s3]
+            d00, d10, d20, d30 = _column4(D, s, o, ns)
+            d01, d11, d21, d31 = _column4(D, s, o + 1, ns)
+            for i in range(n_in):
+                x0, x1, x2, x3 = a0[i], a1[i], a2[i], a3[i]
+                g0[i] += d00 * x0 + d10 * x1 + d20 * x2 + d30 * x3
+                g1[i] += d01 * x0 + d11 * x1 + d21 * x2 + d31 * x3
+        o += 2
     while o < o_hi:
         g0 = gW[o]
         for s in range(0, ns, 4):
@@ -159,14 +172,15 @@ def _softmax_xent_tile(Z, ns, labels, order, first, inv_m, D, stats_row):
             if z[c] > mx:
                 mx = z[c]
                 best = c
+        d = D[s]
+        for c in range(k):  # no reduction in this loop: it vectorises
+            d[c] = exp_nonpositive(z[c] - mx)
         tot = z.dtype.type(0)
         for c in range(k):
-            e = np.exp(z[c] - mx)
-            D[s, c] = e
-            tot += e
+            tot += d[c]
         inv = inv_m / tot
         for c in range(k):
-            D[s, c] *= inv
+            d[c] *= inv
         D[s, y] -= inv_m
         stats_row[0] += np.log(tot) - (z[y] - mx)
         stats_row[1] += best == y
@@ -187,8 +201,8 @@ def _tile_pass(theta, sizes, woff, boff, aoff, buf, cap, f, ns, images, labels, 
     X = buf[f * n0: (f + ns) * n0].reshape((ns, n0))
     for s in range(ns):
         gather_row(images, order[first + s], shifts, first + s, scale, X[s])
-        prefetch_rows(images, order, min(pf_lo + s, pf_hi), min(pf_lo + s + 1, pf_hi))
-    prefetch_rows(images, order, min(pf_lo + ns, pf_hi), pf_hi)
+        prefetch_samples(images, labels, order, min(pf_lo + s, pf_hi), min(pf_lo + s + 1, pf_hi))
+    prefetch_samples(images, labels, order, min(pf_lo + ns, pf_hi), pf_hi)
     for layer in range(L):
         n_in, n_out = sizes[layer], sizes[layer + 1]
         a0, z0 = cap * aoff[layer], cap * aoff[layer + 1]
@@ -324,7 +338,7 @@ def train_epoch_split(theta, sizes, woff, boff, images, labels, order, batch_siz
             g[:] = 0
             lo, hi, _ = _split_slice(start, k, batch_size, nthreads, t)
             if start == 0:
-                prefetch_rows(images, order, lo, min(lo + TILE, hi))
+                prefetch_samples(images, labels, order, lo, min(lo + TILE, hi))
             for first in range(lo, hi, TILE):
                 ns = min(TILE, hi - first)
                 buf = tbuf[t]

