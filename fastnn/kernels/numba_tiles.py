@@ -85,13 +85,11 @@ def _grad_rows(D, A, ns, gW, gb, o_lo, o_hi, accumulate):
     # for the first ns samples, 4 units x 4 samples per sweep over n_in (then 2, then 1).
     n_in = gW.shape[1]
     zero = gW.dtype.type(0)
-    if not accumulate:
-        for o in range(o_lo, o_hi):
-            gW[o, :] = zero
-            gb[o] = zero
     o = o_lo
     while o + 4 <= o_hi:
         g0, g1, g2, g3 = gW[o], gW[o + 1], gW[o + 2], gW[o + 3]
+        if not accumulate:  # zeroed here, just before use, while the rows are in cache
+            gW[o: o + 4, :] = zero
         for s in range(0, ns, 4):
             s1, s2, s3 = min(s + 1, ns - 1), min(s + 2, ns - 1), min(s + 3, ns - 1)
             a0, a1, a2, a3 = A[s], A[s1], A[s2], A[s3]
@@ -108,6 +106,8 @@ def _grad_rows(D, A, ns, gW, gb, o_lo, o_hi, accumulate):
         o += 4
     if o + 2 <= o_hi:  # two rows left (or three): one sweep for both
         g0, g1 = gW[o], gW[o + 1]
+        if not accumulate:
+            gW[o: o + 2, :] = zero
         for s in range(0, ns, 4):
             s1, s2, s3 = min(s + 1, ns - 1), min(s + 2, ns - 1), min(s + 3, ns - 1)
             a0, a1, a2, a3 = A[s], A[s1], A[s2], A[s3]
@@ -120,6 +120,8 @@ def _grad_rows(D, A, ns, gW, gb, o_lo, o_hi, accumulate):
         o += 2
     while o < o_hi:
         g0 = gW[o]
+        if not accumulate:
+            g0[:] = zero
         for s in range(0, ns, 4):
             s1, s2, s3 = min(s + 1, ns - 1), min(s + 2, ns - 1), min(s + 3, ns - 1)
             a0, a1, a2, a3 = A[s], A[s1], A[s2], A[s3]
@@ -131,7 +133,7 @@ def _grad_rows(D, A, ns, gW, gb, o_lo, o_hi, accumulate):
         acc = zero
         for s in range(ns):
             acc += D[s, o]
-        gb[o] += acc
+        gb[o] = gb[o] + acc if accumulate else acc
 
 
 @njit(**config.JIT)
@@ -335,7 +337,6 @@ def train_epoch_split(theta, sizes, woff, boff, images, labels, order, batch_siz
         T = _split_slice(start, k, batch_size, nthreads, 0)[2]
         for t in prange(T):
             g = gbuf[t]
-            g[:] = 0
             lo, hi, _ = _split_slice(start, k, batch_size, nthreads, t)
             if start == 0:
                 prefetch_samples(images, labels, order, lo, min(lo + TILE, hi))
@@ -354,7 +355,7 @@ def train_epoch_split(theta, sizes, woff, boff, images, labels, order, batch_siz
                     D = buf[dbase + z0: dbase + z0 + ns * n_out].reshape((ns, n_out))
                     gW = g[woff[layer]: woff[layer] + n_out * n_in].reshape((n_out, n_in))
                     _grad_rows(D, A, ns, gW, g[boff[layer]: boff[layer] + n_out], 0, n_out,
-                               True)
+                               first > lo)  # the slice's first tile overwrites
         update_params(theta, gbuf[:T], lr, kind, hyper, state, step)
 
 
