@@ -13,10 +13,11 @@ Two layers of code, both checked against ``numpy_ref`` by the agreement tests:
 
 The fused kernels work on one flat parameter vector ``theta`` (each layer's W
 row-major, then its b): per-thread gradient buffers and the update become
-plain loops over one array, whatever the depth of the net. Each batch is cut
-into one contiguous slice of samples per thread; every thread sums its
-slice's gradients into its own row of ``gbuf`` and the rows are then added in
-thread order, so the result depends on the thread count, never on scheduling.
+plain loops over one array, whatever the depth of the net. When a batch is
+cut into one contiguous slice of samples per thread (the "samples" strategy
+and numba-simple), every thread sums its slice's gradients into its own row
+of ``gbuf`` and the rows are then added in thread order, so the result
+depends on the thread count (at rounding level), never on scheduling.
 
 No np.dot/@ here: every product is a loop.
 """

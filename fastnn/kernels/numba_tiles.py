@@ -1,26 +1,33 @@
 """Register-blocked tile kernels: the fast fused epoch and inference of "numba".
 
-Each batch is trained in two parallel phases (in chunks of up to CHUNK samples):
+Every layer of a tile of samples is a small matrix product written as loops
+that keep several accumulators in registers (4 samples x 2 units per sweep
+over the inputs for the forward pass, 4 units x 4 samples for the weight
+gradient), so each loaded value feeds several multiply-adds. Two ways to
+share a batch between threads (numba_loops.strategy picks one):
 
-1. forward and backward *deltas*, parallel over tiles of samples: for one
-   tile, every layer is a small matrix product written as loops that keep
-   several accumulators in registers (4 samples x 2 units per sweep over the
-   inputs), so each loaded value feeds several multiply-adds;
-2. weight gradients and the update, parallel over blocks of weight rows:
-   the thread that owns rows o..o+k sums D[:, o]^T A over the whole batch
-   (4 rows x 4 samples per sweep) and applies the optimizer to those rows
-   while they are still in cache.
+* ``train_epoch_split`` ("samples", small nets): one parallel region per
+  batch. Each thread gathers, runs forward and backward and sums the
+  gradient of its own slice of the batch into its own buffer; the buffers
+  are then added in thread order and the optimizer applied. Activations and
+  weights stay in the cache of the core that uses them.
+* ``train_epoch_tiled`` ("rows", large nets), in chunks of up to CHUNK samples:
+  1. forward and backward *deltas*, parallel over tiles of samples;
+  2. weight gradients and the update, parallel over blocks of weight rows:
+     the thread that owns rows o..o+k sums D[:, o]^T A over the whole batch
+     and applies the optimizer to those rows while they are still in cache.
+     No per-thread gradient copies to add up, and each gradient row is one
+     thread's sum in sample order, so the result does not depend on the
+     number of threads.
 
-No per-thread gradient copies to zero, add up and stream through memory,
-and each gradient row is one thread's sum in sample order, so the result
-does not depend on the number of threads. Compare ``numba_simple``, the
+While one tile computes, the images and labels of the next are prefetched
+(a random training sample is in no cache). Compare ``numba_simple``, the
 same computation one sample at a time.
 
 Tails (fewer than 4 samples or units left) clamp their indices to the last
 valid one: the duplicate recomputes and rewrites an identical value in the
 forward pass, and carries a zero coefficient in the gradient sums.
 """
-
 import numpy as np
 from numba import njit, prange
 
