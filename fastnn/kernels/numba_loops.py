@@ -33,6 +33,7 @@ from fastnn import config
 from fastnn.kernels import numba_tiles
 from fastnn.kernels.numba_shared import update_params
 from fastnn.kernels.numpy_ref import PIXEL_SCALE
+from fastnn.model import init_params, sizes_of
 from fastnn.optim import Optimizer
 
 # ---------------------------------------------------------------- per layer
@@ -318,8 +319,7 @@ def train_epoch(params, images, labels, order, batch_size, lr, opt=None, shifts=
     fastnn.optim.Optimizer (None = plain SGD); ``shifts`` (len(order), 2)
     moves each sample by (dy, dx) pixels.
     """
-    n_params = sum(W.size + b.size for W, b in params)
-    if strategy(n_params, numba.get_num_threads()) == "samples":
+    if strategy(sizes_of(params), numba.get_num_threads()) == "samples":
         fused, buffers = numba_tiles.train_epoch_split, _split_buffers
     else:
         fused, buffers = numba_tiles.train_epoch_tiled, _tiled_buffers
@@ -336,11 +336,13 @@ STRATEGIES = ("samples", "rows")
 _forced = None
 
 
-def strategy(n_params, n_threads):
-    """How train_epoch shares a batch between threads: "samples"
-    (numba_tiles.train_epoch_split) or "rows" (numba_tiles.train_epoch_tiled)."""
+def strategy(sizes, n_threads):
+    """How train_epoch shares a batch between threads for a net of these layer
+    sizes: "samples" (numba_tiles.train_epoch_split) or "rows"
+    (numba_tiles.train_epoch_tiled)."""
     if _forced is not None:
         return _forced
+    n_params = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
     return "samples" if n_params * n_threads <= SPLIT_MAX_FLOATS else "rows"
 
 
@@ -379,8 +381,6 @@ def predict(params, images):
 
 def warmup_module(module, sizes, dtype):
     """Compile (or load from cache) what training uses; return the seconds it took."""
-    from fastnn.model import init_params
-
     t0 = time.perf_counter()
     params = init_params([sizes[0], 2, sizes[-1]], dtype=dtype)
     images = np.zeros((3, sizes[0]), np.uint8)
@@ -397,6 +397,5 @@ def warmup(sizes, dtype):
     """
     import sys
 
-    n_params = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
-    with forced_strategy(strategy(n_params, numba.get_num_threads())):
+    with forced_strategy(strategy(sizes, numba.get_num_threads())):
         return warmup_module(sys.modules[__name__], sizes, dtype)

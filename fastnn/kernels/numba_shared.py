@@ -121,6 +121,16 @@ def prefetch_samples(images, labels, order, lo, hi):
 
 
 @njit(**config.JIT)
+def layer_offsets(sizes):
+    # sizes: (L+1,) -> aoff: (L+2,) with aoff[l] = sizes[0] + ... + sizes[l-1], where
+    # layer l's activations start in a row of sum(sizes) values
+    aoff = np.zeros(sizes.shape[0] + 1, np.int64)
+    for layer in range(sizes.shape[0]):
+        aoff[layer + 1] = aoff[layer] + sizes[layer]
+    return aoff
+
+
+@njit(**config.JIT)
 def gather_row(images, j, shifts, s, scale, out):
     # images: (n, 784) uint8; shifts: (k, 2) int64 (dy, dx) per order position, or (0, 2)
     # out: (784,) <- images[j] * scale, moved down dy and right dx (zeros shifted in)

@@ -26,7 +26,7 @@ from fastnn.kernels.numba_loops import (  # noqa: F401  (the backend's public AP
     sgd_step,
     warmup_module,
 )
-from fastnn.kernels.numba_shared import gather_row, update_params
+from fastnn.kernels.numba_shared import gather_row, layer_offsets, update_params
 
 
 @njit(**config.JIT_EXACT)
@@ -71,9 +71,7 @@ def train_epoch_per_sample(theta, sizes, woff, boff, images, labels, order, batc
     k = order.shape[0]
     n_layers = sizes.shape[0] - 1
     n_in0, n_cls = sizes[0], sizes[n_layers]
-    aoff = np.zeros(n_layers + 2, np.int64)
-    for layer in range(n_layers + 1):
-        aoff[layer + 1] = aoff[layer] + sizes[layer]
+    aoff = layer_offsets(sizes)
     width = aoff[n_layers + 1]
     zero = theta.dtype.type(0)
     for start in range(0, k, batch_size):
@@ -134,14 +132,12 @@ def predict_per_sample(theta, sizes, woff, boff, images, scale, abuf, out):
     T = abuf.shape[0]
     n = images.shape[0]
     n_layers = sizes.shape[0] - 1
-    aoff = np.zeros(n_layers + 2, np.int64)
-    for layer in range(n_layers + 1):
-        aoff[layer + 1] = aoff[layer] + sizes[layer]
+    aoff = layer_offsets(sizes)
+    no_shifts = np.zeros((0, 2), np.int64)
     for t in prange(T):
         a = abuf[t]
         for j in range((n * t) // T, (n * (t + 1)) // T):
-            for i in range(sizes[0]):
-                a[i] = images[j, i] * scale
+            gather_row(images, j, no_shifts, 0, scale, a[: sizes[0]])
             _forward_sample(theta, sizes, woff, boff, a, a, aoff)
             z = a[aoff[n_layers] :]
             best = 0

@@ -33,7 +33,13 @@ from numba import njit, prange
 
 from fastnn import config
 from fastnn.kernels.numba_math import exp_nonpositive
-from fastnn.kernels.numba_shared import apply_rule, gather_row, prefetch_samples, update_params
+from fastnn.kernels.numba_shared import (
+    apply_rule,
+    gather_row,
+    layer_offsets,
+    prefetch_samples,
+    update_params,
+)
 
 TILE = 32  # samples per tile: a tile's activations stay in L2 while a layer runs
 CHUNK = 1024  # samples whose activations and deltas are kept at once
@@ -196,6 +202,29 @@ def _softmax_xent_tile(Z, ns, labels, order, first, inv_m, D, stats_row):
 
 
 @njit(**config.JIT)
+def _rows(buf, cap, off, f, ns, width):
+    # rows f..f+ns, as (ns, width), of the (cap, width) block at cap * off in the flat buf
+    base = cap * off
+    return buf[base + f * width: base + (f + ns) * width].reshape((ns, width))
+
+
+@njit(**config.JIT)
+def _input_and_deltas(buf, cap, aoff, sizes, layer, f, ns):
+    # rows f..f+ns of layer's input activations A: (ns, n_in) and of its output's
+    # deltas D: (ns, n_out); the deltas' blocks follow all the activations (aoff[-1])
+    return (_rows(buf, cap, aoff[layer], f, ns, sizes[layer]),
+            _rows(buf, cap, aoff[-1] + aoff[layer + 1], f, ns, sizes[layer + 1]))
+
+
+@njit(**config.JIT)
+def _layer(vec, sizes, woff, boff, layer):
+    # layer's W: (n_out, n_in) and b: (n_out,) as views into the flat vec (params or grads)
+    n_in, n_out = sizes[layer], sizes[layer + 1]
+    return (vec[woff[layer]: woff[layer] + n_out * n_in].reshape((n_out, n_in)),
+            vec[boff[layer]: boff[layer] + n_out])
+
+
+@njit(**config.JIT)
 def _tile_pass(theta, sizes, woff, boff, aoff, buf, cap, f, ns, images, labels, order, shifts,
                first, scale, inv_m, stats_row, pf_lo, pf_hi):
     # Forward and backward deltas of samples order[first:first+ns], kept as rows f..f+ns
@@ -205,42 +234,22 @@ def _tile_pass(theta, sizes, woff, boff, aoff, buf, cap, f, ns, images, labels, 
     # pf_lo, pf_hi: order positions of the tile that comes next, prefetched here (one
     # row per row gathered) so that their images arrive while this tile computes
     L = sizes.shape[0] - 1
-    dbase = cap * aoff[L + 1]
-    n0 = sizes[0]
-    X = buf[f * n0: (f + ns) * n0].reshape((ns, n0))
+    X = _rows(buf, cap, 0, f, ns, sizes[0])
     for s in range(ns):
         gather_row(images, order[first + s], shifts, first + s, scale, X[s])
         prefetch_samples(images, labels, order, min(pf_lo + s, pf_hi), min(pf_lo + s + 1, pf_hi))
     prefetch_samples(images, labels, order, min(pf_lo + ns, pf_hi), pf_hi)
     for layer in range(L):
-        n_in, n_out = sizes[layer], sizes[layer + 1]
-        a0, z0 = cap * aoff[layer], cap * aoff[layer + 1]
-        A = buf[a0 + f * n_in: a0 + (f + ns) * n_in].reshape((ns, n_in))
-        Z = buf[z0 + f * n_out: z0 + (f + ns) * n_out].reshape((ns, n_out))
-        W = theta[woff[layer]: woff[layer] + n_out * n_in].reshape((n_out, n_in))
-        _tile_forward(A, ns, W, theta[boff[layer]: boff[layer] + n_out], Z, layer < L - 1)
-    n_cls = sizes[L]
-    z0 = cap * aoff[L]
-    Zl = buf[z0 + f * n_cls: z0 + (f + ns) * n_cls].reshape((ns, n_cls))
-    Dl = buf[dbase + z0 + f * n_cls: dbase + z0 + (f + ns) * n_cls].reshape((ns, n_cls))
-    _softmax_xent_tile(Zl, ns, labels, order, first, inv_m, Dl, stats_row)
+        W, b = _layer(theta, sizes, woff, boff, layer)
+        _tile_forward(_rows(buf, cap, aoff[layer], f, ns, sizes[layer]), ns, W, b,
+                      _rows(buf, cap, aoff[layer + 1], f, ns, sizes[layer + 1]), layer < L - 1)
+    _softmax_xent_tile(_rows(buf, cap, aoff[L], f, ns, sizes[L]), ns, labels, order, first,
+                       inv_m, _input_and_deltas(buf, cap, aoff, sizes, L - 1, f, ns)[1],
+                       stats_row)
     for layer in range(L - 1, 0, -1):  # deltas of the hidden layers
-        n_in, n_out = sizes[layer], sizes[layer + 1]
-        a0, z0 = cap * aoff[layer], cap * aoff[layer + 1]
-        A = buf[a0 + f * n_in: a0 + (f + ns) * n_in].reshape((ns, n_in))
-        D = buf[dbase + z0 + f * n_out: dbase + z0 + (f + ns) * n_out].reshape((ns, n_out))
-        DA = buf[dbase + a0 + f * n_in: dbase + a0 + (f + ns) * n_in].reshape((ns, n_in))
-        W = theta[woff[layer]: woff[layer] + n_out * n_in].reshape((n_out, n_in))
-        _tile_grad_input(D, W, A, ns, DA)
-
-
-@njit(**config.JIT)
-def _prefix(sizes):
-    # aoff: (L+2,) with aoff[l] = sizes[0] + ... + sizes[l-1]
-    aoff = np.zeros(sizes.shape[0] + 1, np.int64)
-    for layer in range(sizes.shape[0]):
-        aoff[layer + 1] = aoff[layer] + sizes[layer]
-    return aoff
+        A, D = _input_and_deltas(buf, cap, aoff, sizes, layer, f, ns)
+        DA = _input_and_deltas(buf, cap, aoff, sizes, layer - 1, f, ns)[1]
+        _tile_grad_input(D, _layer(theta, sizes, woff, boff, layer)[0], A, ns, DA)
 
 
 @njit(**config.JIT_PARALLEL)
@@ -256,9 +265,8 @@ def train_epoch_tiled(theta, sizes, woff, boff, images, labels, order, batch_siz
     # nthreads: Numba's thread count (tiles and row blocks are cut to keep all busy)
     k = order.shape[0]
     L = sizes.shape[0] - 1
-    aoff = _prefix(sizes)
+    aoff = layer_offsets(sizes)
     CHUNK = buf.shape[0] // (2 * aoff[L + 1])
-    dbase = CHUNK * aoff[L + 1]  # deltas: same layout, after the activations
     total = stats.shape[0] - 1
     for start in range(0, k, batch_size):
         m = min(batch_size, k - start)
@@ -280,11 +288,8 @@ def train_epoch_tiled(theta, sizes, woff, boff, images, labels, order, batch_siz
             last = c0 + cn >= start + m
             for layer in range(L):
                 n_in, n_out = sizes[layer], sizes[layer + 1]
-                a0, z0 = CHUNK * aoff[layer], CHUNK * aoff[layer + 1]
-                A = buf[a0: a0 + cn * n_in].reshape((cn, n_in))
-                D = buf[dbase + z0: dbase + z0 + cn * n_out].reshape((cn, n_out))
-                gW = grad[woff[layer]: woff[layer] + n_out * n_in].reshape((n_out, n_in))
-                gb = grad[boff[layer]: boff[layer] + n_out]
+                A, D = _input_and_deltas(buf, CHUNK, aoff, sizes, layer, 0, cn)
+                gW, gb = _layer(grad, sizes, woff, boff, layer)
                 blocks = min(n_out, nthreads)
                 for blk in prange(blocks):
                     o_lo, o_hi = (n_out * blk) // blocks, (n_out * (blk + 1)) // blocks
@@ -337,7 +342,7 @@ def train_epoch_split(theta, sizes, woff, boff, images, labels, order, batch_siz
     # other arguments as in train_epoch_tiled; T = nthreads
     k = order.shape[0]
     L = sizes.shape[0] - 1
-    aoff = _prefix(sizes)
+    aoff = layer_offsets(sizes)
     for start in range(0, k, batch_size):
         m = min(batch_size, k - start)
         inv_m = theta.dtype.type(1) / theta.dtype.type(m)
@@ -347,22 +352,18 @@ def train_epoch_split(theta, sizes, woff, boff, images, labels, order, batch_siz
             lo, hi, _ = _split_slice(start, k, batch_size, nthreads, t)
             if start == 0:
                 prefetch_samples(images, labels, order, lo, min(lo + TILE, hi))
+            buf = tbuf[t]
             for first in range(lo, hi, TILE):
                 ns = min(TILE, hi - first)
-                buf = tbuf[t]
                 pf_lo, pf_hi = _next_tile(first + ns, hi, t, start + m, k, batch_size, nthreads)
                 _tile_pass(theta, sizes, woff, boff, aoff, buf, TILE, 0, ns, images, labels,
                            order, shifts, first, scale, inv_m, stats[STATS_PAD * t], pf_lo,
                            pf_hi)
-                dbase = TILE * aoff[L + 1]
                 for layer in range(L):
-                    n_in, n_out = sizes[layer], sizes[layer + 1]
-                    a0, z0 = TILE * aoff[layer], TILE * aoff[layer + 1]
-                    A = buf[a0: a0 + ns * n_in].reshape((ns, n_in))
-                    D = buf[dbase + z0: dbase + z0 + ns * n_out].reshape((ns, n_out))
-                    gW = g[woff[layer]: woff[layer] + n_out * n_in].reshape((n_out, n_in))
-                    _grad_rows(D, A, ns, gW, g[boff[layer]: boff[layer] + n_out], 0, n_out,
-                               first > lo)  # the slice's first tile overwrites
+                    A, D = _input_and_deltas(buf, TILE, aoff, sizes, layer, 0, ns)
+                    gW, gb = _layer(g, sizes, woff, boff, layer)
+                    # the slice's first tile overwrites, the others add
+                    _grad_rows(D, A, ns, gW, gb, 0, sizes[layer + 1], first > lo)
         update_params(theta, gbuf[:T], lr, kind, hyper, state, step)
 
 
@@ -373,6 +374,7 @@ def predict_tiled(theta, sizes, woff, boff, images, scale, tbuf, out):
     T = tbuf.shape[0]
     n = images.shape[0]
     L = sizes.shape[0] - 1
+    no_shifts = np.zeros((0, 2), np.int64)
     for t in prange(T):
         buf = tbuf[t]
         hi = (n * (t + 1)) // T
@@ -380,15 +382,14 @@ def predict_tiled(theta, sizes, woff, boff, images, scale, tbuf, out):
             ns = min(TILE, hi - first)
             X = buf[: TILE * sizes[0]].reshape((TILE, sizes[0]))
             for s in range(ns):
-                for i in range(sizes[0]):
-                    X[s, i] = images[first + s, i] * scale
+                gather_row(images, first + s, no_shifts, 0, scale, X[s])
             pos = 0
             for layer in range(L):
                 n_in, n_out = sizes[layer], sizes[layer + 1]
                 A = buf[pos : pos + TILE * n_in].reshape((TILE, n_in))
                 Z = buf[pos + TILE * n_in : pos + TILE * (n_in + n_out)].reshape((TILE, n_out))
-                W = theta[woff[layer] : woff[layer] + n_out * n_in].reshape((n_out, n_in))
-                _tile_forward(A, ns, W, theta[boff[layer] : boff[layer] + n_out], Z, layer < L - 1)
+                W, b = _layer(theta, sizes, woff, boff, layer)
+                _tile_forward(A, ns, W, b, Z, layer < L - 1)
                 pos += TILE * n_in
             for s in range(ns):
                 z = buf[pos + s * sizes[L] : pos + (s + 1) * sizes[L]]
