@@ -21,20 +21,14 @@ from fastnn.kernels.numpy_ref import to_float
 
 
 def _top_k(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer 1..10, got {text!r}") from None
+    value = cli.integer(text, f"an integer 1..{model.N_CLASSES}")
     if not 1 <= value <= model.N_CLASSES:
         raise argparse.ArgumentTypeError(f"must be 1..{model.N_CLASSES}, got {value}")
     return value
 
 
 def _index(text):
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a test-image index, got {text!r}") from None
+    return cli.integer(text, "a test-image index")
 
 
 def build_parser():
