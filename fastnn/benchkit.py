@@ -15,8 +15,9 @@ what they measure:
   ``fastnn.tolerances.assert_agree`` on the first disagreement (a float32
   array off only at a ReLU kink is accepted, see ``_compare``);
 * ``train_rates`` / ``predict_rates``: samples/s of each repeat (callers take
-  the median); ``compile_seconds``: first-call compile time in fresh
-  interpreters with an empty (cold), then filled (warm) Numba cache.
+  the median), a repeat lasting at least ``min_seconds``;
+* ``compile_seconds``: first-call compile time in fresh interpreters with an
+  empty (cold), then filled (warm) Numba cache.
 
 Nothing here times JIT compilation: callers warm a backend up before timing.
 """
@@ -258,28 +259,39 @@ def worst(rows) -> float:
 # ---------------------------------------------------------------- timing
 
 
-def train_rates(kernel, params, images, labels, batch_size, n_samples, repeats, seed=0):
-    """samples/s of ``repeats`` train_epoch calls over the same n_samples (rounded up
-    to whole batches), each from a fresh copy of params (copy not timed)."""
+def _timed(call, samples, min_seconds):
+    """samples/s of call() (which handles ``samples`` samples), called again and again
+    until min_seconds have passed: a run of a few milliseconds measures how fast the
+    threads wake and the clock ramps up as much as the kernel."""
+    done, t0 = 0, time.perf_counter()
+    while True:
+        call()
+        done += samples
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds:
+            return done / elapsed
+
+
+def train_rates(kernel, params, images, labels, batch_size, n_samples, repeats, seed=0,
+                min_seconds=0.0):
+    """samples/s of ``repeats`` timed runs. A run starts from a fresh copy of params
+    (copy not timed) and calls train_epoch over the same n_samples (rounded up to
+    whole batches), again on the same copy until it has lasted min_seconds."""
     n = -(-n_samples // batch_size) * batch_size
     order = sample_order(len(images), n, seed)
     rates = []
     for _ in range(repeats):
         p = model.copy_params(params)
-        t0 = time.perf_counter()
-        kernel.train_epoch(p, images, labels, order, batch_size, LR)
-        rates.append(n / (time.perf_counter() - t0))
+        rates.append(_timed(lambda p=p: kernel.train_epoch(p, images, labels, order, batch_size,
+                                                           LR), n, min_seconds))
     return rates
 
 
-def predict_rates(kernel, params, images, repeats):
-    """samples/s of ``repeats`` predict calls over all of images."""
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        kernel.predict(params, images)
-        rates.append(len(images) / (time.perf_counter() - t0))
-    return rates
+def predict_rates(kernel, params, images, repeats, min_seconds=0.0):
+    """samples/s of ``repeats`` timed runs, each of predict over all of images, called
+    again until the run has lasted min_seconds."""
+    return [_timed(lambda: kernel.predict(params, images), len(images), min_seconds)
+            for _ in range(repeats)]
 
 
 _COMPILE_CODE = """\

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import types
 
 import numpy as np
@@ -82,3 +83,42 @@ def test_strict_check_raises(broken_backend):
     X, _ = benchkit.batch(*benchkit.synthetic(64), 32, np.float32)
     with pytest.raises(AssertionError, match="disagrees with reference"):
         benchkit.check_forward(broken_backend, params, X)
+
+
+class _CountingKernel:
+    """Stands in for a backend: each call sleeps, and counts itself."""
+
+    def __init__(self, seconds):
+        self.seconds, self.calls = seconds, 0
+
+    def _call(self, *args):
+        self.calls += 1
+        time.sleep(self.seconds)
+
+    train_epoch = predict = _call
+
+
+@pytest.mark.parametrize("what", ["train", "predict"])
+def test_runs_last_min_seconds(what):
+    kernel = _CountingKernel(0.01)
+    params = benchkit.make_params(10, "float32")
+    images, labels = benchkit.synthetic(50)
+    if what == "train":
+        rates = benchkit.train_rates(kernel, params, images, labels, 32, 40, 2,
+                                     min_seconds=0.05)
+        per_call = 64  # 40 samples rounded up to 2 batches of 32
+    else:
+        rates = benchkit.predict_rates(kernel, params, images, 2, min_seconds=0.05)
+        per_call = 50
+    assert len(rates) == 2
+    assert kernel.calls >= 2 * 5  # each run called again until it lasted 0.05 s
+    # every call of a run counts: about one call's samples per 0.01 s (a sleep may
+    # overrun on a busy machine, never end early), not one call's per 0.05 s run
+    assert all(per_call / 0.01 * 0.5 <= r <= per_call / 0.01 * 1.01 for r in rates)
+
+
+def test_one_call_per_run_by_default():
+    kernel = _CountingKernel(0.0)
+    images, _ = benchkit.synthetic(20)
+    benchkit.predict_rates(kernel, benchkit.make_params(10, "float32"), images, 3)
+    assert kernel.calls == 3
