@@ -237,12 +237,7 @@ def _median(xs):
 # that window shares its cores with them (measured: 784-10-10 numba at batch
 # 128 ran at ~0.5x right after NumPy runs, at full speed after a pause).
 SETTLE_SECONDS = 0.25
-# Shortest timed run: calls repeat until a run has lasted this long. One predict
-# over the test set takes ~3 ms in numba against ~20 ms in NumPy; timed alone,
-# the start of a run after the idle pause (threads waking, the clock ramping
-# up) weighed far more on the shorter one (measured, 784-10-10 inference, 9
-# rounds: single calls 2.50M vs 533k samples/s, runs of >= 0.1 s 3.34M vs 620k).
-MIN_RUN_SECONDS = 0.1
+MIN_RUN_SECONDS = benchkit.MIN_RUN_SECONDS
 
 
 def _interleaved(runs, repeats):
@@ -353,6 +348,7 @@ def scaling(cfg, data, samples, repeats, emit):
             timed = _interleaved({t: _with_threads(t, run) for t in counts}, repeats)
             for t in counts:
                 row["threads"].setdefault(t, {})[what] = timed[t][0]
+                row.setdefault("repeats", {}).setdefault(t, {})[what] = timed[t][1]
         rows.append(row)
     emit(f"## Thread scaling (numba threads, median of {repeats})")
     emit("")

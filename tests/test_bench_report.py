@@ -52,6 +52,10 @@ def test_quick_report(tmp_path):
         assert all(len(v) == 1 for v in row["repeats"].values())
     assert {"net", "batch_size", "dtype", "samples"} <= report["train"][0].keys()
     assert {r["backend"] for r in report["scaling"]} == set(KERNELS) - {REFERENCE}
+    for row in report["scaling"]:  # every run kept, like the throughput rows
+        assert row["repeats"].keys() == row["threads"].keys()
+        assert all(len(v) == 1 for runs in row["repeats"].values() for v in runs.values())
+    assert report["settings"]["min_run_seconds"] == benchkit.MIN_RUN_SECONDS
     assert report["compile"] == []
     assert (report["peer"]["version"] is None) == (report["peer"]["note"] is not None)
 
