@@ -19,8 +19,8 @@ the same numbers. Every backend is compiled before it is timed. The backends
 being compared are timed in rounds, one run each per round, each run after a
 short idle pause (see SETTLE_SECONDS), so that neither a slow phase of a
 shared machine nor another backend's idling threads favour one of them; a
-run repeats its call until it has lasted MIN_RUN_SECONDS, so a fast backend's
-runs are not too short to measure.
+run repeats its call until it has lasted benchkit.MIN_RUN_SECONDS, so a fast
+backend's runs are not too short to measure.
 """
 
 from __future__ import annotations
@@ -237,7 +237,6 @@ def _median(xs):
 # that window shares its cores with them (measured: 784-10-10 numba at batch
 # 128 ran at ~0.5x right after NumPy runs, at full speed after a pause).
 SETTLE_SECONDS = 0.25
-MIN_RUN_SECONDS = benchkit.MIN_RUN_SECONDS
 
 
 def _interleaved(runs, repeats):
@@ -262,12 +261,12 @@ def _warm(name, params):
 
 def _train_run(backend, params, data, bs, samples):
     return lambda: benchkit.train_rates(backend, params, data.train_images, data.train_labels,
-                                        bs, samples, 1, min_seconds=MIN_RUN_SECONDS)[0]
+                                        bs, samples, 1, min_seconds=benchkit.MIN_RUN_SECONDS)[0]
 
 
 def _predict_run(backend, params, data):
     return lambda: benchkit.predict_rates(backend, params, data.test_images, 1,
-                                          min_seconds=MIN_RUN_SECONDS)[0]
+                                          min_seconds=benchkit.MIN_RUN_SECONDS)[0]
 
 
 def throughput(configs, data, names, samples, repeats, emit):
@@ -302,7 +301,7 @@ def throughput(configs, data, names, samples, repeats, emit):
     emit(f"## Training throughput (samples/s, median of {repeats})")
     emit("")
     emit("train_epoch over the same seeded samples (the `samples` column), from the same "
-         f"initial params, called again until a run has lasted {MIN_RUN_SECONDS:g} s; "
+         f"initial params, called again until a run has lasted {benchkit.MIN_RUN_SECONDS:g} s; "
          "x = ratio to the reference.")
     emit("")
     head = ["net", "batch", "dtype", "samples", *names, *[f"{n} / {REFERENCE}" for n in others]]
@@ -314,7 +313,7 @@ def throughput(configs, data, names, samples, repeats, emit):
     emit("")
     emit(f"## Inference throughput (samples/s, median of {repeats}): predict over the "
          f"{len(data.test_images)} test images, again until a run has lasted "
-         f"{MIN_RUN_SECONDS:g} s")
+         f"{benchkit.MIN_RUN_SECONDS:g} s")
     emit("")
     head = ["net", "dtype", *names, *[f"{n} / {REFERENCE}" for n in others]]
     for line in _table(head, [[r["net"], r["dtype"],
@@ -404,7 +403,7 @@ def run(args, emit=print):
     m = machine_info()
     report = dict(machine=m, data=data.source, reference=REFERENCE, backends=names,
                   settings=dict(threads=threads, repeats=repeats, samples=samples,
-                                min_run_seconds=MIN_RUN_SECONDS,
+                                min_run_seconds=benchkit.MIN_RUN_SECONDS,
                                 test_images=len(data.test_images), lr=benchkit.LR,
                                 configs=[dict(hidden=h, batch_size=b, dtype=d)
                                          for h, b, d in configs], quick=bool(args.quick)),

@@ -217,7 +217,7 @@ def test_loss_of_a_confident_sample(name, dtype, entry):
         loss, _ = backend(name).loss_and_grads(params, X, y)
     else:  # the same image as uint8 zeros, one batch of one, lr 0
         loss, _ = backend(name).train_epoch(copy_params(params), np.zeros((1, 784), np.uint8),
-                                               y, np.arange(1), 1, 0.0)
+                                            y, np.arange(1), 1, 0.0)
     assert_agree(loss, loss_ref, dtype, f"{name} {entry} loss of a confident sample",
                  trajectory=entry == "train_epoch")
 
@@ -267,7 +267,7 @@ def test_train_epoch_agrees_on_random_shapes(name, case):
     ours, ref = copy_params(params0), copy_params(params0)
     with numba_threads(case["threads"]):
         loss, acc = backend(name).train_epoch(ours, images, labels, order,
-                                                 case["batch_size"], 0.05)
+                                              case["batch_size"], 0.05)
     loss_ref, acc_ref = get_kernel(REFERENCE).train_epoch(ref, images, labels, order,
                                                           case["batch_size"], 0.05)
     assert_params_agree(ours, ref, dtype, f"{name} train_epoch", trajectory=True)

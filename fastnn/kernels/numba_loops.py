@@ -311,11 +311,12 @@ def _split_buffers(P, width, batch_size, dtype):
     return (np.empty((T, P), dtype), np.empty((T, 2 * numba_tiles.TILE * width), dtype),
             np.zeros((numba_tiles.STATS_PAD * T, 2)))
 
+
 def train_epoch(params, images, labels, order, batch_size, lr, opt=None, shifts=None):
     """Minibatch training over ``order``, updating params (and ``opt``) in place.
 
     The tiled kernels of ``numba_tiles``, split over samples (small nets) or
-    over weight rows (large ones, see ``split_over_samples``); ``opt`` is a
+    over weight rows (large ones), as ``strategy`` picks; ``opt`` is a
     fastnn.optim.Optimizer (None = plain SGD); ``shifts`` (len(order), 2)
     moves each sample by (dy, dx) pixels.
     """

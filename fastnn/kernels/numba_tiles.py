@@ -375,24 +375,23 @@ def predict_tiled(theta, sizes, woff, boff, images, scale, tbuf, out):
     n = images.shape[0]
     L = sizes.shape[0] - 1
     no_shifts = np.zeros((0, 2), np.int64)
+    aoff = layer_offsets(sizes)  # layer l's (TILE, sizes[l]) block starts at TILE * aoff[l]
     for t in prange(T):
         buf = tbuf[t]
         hi = (n * (t + 1)) // T
         for first in range((n * t) // T, hi, TILE):
             ns = min(TILE, hi - first)
-            X = buf[: TILE * sizes[0]].reshape((TILE, sizes[0]))
+            X = _rows(buf, TILE, 0, 0, TILE, sizes[0])
             for s in range(ns):
                 gather_row(images, first + s, no_shifts, 0, scale, X[s])
-            pos = 0
             for layer in range(L):
-                n_in, n_out = sizes[layer], sizes[layer + 1]
-                A = buf[pos : pos + TILE * n_in].reshape((TILE, n_in))
-                Z = buf[pos + TILE * n_in : pos + TILE * (n_in + n_out)].reshape((TILE, n_out))
                 W, b = _layer(theta, sizes, woff, boff, layer)
-                _tile_forward(A, ns, W, b, Z, layer < L - 1)
-                pos += TILE * n_in
+                _tile_forward(_rows(buf, TILE, aoff[layer], 0, TILE, sizes[layer]), ns, W, b,
+                              _rows(buf, TILE, aoff[layer + 1], 0, TILE, sizes[layer + 1]),
+                              layer < L - 1)
+            Z = _rows(buf, TILE, aoff[L], 0, TILE, sizes[L])
             for s in range(ns):
-                z = buf[pos + s * sizes[L] : pos + (s + 1) * sizes[L]]
+                z = Z[s]
                 best = 0
                 for c in range(1, sizes[L]):
                     if z[c] > z[best]:
