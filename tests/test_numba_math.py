@@ -41,11 +41,15 @@ def test_float32_special_values():
     assert np.isnan(got[8])  # a NaN logit must stay visible to the divergence check
 
 
-def test_float64_is_numpy_exp():
+def test_float64_is_within_one_ulp_of_numpy_exp():
+    """float64 is libm's exp; NumPy's may be its own SIMD exp (AVX-512 builds), and
+    the two round differently in a few percent of elements: allow 1 ulp, no more."""
     t = -np.random.default_rng(1).exponential(50.0, 10**5)
-    t = np.concatenate([t, [0.0, -745.2, -np.inf, np.nan]])
-    got = exp_of(t)
-    np.testing.assert_array_equal(got, np.exp(t))
+    got, want = exp_of(t), np.exp(t)
+    ulps = np.abs(got - want) / np.spacing(want)
+    assert ulps.max() <= 1.0, f"worst {ulps.max():.2f} ulp at t = {t[ulps.argmax()]}"
+    special = np.array([0.0, -745.2, -np.inf, np.nan])
+    np.testing.assert_array_equal(exp_of(special), np.exp(special))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
