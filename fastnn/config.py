@@ -51,7 +51,8 @@ JIT_PARALLEL = dict(JIT, parallel=True)
 # lse - (z_y - max z) into (lse + max z) - z_y, which cancels catastrophically
 # for a confident sample (a loss of 0.006 off by 2e-6 in float32). These
 # loops are short, so exactness costs nothing measurable.
-JIT_EXACT = dict(cache=CACHE, fastmath=False, nogil=True)
+EXACT_MATH = dict(fastmath=False)  # also numba_intrinsics' @overload of exp_nonpositive
+JIT_EXACT = dict(cache=CACHE, nogil=True, **EXACT_MATH)
 JIT_EXACT_PARALLEL = dict(JIT_EXACT, parallel=True)
 
 

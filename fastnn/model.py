@@ -2,7 +2,9 @@
 
 ``params`` is a list of ``(W, b)`` tuples, first layer first, with ``W`` of
 shape ``(out, in)`` and ``b`` of shape ``(out,)`` (the seed's ``W[1]`` is
-10 x 784). Grads share that structure.
+10 x 784). Grads share that structure. The params this module makes are
+``Params``: the same list, whose arrays are views into one flat vector that
+the fused kernels update directly.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 import tempfile
 import zipfile
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,6 +33,69 @@ def layer_sizes(hidden) -> list[int]:
     return [N_INPUTS, *[int(h) for h in hidden], N_CLASSES]
 
 
+class FlatNet(NamedTuple):
+    """What the fused Numba kernels take for a network: the flat vector and its layout."""
+
+    theta: np.ndarray  # (P,) every parameter, layer by layer: W row-major, then b
+    sizes: np.ndarray  # (L+1,) int64 layer widths, 784 first
+    woff: np.ndarray  # (L,) int64: layer l's W starts at theta[woff[l]]
+    boff: np.ndarray  # (L,) int64: layer l's b starts at theta[boff[l]]
+
+
+class Params(list):
+    """A network's parameters, [(W, b), ...], stored as views into one flat vector.
+
+    The fused kernels update ``theta`` as one array (and lay the gradient and
+    the optimizer's state out the same way), while everything else reads and
+    writes the familiar per-layer (W, b) arrays: both are the same memory.
+    Made by ``empty_params``, ``init_params``, ``flat_params`` (a copy of any
+    list of pairs) and ``copy_params``; checkpoints load as Params too.
+    """
+
+    def __init__(self, theta, sizes):
+        sizes = np.asarray(sizes, np.int64)
+        woff, boff, pairs, pos = [], [], [], 0
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            W = theta[pos : pos + fan_out * fan_in].reshape(fan_out, fan_in)
+            b = theta[pos + W.size : pos + W.size + fan_out]
+            woff.append(pos)
+            boff.append(pos + W.size)
+            pos += W.size + fan_out
+            pairs.append((W, b))
+        if pos != theta.size:
+            raise ModelError(f"a flat vector of {theta.size} values does not hold a "
+                             f"{'-'.join(map(str, sizes))} net ({pos} parameters)")
+        super().__init__(pairs)
+        self.flat = FlatNet(theta, sizes, np.array(woff, np.int64), np.array(boff, np.int64))
+
+    @property
+    def theta(self):
+        return self.flat.theta
+
+
+def n_params(sizes) -> int:
+    """How many weights and biases a net with these layer widths has."""
+    return sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+
+
+def empty_params(sizes, dtype=np.float32, fill=None):
+    """Params of a net with layer widths ``sizes``: uninitialised, or all ``fill``."""
+    theta = np.empty(n_params(sizes), np.dtype(dtype))
+    if fill is not None:
+        theta.fill(fill)
+    return Params(theta, sizes)
+
+
+def flat_params(pairs):
+    """A Params copy of any list of (W, b) pairs (checked first)."""
+    check_params(pairs, contiguous=False)
+    params = empty_params(sizes_of(pairs), pairs[0][0].dtype)
+    for (W, b), (W_src, b_src) in zip(params, pairs):
+        W[...] = W_src
+        b[...] = b_src
+    return params
+
+
 def init_params(sizes, seed=0, dtype=np.float32, init="he"):
     """Random parameters for a net with layer widths ``sizes``.
 
@@ -38,17 +104,16 @@ def init_params(sizes, seed=0, dtype=np.float32, init="he"):
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-    dtype = np.dtype(dtype)
     rng = np.random.default_rng(seed)
-    params = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    params = empty_params(sizes, dtype)
+    for W, b in params:
+        fan_out, fan_in = W.shape
         if init == "he":
-            W = rng.standard_normal((fan_out, fan_in)) * np.sqrt(2.0 / fan_in)
-            b = np.zeros(fan_out)
+            W[...] = rng.standard_normal((fan_out, fan_in)) * np.sqrt(2.0 / fan_in)
+            b[...] = 0
         else:
-            W = rng.random((fan_out, fan_in)) - 0.5
-            b = rng.random(fan_out) - 0.5
-        params.append((np.ascontiguousarray(W, dtype), np.ascontiguousarray(b, dtype)))
+            W[...] = rng.random((fan_out, fan_in)) - 0.5
+            b[...] = rng.random(fan_out) - 0.5
     return params
 
 
@@ -56,8 +121,9 @@ def sizes_of(params) -> list[int]:
     return [params[0][0].shape[1]] + [W.shape[0] for W, _ in params]
 
 
-def check_params(params) -> None:
-    """Raise ModelError unless params is a chain of C-contiguous (W, b) of one float dtype."""
+def check_params(params, contiguous=True) -> None:
+    """Raise ModelError unless params is a chain of (W, b) of one float dtype
+    (C-contiguous, unless ``contiguous`` is False)."""
     if not params:
         raise ModelError("the network has no layers")
     dtype = params[0][0].dtype
@@ -71,13 +137,14 @@ def check_params(params) -> None:
             )
         if W.dtype != dtype or b.dtype != dtype:
             raise ModelError(f"layer {i}: dtype {W.dtype}/{b.dtype} differs from {dtype}")
-        if not (W.flags.c_contiguous and b.flags.c_contiguous):
+        if contiguous and not (W.flags.c_contiguous and b.flags.c_contiguous):
             raise ModelError(f"layer {i}: arrays must be C-contiguous")
         fan_in = W.shape[0]
 
 
 def copy_params(params):
-    return [(W.copy(), b.copy()) for W, b in params]
+    """A flat (Params) copy of params."""
+    return flat_params(params)
 
 
 def atomic_write(path, write) -> None:
@@ -194,4 +261,4 @@ def load_checkpoint(path):
         meta = json.loads(str(data["meta"]))
     except ValueError:
         raise ModelError(f"{path}: its metadata is not valid JSON; {REMEDY}") from None
-    return params, meta, state
+    return flat_params(params), meta, state

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fastnn.model import Params, n_params, sizes_of
+
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "step", "cosine")
 
@@ -35,6 +37,9 @@ class Optimizer:
     step: int = 0  # updates applied so far (Adam's bias correction needs it)
     # state[k][layer] = (array like W, array like b); k = 0: momentum / Adam's m, 1: Adam's v
     state: list = field(default_factory=list)
+    # (S, P): the state as rows laid out like the params' flat vector (ensure_state)
+    buffer: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _flat_slots: list = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
@@ -50,14 +55,33 @@ class Optimizer:
         return {"sgd": 0, "momentum": 1, "adam": 2}[self.name]
 
     def ensure_state(self, params):
-        """Create zero state arrays for params on first use; check them afterwards."""
-        if not self.state:
-            self.state = [[(np.zeros_like(W), np.zeros_like(b)) for W, b in params]
-                          for _ in range(self.n_slots())]
+        """The state slots for params: zeros on first use, checked afterwards.
+
+        Every slot is a model.Params view of one row of ``self.buffer`` (S, P),
+        laid out like the params' flat vector, so the fused kernels update the
+        whole state as one array; slots given as plain lists (from a
+        checkpoint) are copied in once.
+        """
+        sizes = sizes_of(params)
+        if self.state and len(self.state) != self.n_slots():
+            raise ValueError(f"optimizer state has {len(self.state)} slots, {self.name} "
+                             f"needs {self.n_slots()}")
         for slot in self.state:
-            for (W, b), (sW, sb) in zip(params, slot):
-                if sW.shape != W.shape or sb.shape != b.shape or sW.dtype != W.dtype:
-                    raise ValueError("optimizer state does not match the parameters")
+            if len(slot) != len(params) or any(
+                    sW.shape != W.shape or sb.shape != b.shape or sW.dtype != W.dtype
+                    for (W, b), (sW, sb) in zip(params, slot)):
+                raise ValueError("optimizer state does not match the parameters")
+        shape, dtype = (self.n_slots(), n_params(sizes)), params[0][0].dtype
+        flat = (self.buffer is not None and self.buffer.shape == shape
+                and self.buffer.dtype == dtype and len(self.state) == len(self._flat_slots)
+                and all(a is b for a, b in zip(self.state, self._flat_slots)))
+        if not flat:
+            self.buffer = np.zeros(shape, dtype)
+            slots = [Params(row, sizes) for row in self.buffer]
+            for slot, old in zip(slots, self.state):
+                for (W, b), (sW, sb) in zip(slot, old):
+                    W[...], b[...] = sW, sb
+            self.state = self._flat_slots = slots
         return self.state
 
     def hyper(self, dtype):

@@ -1,36 +1,34 @@
-"""Which backends the agreement tests run: the registry plus forced variants.
+"""Which registry names the agreement tests run: one per distinct implementation.
 
-The numba backend's train_epoch shares a batch between threads by samples
-(small nets) or by weight rows (large ones): numba_loops.strategy. Most test
-shapes are small, so each strategy also runs as its own entry, forced, and
-every variant stays under test whatever size picks it.
+The numba variants share their per-layer functions (forward, loss_and_grads,
+activations, sgd_step, apply_update), so those are tested under one name;
+train_epoch and predict differ per strategy and are tested under each name
+that has its own ("numba:samples", "numba:rows", "numba:simple"). Plain
+"numba" only picks one of those per net: test_numba_picks_its_strategy
+checks that it trains exactly like the one it picks.
 """
 
-from fastnn.kernels import KERNELS, REFERENCE, get_kernel, numba_loops
-
-VARIANTS = {f"numba[{s}]": s for s in numba_loops.STRATEGIES}
-BACKENDS = list(KERNELS) + list(VARIANTS)
-OTHERS = [name for name in BACKENDS if name != REFERENCE]
+from fastnn.kernels import KERNELS, REFERENCE, get_kernel
 
 
-class _Forced:
-    """The numba backend with train_epoch's strategy forced."""
+def implementations(attr, reference=False):
+    """Registry names, one per distinct implementation of ``attr`` (first name wins);
+    the reference only if asked for."""
+    names, seen = [], []
+    for name in KERNELS:
+        if name == REFERENCE:
+            if reference:
+                names.append(name)
+            continue
+        backend = get_kernel(name)
+        impl = (backend.implementation(attr) if hasattr(backend, "implementation")
+                else getattr(backend, attr))
+        if impl is not None and not any(impl is s for s in seen):
+            seen.append(impl)
+            names.append(name)
+    return names
 
-    def __init__(self, strategy):
-        self.strategy = strategy
 
-    def __getattr__(self, attr):
-        return getattr(numba_loops, attr)
-
-    def train_epoch(self, *args, **kwargs):
-        with numba_loops.forced_strategy(self.strategy):
-            return numba_loops.train_epoch(*args, **kwargs)
-
-    def warmup(self, sizes, dtype):
-        with numba_loops.forced_strategy(self.strategy):
-            return numba_loops.warmup_module(self, sizes, dtype)
-
-
-def backend(name):
-    """get_kernel(name), or for a VARIANTS entry the numba backend with it forced."""
-    return _Forced(VARIANTS[name]) if name in VARIANTS else get_kernel(name)
+LAYERS = implementations("forward")  # forward, loss_and_grads, activations
+TRAINERS = implementations("train_epoch")
+PREDICTORS = implementations("predict")

@@ -124,7 +124,7 @@ def train_epoch_one_sample_at_a_time(params, images, labels, order, batch_size, 
     """Minibatch SGD spelled out: per batch, sum per-sample grads, divide by m, step.
 
     Independent of every backend: grads of one sample come from the
-    equations in the design doc written per row, in float64 arithmetic on
+    README's equations written per row, in float64 arithmetic on
     float64 params. Returns (mean loss, accuracy) measured before each
     batch's update, like the kernels' train_epoch.
     """

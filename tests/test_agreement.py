@@ -1,8 +1,8 @@
 """Every backend against the reference: kernels, training, gradients, edge cases.
 
 Backends come from the registry (fastnn.kernels.KERNELS), so a new backend is
-tested by adding its registry line, plus each of the numba backend's batch
-strategies forced (tests/backends.py). Backend-vs-reference comparisons use
+tested by adding its registry line; each test runs once per distinct
+implementation of what it checks (tests/backends.py). Backend-vs-reference comparisons use
 fastnn.tolerances only. The finite-difference check and the naive per-sample
 trainer (tests/naive.py) check the reference itself, so agreement with it
 means something.
@@ -19,7 +19,7 @@ import naive
 import numba
 import numpy as np
 import pytest
-from backends import BACKENDS, OTHERS, backend
+from backends import LAYERS, PREDICTORS, TRAINERS
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -59,8 +59,8 @@ def numba_threads(n):
 def warm_kernels():
     """Compile (or load from Numba's cache) every backend's kernels once, up front."""
     rng = np.random.default_rng(0)
-    for name in BACKENDS:
-        kernel = backend(name)
+    for name in KERNELS:
+        kernel = get_kernel(name)
         for dtype in DTYPES:
             kernel.warmup([784, 2, 10], dtype)
             params = init_params([784, 2, 10], 0, dtype)
@@ -103,7 +103,7 @@ def assert_params_agree(params, ref_params, dtype, what, trajectory=False):
 def assert_batch_agrees(name, params, X, y):
     """forward P, loss and every dW/db of backend `name` against the reference."""
     dtype = params[0][0].dtype
-    kernel, ref = backend(name), get_kernel(REFERENCE)
+    kernel, ref = get_kernel(name), get_kernel(REFERENCE)
     before = copy_params(params)
 
     P, P_ref = kernel.forward(params, X), ref.forward(params, X)
@@ -168,7 +168,7 @@ def _with_examples(test):
     return test
 
 
-@pytest.mark.parametrize("name", OTHERS)
+@pytest.mark.parametrize("name", LAYERS)
 @settings(max_examples=EXAMPLES, deadline=None)
 @_with_examples
 @given(case=batches())
@@ -181,21 +181,21 @@ def test_forward_loss_grads_agree(name, case):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("name", OTHERS)
+@pytest.mark.parametrize("name", LAYERS)
 def test_sgd_step_agrees(name, dtype):
     params, X, y = random_batch([784, 13, 6, 10], 9, dtype, "uniform", 5)
     _, grads = get_kernel(REFERENCE).loss_and_grads(params, X, y)
     ours, ref = copy_params(params), copy_params(params)
-    backend(name).sgd_step(ours, grads, 0.3)
+    get_kernel(name).sgd_step(ours, grads, 0.3)
     get_kernel(REFERENCE).sgd_step(ref, grads, 0.3)
     assert_params_agree(ours, ref, dtype, f"{name} sgd_step")
     assert not np.array_equal(ref[0][0], params[0][0])  # the step did move W1
 
 
-@pytest.mark.parametrize("entry", ["loss_and_grads", "train_epoch"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("name", OTHERS)
-def test_loss_of_a_confident_sample(name, dtype, entry):
+@pytest.mark.parametrize(("name", "entry"), [(n, "loss_and_grads") for n in LAYERS]
+                         + [(n, "train_epoch") for n in TRAINERS])
+def test_loss_of_a_confident_sample(name, entry, dtype):
     """-log P[y] when y is the argmax by a margin of 5: small, and it must stay accurate.
 
     The net copies chosen logits through (W1 = 0, b1 = logits, W2 = I), so
@@ -214,9 +214,9 @@ def test_loss_of_a_confident_sample(name, dtype, entry):
     assert_agree(loss_ref, naive.cross_entropy_loss(params, X, y), dtype,
                  "reference loss vs naive")
     if entry == "loss_and_grads":
-        loss, _ = backend(name).loss_and_grads(params, X, y)
+        loss, _ = get_kernel(name).loss_and_grads(params, X, y)
     else:  # the same image as uint8 zeros, one batch of one, lr 0
-        loss, _ = backend(name).train_epoch(copy_params(params), np.zeros((1, 784), np.uint8),
+        loss, _ = get_kernel(name).train_epoch(copy_params(params), np.zeros((1, 784), np.uint8),
                                             y, np.arange(1), 1, 0.0)
     assert_agree(loss, loss_ref, dtype, f"{name} {entry} loss of a confident sample",
                  trajectory=entry == "train_epoch")
@@ -246,7 +246,7 @@ def epochs(draw):
     )
 
 
-@pytest.mark.parametrize("name", OTHERS)
+@pytest.mark.parametrize("name", TRAINERS)
 @settings(max_examples=EXAMPLES // 2, deadline=None)
 @given(case=epochs())
 def test_train_epoch_agrees_on_random_shapes(name, case):
@@ -266,7 +266,7 @@ def test_train_epoch_agrees_on_random_shapes(name, case):
     params0 = init_params([784, *case["hidden"], 10], case["seed"], dtype, case["init"])
     ours, ref = copy_params(params0), copy_params(params0)
     with numba_threads(case["threads"]):
-        loss, acc = backend(name).train_epoch(ours, images, labels, order,
+        loss, acc = get_kernel(name).train_epoch(ours, images, labels, order,
                                               case["batch_size"], 0.05)
     loss_ref, acc_ref = get_kernel(REFERENCE).train_epoch(ref, images, labels, order,
                                                           case["batch_size"], 0.05)
@@ -279,14 +279,14 @@ def test_train_epoch_agrees_on_random_shapes(name, case):
 @pytest.mark.parametrize("sizes", [[784, 10, 10], [784, 13, 7, 10]],
                          ids=["784-10-10", "784-13-7-10"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("name", OTHERS)
+@pytest.mark.parametrize("name", TRAINERS)
 def test_train_epoch_agrees(name, dtype, sizes, batch_size):
     images, labels = mnist_like_images(N_SYNTHETIC, seed=11)
     order = np.random.default_rng(12).permutation(N_SYNTHETIC)
     params0 = init_params(sizes, 13, dtype, "he")
     ours, ref = copy_params(params0), copy_params(params0)
 
-    loss, acc = backend(name).train_epoch(ours, images, labels, order, batch_size, 0.1)
+    loss, acc = get_kernel(name).train_epoch(ours, images, labels, order, batch_size, 0.1)
     loss_ref, acc_ref = get_kernel(REFERENCE).train_epoch(ref, images, labels, order,
                                                           batch_size, 0.1)
 
@@ -318,7 +318,7 @@ def test_reference_train_epoch_matches_naive(dtype):
 @pytest.mark.parametrize("sizes", [[784, 10, 10], [784, 32, 16, 10]],
                          ids=["784-10-10", "784-32-16-10"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("name", OTHERS)
+@pytest.mark.parametrize("name", TRAINERS)
 def test_mnist_trajectory_agrees(mnist, name, dtype, sizes):
     """MNIST_STEPS steps of batch 32 through identical batches of real MNIST."""
     images, labels = mnist["train"]
@@ -327,7 +327,7 @@ def test_mnist_trajectory_agrees(mnist, name, dtype, sizes):
     params0 = init_params(sizes, 32, dtype, "he")
     ours, ref = copy_params(params0), copy_params(params0)
 
-    loss, acc = backend(name).train_epoch(ours, images, labels, order, batch, 0.1)
+    loss, acc = get_kernel(name).train_epoch(ours, images, labels, order, batch, 0.1)
     loss_ref, acc_ref = get_kernel(REFERENCE).train_epoch(ref, images, labels, order, batch, 0.1)
 
     assert_params_agree(ours, ref, dtype, f"{name} after {MNIST_STEPS} MNIST steps",
@@ -361,9 +361,9 @@ def _kink_free_batch(sizes, m, init, seed):
 
 @pytest.mark.parametrize("init", INITS)
 @pytest.mark.parametrize("sizes", [[784, 5, 10], [784, 4, 3, 10]], ids=["784-5-10", "784-4-3-10"])
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", [REFERENCE, *LAYERS])
 def test_gradients_match_finite_differences(name, sizes, init):
-    kernel = backend(name)
+    kernel = get_kernel(name)
     params, X, y = _kink_free_batch(sizes, 6, init, seed=41)
     loss, grads = kernel.loss_and_grads(params, X, y)
     # the loss being differentiated is the right one
@@ -397,10 +397,18 @@ def assert_probabilities(P, dtype):
     assert np.max(np.abs(sums - 1)) <= 16 * np.finfo(dtype).eps, sums
 
 
+# The edge-case tests below run every name that implements something of its own
+# and check, under each, what it implements: the per-layer functions, training,
+# predict (tests/backends.py).
+EDGE = list(dict.fromkeys([REFERENCE, *LAYERS, *TRAINERS, *PREDICTORS]))
+
+
 def assert_edge_case(name, params, X, y):
     """Finite, normalised, and the same as the reference."""
+    if name not in (REFERENCE, *LAYERS):
+        return
     dtype = params[0][0].dtype
-    kernel = backend(name)
+    kernel = get_kernel(name)
     assert_probabilities(kernel.forward(params, X), dtype)
     loss, grads = kernel.loss_and_grads(params, X, y)
     assert np.isfinite(loss)
@@ -411,9 +419,11 @@ def assert_edge_case(name, params, X, y):
 
 
 def assert_training_agrees(name, params0, images, labels, order, batch_size, lr=0.1):
+    if name not in (REFERENCE, *TRAINERS):
+        return
     dtype = params0[0][0].dtype
     ours, ref = copy_params(params0), copy_params(params0)
-    loss, acc = backend(name).train_epoch(ours, images, labels, order, batch_size, lr)
+    loss, acc = get_kernel(name).train_epoch(ours, images, labels, order, batch_size, lr)
     loss_ref, acc_ref = get_kernel(REFERENCE).train_epoch(ref, images, labels, order,
                                                           batch_size, lr)
     assert np.isfinite(loss) and 0.0 <= acc <= 1.0
@@ -425,8 +435,10 @@ def assert_training_agrees(name, params0, images, labels, order, batch_size, lr=
 
 
 def assert_predict_agrees(name, params, images):
+    if name not in (REFERENCE, *PREDICTORS):
+        return
     dtype = params[0][0].dtype
-    got = backend(name).predict(params, images)
+    got = get_kernel(name).predict(params, images)
     want = get_kernel(REFERENCE).forward(params, to_float(images, dtype)).argmax(axis=1)
     assert got.dtype == np.int64 and got.shape == (len(images),)
     assert np.array_equal(got, want), f"{name} predict differs at {np.flatnonzero(got != want)}"
@@ -434,7 +446,7 @@ def assert_predict_agrees(name, params, images):
 
 @pytest.mark.parametrize("init", INITS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", list(dict.fromkeys([REFERENCE, *LAYERS, *TRAINERS])))
 def test_batch_of_one(name, dtype, init):
     params, X, y = random_batch([784, 9, 10], 1, dtype, init, 51)
     assert_edge_case(name, params, X, y)
@@ -446,7 +458,7 @@ def test_batch_of_one(name, dtype, init):
 @pytest.mark.parametrize("threads", thread_counts())
 @pytest.mark.parametrize("m", [3, 5])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", EDGE)
 def test_batch_not_a_multiple_of_threads(name, dtype, m, threads):
     params, X, y = random_batch([784, 8, 6, 10], m, dtype, "he", 61)
     images, labels = mnist_like_images(2 * m + 1, seed=62)
@@ -460,7 +472,7 @@ def test_batch_not_a_multiple_of_threads(name, dtype, m, threads):
 
 @pytest.mark.parametrize("init", INITS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", EDGE)
 def test_all_zero_images(name, dtype, init):
     # with "he" (b = 0) every logit is exactly 0: a 10-way tie everywhere
     params = init_params([784, 7, 10], 71, dtype, init)
@@ -473,7 +485,7 @@ def test_all_zero_images(name, dtype, init):
 
 @pytest.mark.parametrize("init", INITS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", EDGE)
 def test_saturated_images(name, dtype, init):
     params = init_params([784, 7, 5, 10], 81, dtype, init)
     y = np.arange(6) % 10
@@ -485,7 +497,7 @@ def test_saturated_images(name, dtype, init):
 
 @pytest.mark.parametrize("init", INITS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", list(dict.fromkeys([REFERENCE, *LAYERS, *PREDICTORS])))
 def test_huge_logits(name, dtype, init):
     params, X, y = random_batch([784, 12, 10], 16, dtype, init, 91)
     W, _ = params[-1]
@@ -493,7 +505,7 @@ def test_huge_logits(name, dtype, init):
     Z = naive.logits(params, X)
     assert 1e4 <= np.max(np.abs(Z)) <= 1e7, np.max(np.abs(Z))  # the regime under test
     assert_edge_case(name, params, X, y)
-    loss, _ = backend(name).loss_and_grads(params, X, y)
+    loss, _ = get_kernel(name).loss_and_grads(params, X, y)
     assert loss > 100  # the labels are random: most are far from the argmax
     images, _ = mnist_like_images(16, seed=92)
     assert_predict_agrees(name, params, images)
@@ -504,7 +516,7 @@ def test_huge_logits(name, dtype, init):
 
 @pytest.mark.parametrize("threads", thread_counts())
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", [REFERENCE, *TRAINERS])
 def test_train_epoch_is_deterministic(name, dtype, threads):
     images, labels = mnist_like_images(N_SYNTHETIC, seed=101)
     order = np.random.default_rng(102).permutation(N_SYNTHETIC)
@@ -512,7 +524,7 @@ def test_train_epoch_is_deterministic(name, dtype, threads):
     with numba_threads(threads):
         for _ in range(2):
             params = init_params([784, 16, 10], 103, dtype, "he")
-            stats = backend(name).train_epoch(params, images, labels, order, 32, 0.1)
+            stats = get_kernel(name).train_epoch(params, images, labels, order, 32, 0.1)
             runs.append((params, stats))
     (p1, s1), (p2, s2) = runs
     assert s1 == s2
@@ -526,7 +538,7 @@ def test_train_epoch_is_deterministic(name, dtype, threads):
 @pytest.mark.parametrize("sizes", [[784, 10, 10], [784, 20, 9, 10]],
                          ids=["784-10-10", "784-20-9-10"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", [REFERENCE, *PREDICTORS])
 def test_predict_is_argmax_of_reference_forward(name, dtype, sizes):
     n = 300 if SMALL else 5000  # more than numpy_ref's 4096-image chunk
     rng = np.random.default_rng(111)
@@ -537,7 +549,7 @@ def test_predict_is_argmax_of_reference_forward(name, dtype, sizes):
     images = images[naive.logit_margin(Z) > 1e-3 * np.abs(Z).max()]
     assert len(images) > 0.9 * n
     assert_predict_agrees(name, params, images)
-    assert len(np.unique(backend(name).predict(params, images))) > 1
+    assert len(np.unique(get_kernel(name).predict(params, images))) > 1
 
 
 # ---------------------------------------------------------------- 7. registry
@@ -555,9 +567,58 @@ def test_unknown_kernel_lists_known_names():
             assert known in str(excinfo.value)
 
 
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", list(KERNELS))
 def test_backend_exposes_the_contract(name):
-    kernel = backend(name)
-    for attr in ("forward", "loss_and_grads", "train_epoch", "predict", "sgd_step", "warmup"):
+    kernel = get_kernel(name)
+    for attr in ("forward", "loss_and_grads", "activations", "train_epoch", "predict",
+                 "sgd_step", "apply_update", "warmup"):
         assert callable(getattr(kernel, attr, None)), f"{name} lacks {attr}"
     assert kernel.warmup([784, 3, 10], np.float32) >= 0.0
+
+
+def test_each_implementation_is_tested_once():
+    """The numba names share their per-layer functions; training and predict differ."""
+    assert LAYERS == ["numba"]
+    assert TRAINERS == ["numba:samples", "numba:rows", "numba:simple"]
+    assert PREDICTORS == ["numba:samples", "numba:simple"]  # "rows" predicts with tiles too
+
+
+@pytest.mark.parametrize("hidden", [10, 400])
+def test_numba_picks_its_strategy(hidden):
+    """"numba" trains and predicts exactly (bit for bit) like the strategy choose() picks:
+    "samples" for a small net, "rows" for a large one, at any thread count."""
+    from fastnn.kernels.numba_epoch import choose
+
+    if SMALL and hidden == 400:
+        pytest.skip("a 318k-parameter net in pure-Python loops takes minutes; the JIT "
+                    "session runs this case")
+    sizes = [784, hidden, 10]
+    images, labels = mnist_like_images(64, seed=121)
+    order = np.random.default_rng(122).permutation(64)
+    for threads in thread_counts():
+        with numba_threads(threads):
+            picked = choose(sizes, threads)
+            assert picked == ("samples" if hidden == 10 else "rows")
+            runs = []
+            for name in ("numba", f"numba:{picked}"):
+                params = init_params(sizes, 123)
+                stats = get_kernel(name).train_epoch(params, images, labels, order, 16, 0.1)
+                runs.append((stats, params, get_kernel(name).predict(params, images)))
+            (s1, p1, l1), (s2, p2, l2) = runs
+            assert s1 == s2 and np.array_equal(l1, l2)
+            for a, b in zip(flat(p1), flat(p2)):
+                assert np.array_equal(a, b)
+
+
+def test_numba_trains_params_in_place_only_when_flat():
+    """The fused kernels update the flat vector itself: a plain list is refused, not
+    silently left unchanged."""
+    params = init_params([784, 5, 10], 131)
+    plain = [(W.copy(), b.copy()) for W, b in params]
+    images, labels = mnist_like_images(8, seed=132)
+    with pytest.raises(TypeError, match="flat_params"):
+        get_kernel("numba").train_epoch(plain, images, labels, np.arange(8), 4, 0.1)
+    before = params.theta.copy()
+    get_kernel("numba").train_epoch(params, images, labels, np.arange(8), 4, 0.1)
+    assert not np.array_equal(params.theta, before)
+    assert np.shares_memory(params[0][0], params.theta)

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from backends import OTHERS, backend
+from backends import LAYERS, TRAINERS
 
 from fastnn import optim
 from fastnn.kernels import REFERENCE, get_kernel
@@ -25,7 +25,7 @@ def images(n=300, seed=0):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("rule, decay", RULES)
-@pytest.mark.parametrize("name", OTHERS)
+@pytest.mark.parametrize("name", TRAINERS)
 def test_training_with_each_optimizer_agrees(name, rule, decay, dtype):
     """A few hundred steps (two epochs of 150 batches of 2) through identical batches."""
     x, y = images()
@@ -36,7 +36,7 @@ def test_training_with_each_optimizer_agrees(name, rule, decay, dtype):
         p, opt = copy_params(params), optim.Optimizer(rule, weight_decay=decay)
         order = np.random.default_rng(2).permutation(len(x))
         for _ in range(2):
-            loss, acc = backend(b).train_epoch(p, x, y, order, 2, lr, opt)
+            loss, acc = get_kernel(b).train_epoch(p, x, y, order, 2, lr, opt)
         runs[b] = (p, opt, loss, acc)
     (p, opt, loss, acc), (p_ref, opt_ref, loss_ref, acc_ref) = runs[name], runs[REFERENCE]
     assert opt.step == opt_ref.step == 300
@@ -53,7 +53,7 @@ def test_training_with_each_optimizer_agrees(name, rule, decay, dtype):
 
 
 @pytest.mark.parametrize("rule", ["sgd", "momentum", "adam"])
-@pytest.mark.parametrize("name", OTHERS)
+@pytest.mark.parametrize("name", LAYERS)
 def test_apply_update_agrees(name, rule):
     rng = np.random.default_rng(3)
     params = init_params([784, 9, 10], seed=3, dtype=np.float64)
@@ -62,7 +62,7 @@ def test_apply_update_agrees(name, rule):
     o1, o2 = optim.Optimizer(rule, weight_decay=1e-2), optim.Optimizer(rule, weight_decay=1e-2)
     for _ in range(3):
         _, grads = get_kernel(REFERENCE).loss_and_grads(ref, X, y)
-        backend(name).apply_update(ours, grads, 0.01, o1)
+        get_kernel(name).apply_update(ours, grads, 0.01, o1)
         get_kernel(REFERENCE).apply_update(ref, grads, 0.01, o2)
     for a, r in zip(ours, ref):
         assert_agree(a[0], r[0], np.float64, f"{name} {rule} apply_update")
@@ -143,14 +143,14 @@ def test_shift_images_moves_pixels_and_fills_zeros():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("name", OTHERS)
+@pytest.mark.parametrize("name", TRAINERS)
 def test_training_with_shifts_agrees(name, dtype):
     x, y = images(200, seed=4)
     rng = np.random.default_rng(4)
     order, shifts = rng.permutation(200), rng.integers(-2, 3, (200, 2))
     params = init_params([784, 20, 10], seed=4, dtype=dtype)
     ours, ref, plain = copy_params(params), copy_params(params), copy_params(params)
-    backend(name).train_epoch(ours, x, y, order, 8, 0.05, None, shifts)
+    get_kernel(name).train_epoch(ours, x, y, order, 8, 0.05, None, shifts)
     get_kernel(REFERENCE).train_epoch(ref, x, y, order, 8, 0.05, None, shifts)
     get_kernel(REFERENCE).train_epoch(plain, x, y, order, 8, 0.05)
     for a, r in zip(ours, ref):

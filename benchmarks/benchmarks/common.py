@@ -61,7 +61,7 @@ def train_batch(batch_size, dtype):
 def warm(kernel_name, hidden, dtype):
     """Compile (or load from the cache) the backend's training kernels, once."""
     kernel = get_kernel(kernel_name)
-    once(("warmup", kernel_name, dtype),
+    once(("warmup", kernel_name, hidden, dtype),
          lambda: kernel.warmup(model.layer_sizes([hidden]), np.dtype(dtype)))
     return kernel
 

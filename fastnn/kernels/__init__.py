@@ -1,13 +1,16 @@
 """The kernel registry: every backend has the same functions and semantics.
 
-``get_kernel(name)`` returns a module with at least ``forward(params, X)``,
-``loss_and_grads(params, X, y)``, ``train_epoch(params, images, labels,
-order, batch_size, lr, opt=None)``, ``predict(params, images)``,
-``sgd_step(params, grads, lr)``, ``apply_update(params, grads, lr, opt)`` and
-``warmup(sizes, dtype)``. A new backend is one module plus one line here.
+``get_kernel(name)`` returns a backend with ``forward(params, X)``,
+``loss_and_grads(params, X, y)``, ``activations(params, X)``,
+``train_epoch(params, images, labels, order, batch_size, lr, opt=None,
+shifts=None)``, ``predict(params, images)``, ``sgd_step(params, grads, lr)``,
+``apply_update(params, grads, lr, opt)`` and ``warmup(sizes, dtype)``. A new
+backend is one module (or one variant) plus one line here.
 
-"numba-simple" is the one-sample-at-a-time version of the numba backend's
-fused epoch: slower, easier to read, and kept in every agreement test.
+"numpy" is the reference. The numba backend has one name per way of sharing
+a batch between threads ("numba:samples", "numba:rows", and "numba:simple",
+the same fused epoch one sample at a time); plain "numba" picks "samples" or
+"rows" by the net's size (see numba_epoch).
 """
 
 import importlib
@@ -17,22 +20,31 @@ import importlib
 # @njit is decorated.
 from fastnn import config  # noqa: F401
 
-# name -> module; imported on first use (Numba's import alone takes ~0.3 s)
+# name -> "module" or "module:strategy"; imported on first use (Numba's import
+# alone takes ~0.3 s)
 KERNELS = {
     "numpy": "fastnn.kernels.numpy_ref",
-    "numba": "fastnn.kernels.numba_loops",
-    "numba-simple": "fastnn.kernels.numba_simple",
+    "numba": "fastnn.kernels.numba_epoch:",
+    "numba:samples": "fastnn.kernels.numba_epoch:samples",
+    "numba:rows": "fastnn.kernels.numba_epoch:rows",
+    "numba:simple": "fastnn.kernels.numba_epoch:simple",
 }
 
 REFERENCE = "numpy"
 
+_backends = {}
+
 
 def get_kernel(name):
-    """Return the backend module registered as ``name``."""
+    """Return the backend registered as ``name`` (the same object every time)."""
     try:
-        module = KERNELS[name]
+        target = KERNELS[name]
     except (KeyError, TypeError):
         raise ValueError(
             f"unknown kernel {name!r}; known kernels: {', '.join(KERNELS)}"
         ) from None
-    return importlib.import_module(module)
+    if target not in _backends:
+        module, _, strategy = target.partition(":")
+        module = importlib.import_module(module)
+        _backends[target] = module.Backend(strategy or None) if ":" in target else module
+    return _backends[target]

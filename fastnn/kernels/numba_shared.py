@@ -1,123 +1,47 @@
-"""What both fused Numba epochs share: the batch gather and the update.
+"""What the fused Numba kernels (numba_tiles, numba_simple) share.
 
-``gather_row`` scales one uint8 image into a float row, optionally shifted
-by a few pixels (data augmentation). ``update_params`` applies every
-optimizer rule of fastnn.optim to one flat parameter vector, summing the
-per-thread gradient buffers in thread order on the way.
+The argument groups they take (``FlatNet`` from fastnn.model, ``Batches``,
+``OptState``), views into the flat vectors, the batch gather (uint8 image
+-> scaled float row, optionally shifted by a few pixels), the softmax and
+cross-entropy of one sample, and the optimizer update of one flat
+parameter vector.
 """
 
-import numba
+from typing import NamedTuple
+
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from fastnn import config
+from fastnn.kernels.numba_intrinsics import exp_nonpositive, prefetch
+from fastnn.kernels.numba_layers import cross_entropy
 
 # Below this many parameters the update runs on the calling thread, outside
 # any parallel region: waking the other threads costs more than the loop.
 PARALLEL_MIN = 65536
 
 
-@njit(**config.JIT)
-def apply_rule(theta, g, lo, hi, lr, kind, hyper, state, t):
-    # theta, g: (P,) params and their gradient; state: (S, P); elements [lo, hi) change
-    # hyper: (momentum, beta1, beta2, eps, weight_decay); kind: 0 sgd, 1 momentum, 2 adam
-    # t: this update's number (1-based), for Adam's bias correction
-    # Each step is its own flat loop, so LLVM vectorises all of them.
-    dt = theta.dtype.type
-    w, g = theta[lo:hi], g[lo:hi]
-    mu, b1, b2, eps, wd = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
-    if wd != 0:
-        for p in range(hi - lo):
-            g[p] += wd * w[p]  # L2 weight decay
-    if kind == 0:
-        for p in range(hi - lo):
-            w[p] -= lr * g[p]
-    elif kind == 1:
-        v = state[0, lo:hi]
-        for p in range(hi - lo):
-            v[p] = mu * v[p] + g[p]
-            w[p] -= lr * v[p]
-    else:
-        # Adam's bias corrections 1 - beta^t, in float64 from the dtype's beta
-        c1 = dt(1.0 - np.float64(b1) ** t)
-        c2 = dt(1.0 - np.float64(b2) ** t)
-        m, v = state[0, lo:hi], state[1, lo:hi]
-        one = dt(1)
-        for p in range(hi - lo):
-            m[p] = b1 * m[p] + (one - b1) * g[p]
-            v[p] = b2 * v[p] + (one - b2) * g[p] * g[p]
-            w[p] -= lr * (m[p] / c1) / (np.sqrt(v[p] / c2) + eps)
+class Batches(NamedTuple):
+    """The samples of an epoch and how they are cut into batches."""
+
+    images: np.ndarray  # (n, 784) uint8
+    labels: np.ndarray  # (n,) int64
+    order: np.ndarray  # (k,) int64 sample indices; runs of batch_size form the batches
+    shifts: np.ndarray  # (k, 2) int64 (dy, dx) per order position, or (0, 2) for none
+    batch_size: int
+    scale: float  # of the params' dtype: 1/255, uint8 -> [0, 1]
 
 
-@njit(**config.JIT_PARALLEL)
-def update_params(theta, gbuf, lr, kind, hyper, state, step):
-    # theta: (P,) updated in place; gbuf: (T, P) per-thread gradient sums, added up in
-    # thread order into row 0; state: (S, P); step: (1,) int64 updates so far, += 1
-    step[0] += 1
-    P = theta.shape[0]
-    if P < PARALLEL_MIN:
-        _sum_and_apply(theta, gbuf, 0, P, lr, kind, hyper, state, step[0])
-        return
-    blocks = 64
-    for k in prange(blocks):
-        _sum_and_apply(theta, gbuf, (P * k) // blocks, (P * (k + 1)) // blocks, lr, kind,
-                       hyper, state, step[0])
+class OptState(NamedTuple):
+    """An optimizer as the kernels see it (fastnn.optim.Optimizer holds the same)."""
+
+    kind: int  # 0 sgd, 1 momentum, 2 adam
+    hyper: np.ndarray  # (momentum, beta1, beta2, eps, weight_decay), params' dtype
+    state: np.ndarray  # (S, P): momentum, or Adam's m and v, laid out like theta
+    step: np.ndarray  # (1,) int64 updates so far; each batch adds 1
 
 
-@njit(**config.JIT)
-def _sum_and_apply(theta, gbuf, lo, hi, lr, kind, hyper, state, t):
-    # gbuf[0, lo:hi] += gbuf[1:, lo:hi] in row order, then the update rule on [lo, hi)
-    g = gbuf[0, lo:hi]
-    for row in range(1, gbuf.shape[0]):
-        gt = gbuf[row, lo:hi]
-        for p in range(hi - lo):
-            g[p] += gt[p]
-    apply_rule(theta, gbuf[0], lo, hi, lr, kind, hyper, state, t)
-
-
-@intrinsic
-def prefetch(typingctx, arr, i):
-    """prefetch(arr, i): ask the CPU to start loading arr[i]'s cache line (1-D arr)."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(i, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        aryty = sig.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
-                                       wraparound=False)
-        i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch")
-        builder.call(fn, [i8p, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
-        return context.get_dummy_value()
-
-    return types.void(arr, i), codegen
-
-
-if numba.config.DISABLE_JIT:  # plain Python (the nojit test session): nothing to hint
-
-    def prefetch(arr, i):  # noqa: F811
-        pass
-
-
-@njit(**config.JIT)
-def prefetch_samples(images, labels, order, lo, hi):
-    # images: (n, 784) uint8; labels: (n,) int64; start loading every cache line of
-    # images[order[lo:hi]] and their labels. A random training sample is in no cache:
-    # fetched on demand, its 13 image lines and its label's line cost about as much
-    # as the sample's whole forward and backward pass.
-    for s in range(lo, hi):
-        j = order[s]
-        row = images[j]
-        for i in range(0, row.shape[0], 64):
-            prefetch(row, i)
-        prefetch(row, row.shape[0] - 1)
-        prefetch(labels, j)
+# ---------------------------------------------------------------- views into flat vectors
 
 
 @njit(**config.JIT)
@@ -131,17 +55,30 @@ def layer_offsets(sizes):
 
 
 @njit(**config.JIT)
-def gather_row(images, j, shifts, s, scale, out):
-    # images: (n, 784) uint8; shifts: (k, 2) int64 (dy, dx) per order position, or (0, 2)
-    # out: (784,) <- images[j] * scale, moved down dy and right dx (zeros shifted in)
-    row = images[j]
+def layer_params(vec, net, layer):
+    # layer's W: (n_out, n_in) and b: (n_out,) as views into the flat vec, which is
+    # laid out like net.theta (the params themselves, or a gradient)
+    n_in, n_out = net.sizes[layer], net.sizes[layer + 1]
+    w0, b0 = net.woff[layer], net.boff[layer]
+    return vec[w0 : w0 + n_out * n_in].reshape((n_out, n_in)), vec[b0 : b0 + n_out]
+
+
+# ---------------------------------------------------------------- the batch gather
+
+
+@njit(**config.JIT)
+def gather_row(batches, s, out):
+    # out: (784,) <- the image of order position s, times scale, moved down dy and
+    # right dx pixels (zeros shifted in) when batches carries shifts
+    row = batches.images[batches.order[s]]
+    scale = batches.scale
     dt = out.dtype.type  # uint8 * float32 would promote to float64: convert first
-    if shifts.shape[0] == 0:
+    if batches.shifts.shape[0] == 0:
         for i in range(row.shape[0]):
             out[i] = dt(row[i]) * scale
         return
-    dy, dx = shifts[s, 0], shifts[s, 1]
-    zero = out.dtype.type(0)
+    dy, dx = batches.shifts[s, 0], batches.shifts[s, 1]
+    zero = dt(0)
     for r in range(28):
         sr = r - dy
         for c in range(28):
@@ -150,3 +87,121 @@ def gather_row(images, j, shifts, s, scale, out):
                 out[r * 28 + c] = dt(row[sr * 28 + sc]) * scale
             else:
                 out[r * 28 + c] = zero
+
+
+@njit(**config.JIT)
+def gather_image(images, j, scale, out):
+    # out: (784,) <- images[j] * scale (inference: no order, no shifts)
+    row = images[j]
+    dt = out.dtype.type
+    for i in range(row.shape[0]):
+        out[i] = dt(row[i]) * scale
+
+
+@njit(**config.JIT)
+def prefetch_samples(batches, lo, hi):
+    # start loading every cache line of the images and labels of order positions
+    # [lo, hi). A random training sample is in no cache: fetched on demand, its 13
+    # image lines and its label's line cost about as much as the sample's whole
+    # forward and backward pass.
+    for s in range(lo, hi):
+        j = batches.order[s]
+        row = batches.images[j]
+        for i in range(0, row.shape[0], 64):
+            prefetch(row, i)
+        prefetch(row, row.shape[0] - 1)
+        prefetch(batches.labels, j)
+
+
+# ---------------------------------------------------------------- softmax and cross-entropy
+
+
+@njit(**config.JIT)
+def argmax(z):
+    # z: (k,) -> the index of its largest value (the first, on ties)
+    best = 0
+    for c in range(1, z.shape[0]):
+        if z[c] > z[best]:
+            best = c
+    return best
+
+
+@njit(**config.JIT_EXACT)
+def softmax_xent_row(z, y, inv_m, d):
+    # z: (k,) one sample's logits, y its label -> d: (k,) its deltas (P - Y) / m;
+    # returns (-log P[y], 1 if argmax z == y else 0)
+    k = z.shape[0]
+    best = argmax(z)
+    mx = z[best]
+    for c in range(k):  # no reduction in this loop: it vectorises
+        d[c] = exp_nonpositive(z[c] - mx)
+    tot = z.dtype.type(0)
+    for c in range(k):
+        tot += d[c]
+    inv = inv_m / tot
+    for c in range(k):
+        d[c] *= inv
+    loss = cross_entropy(np.log(tot), z[y], mx)
+    d[y] -= inv_m
+    return loss, best == y
+
+
+# ---------------------------------------------------------------- the optimizer update
+
+
+@njit(**config.JIT)
+def apply_rule(theta, g, lo, hi, lr, opt, t):
+    # theta, g: (P,) params and their gradient; elements [lo, hi) change, and
+    # opt.state's with them; t: this update's number (1-based), for Adam's bias correction
+    # Each step is its own flat loop, so LLVM vectorises all of them.
+    dt = theta.dtype.type
+    w, g = theta[lo:hi], g[lo:hi]
+    hyper = opt.hyper
+    mu, b1, b2, eps, wd = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
+    if wd != 0:
+        for p in range(hi - lo):
+            g[p] += wd * w[p]  # L2 weight decay
+    if opt.kind == 0:
+        for p in range(hi - lo):
+            w[p] -= lr * g[p]
+    elif opt.kind == 1:
+        v = opt.state[0, lo:hi]
+        for p in range(hi - lo):
+            v[p] = mu * v[p] + g[p]
+            w[p] -= lr * v[p]
+    else:
+        # Adam's bias corrections 1 - beta^t, in float64 from the dtype's beta
+        c1 = dt(1.0 - np.float64(b1) ** t)
+        c2 = dt(1.0 - np.float64(b2) ** t)
+        m, v = opt.state[0, lo:hi], opt.state[1, lo:hi]
+        one = dt(1)
+        for p in range(hi - lo):
+            m[p] = b1 * m[p] + (one - b1) * g[p]
+            v[p] = b2 * v[p] + (one - b2) * g[p] * g[p]
+            w[p] -= lr * (m[p] / c1) / (np.sqrt(v[p] / c2) + eps)
+
+
+@njit(**config.JIT)
+def _sum_and_apply(theta, gbuf, lo, hi, lr, opt, t):
+    # gbuf[0, lo:hi] += gbuf[1:, lo:hi] in row order, then the update rule on [lo, hi)
+    g = gbuf[0, lo:hi]
+    for row in range(1, gbuf.shape[0]):
+        gt = gbuf[row, lo:hi]
+        for p in range(hi - lo):
+            g[p] += gt[p]
+    apply_rule(theta, gbuf[0], lo, hi, lr, opt, t)
+
+
+@njit(**config.JIT_PARALLEL)
+def update_params(theta, gbuf, lr, opt):
+    # theta: (P,) updated in place; gbuf: (T, P) per-thread gradient sums, added up in
+    # thread order into row 0; opt.step += 1
+    opt.step[0] += 1
+    P = theta.shape[0]
+    if P < PARALLEL_MIN:
+        _sum_and_apply(theta, gbuf, 0, P, lr, opt, opt.step[0])
+        return
+    blocks = 64
+    for k in prange(blocks):
+        _sum_and_apply(theta, gbuf, (P * k) // blocks, (P * (k + 1)) // blocks, lr, opt,
+                       opt.step[0])

@@ -4,14 +4,15 @@ Every layer of a tile of samples is a small matrix product written as loops
 that keep several accumulators in registers (4 samples x 2 units per sweep
 over the inputs for the forward pass, 4 units x 4 samples for the weight
 gradient), so each loaded value feeds several multiply-adds. Two ways to
-share a batch between threads (numba_loops.strategy picks one):
+share a batch between threads, the "numba:samples" and "numba:rows"
+backends ("numba" picks one per net: numba_epoch.choose):
 
-* ``train_epoch_split`` ("samples", small nets): one parallel region per
+* ``train_epoch_samples`` (small nets): one parallel region per
   batch. Each thread gathers, runs forward and backward and sums the
   gradient of its own slice of the batch into its own buffer; the buffers
   are then added in thread order and the optimizer applied. Activations and
   weights stay in the cache of the core that uses them.
-* ``train_epoch_tiled`` ("rows", large nets), in chunks of up to CHUNK samples:
+* ``train_epoch_rows`` (large nets), in chunks of up to CHUNK samples:
   1. forward and backward *deltas*, parallel over tiles of samples;
   2. weight gradients and the update, parallel over blocks of weight rows:
      the thread that owns rows o..o+k sums D[:, o]^T A over the whole batch
@@ -22,22 +23,28 @@ share a batch between threads (numba_loops.strategy picks one):
 
 While one tile computes, the images and labels of the next are prefetched
 (a random training sample is in no cache). Compare ``numba_simple``, the
-same computation one sample at a time.
+same computation one sample at a time. Both epochs take (net, opt, batches,
+work, lr, nthreads): see numba_epoch.
 
 Tails (fewer than 4 samples or units left) clamp their indices to the last
 valid one: the duplicate recomputes and rewrites an identical value in the
 forward pass, and carries a zero coefficient in the gradient sums.
 """
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
 from fastnn import config
-from fastnn.kernels.numba_math import exp_nonpositive
 from fastnn.kernels.numba_shared import (
     apply_rule,
+    argmax,
+    gather_image,
     gather_row,
     layer_offsets,
+    layer_params,
     prefetch_samples,
+    softmax_xent_row,
     update_params,
 )
 
@@ -174,31 +181,34 @@ def _tile_grad_input(D, W, A, ns, DA):
                 da[i] = zero
 
 
+class Work(NamedTuple):
+    """Buffers of a tiled epoch: see samples_work and rows_work."""
+
+    grad: np.ndarray  # gradients: rows (P,), samples (T, P) one row per thread
+    buf: np.ndarray  # activations then deltas: rows (2 * chunk * width,),
+    #                  samples (T, 2 * TILE * width); width = sum(sizes)
+    stats: np.ndarray  # float64 (rows, 2): column sums are (loss sum, hits)
+
+
+def rows_work(P, width, batch_size, nthreads, dtype):
+    chunk = min(batch_size, CHUNK)
+    return Work(np.empty(P, dtype), np.empty(2 * chunk * width, dtype),
+                np.zeros((STATS_PAD * (chunk // 4 + 1) + 1, 2)))
+
+
+def samples_work(P, width, batch_size, nthreads, dtype):
+    return Work(np.empty((nthreads, P), dtype), np.empty((nthreads, 2 * TILE * width), dtype),
+                np.zeros((STATS_PAD * nthreads, 2)))
+
+
 @njit(**config.JIT_EXACT)
-def _softmax_xent_tile(Z, ns, labels, order, first, inv_m, D, stats_row):
-    # Z: (TILE, k) logits -> D: (TILE, k) = (P - Y) / m; adds loss and hits to stats_row
-    k = Z.shape[1]
+def _softmax_xent_tile(Z, ns, batches, first, inv_m, D, stats_row):
+    # Z: (TILE, k) logits of order positions first.. -> D: (TILE, k) = (P - Y) / m;
+    # adds their loss sum and hits to stats_row: (2,)
     for s in range(ns):
-        z = Z[s]
-        y = labels[order[first + s]]
-        mx = z[0]
-        best = 0
-        for c in range(1, k):
-            if z[c] > mx:
-                mx = z[c]
-                best = c
-        d = D[s]
-        for c in range(k):  # no reduction in this loop: it vectorises
-            d[c] = exp_nonpositive(z[c] - mx)
-        tot = z.dtype.type(0)
-        for c in range(k):
-            tot += d[c]
-        inv = inv_m / tot
-        for c in range(k):
-            d[c] *= inv
-        D[s, y] -= inv_m
-        stats_row[0] += np.log(tot) - (z[y] - mx)
-        stats_row[1] += best == y
+        loss, hit = softmax_xent_row(Z[s], batches.labels[batches.order[first + s]], inv_m, D[s])
+        stats_row[0] += loss
+        stats_row[1] += hit
 
 
 @njit(**config.JIT)
@@ -217,88 +227,77 @@ def _input_and_deltas(buf, cap, aoff, sizes, layer, f, ns):
 
 
 @njit(**config.JIT)
-def _layer(vec, sizes, woff, boff, layer):
-    # layer's W: (n_out, n_in) and b: (n_out,) as views into the flat vec (params or grads)
-    n_in, n_out = sizes[layer], sizes[layer + 1]
-    return (vec[woff[layer]: woff[layer] + n_out * n_in].reshape((n_out, n_in)),
-            vec[boff[layer]: boff[layer] + n_out])
-
-
-@njit(**config.JIT)
-def _tile_pass(theta, sizes, woff, boff, aoff, buf, cap, f, ns, images, labels, order, shifts,
-               first, scale, inv_m, stats_row, pf_lo, pf_hi):
-    # Forward and backward deltas of samples order[first:first+ns], kept as rows f..f+ns
-    # of buf's blocks: layer l's activations (cap, n_l) start at cap * aoff[l], its
-    # deltas at cap * (aoff[L+1] + aoff[l]); aoff: (L+2,) prefix sums of sizes.
+def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_lo, pf_hi):
+    # Forward and backward deltas of order positions first..first+ns, kept as rows
+    # f..f+ns of buf's blocks: layer l's activations (cap, n_l) start at cap * aoff[l],
+    # its deltas at cap * (aoff[L+1] + aoff[l]); aoff: (L+2,) prefix sums of sizes.
     # stats_row: (2,) float64 += (loss sum, hits) of these samples
     # pf_lo, pf_hi: order positions of the tile that comes next, prefetched here (one
     # row per row gathered) so that their images arrive while this tile computes
+    sizes = net.sizes
     L = sizes.shape[0] - 1
     X = _rows(buf, cap, 0, f, ns, sizes[0])
     for s in range(ns):
-        gather_row(images, order[first + s], shifts, first + s, scale, X[s])
-        prefetch_samples(images, labels, order, min(pf_lo + s, pf_hi), min(pf_lo + s + 1, pf_hi))
-    prefetch_samples(images, labels, order, min(pf_lo + ns, pf_hi), pf_hi)
+        gather_row(batches, first + s, X[s])
+        prefetch_samples(batches, min(pf_lo + s, pf_hi), min(pf_lo + s + 1, pf_hi))
+    prefetch_samples(batches, min(pf_lo + ns, pf_hi), pf_hi)
     for layer in range(L):
-        W, b = _layer(theta, sizes, woff, boff, layer)
+        W, b = layer_params(net.theta, net, layer)
         _tile_forward(_rows(buf, cap, aoff[layer], f, ns, sizes[layer]), ns, W, b,
                       _rows(buf, cap, aoff[layer + 1], f, ns, sizes[layer + 1]), layer < L - 1)
-    _softmax_xent_tile(_rows(buf, cap, aoff[L], f, ns, sizes[L]), ns, labels, order, first,
-                       inv_m, _input_and_deltas(buf, cap, aoff, sizes, L - 1, f, ns)[1],
-                       stats_row)
+    _softmax_xent_tile(_rows(buf, cap, aoff[L], f, ns, sizes[L]), ns, batches, first, inv_m,
+                       _input_and_deltas(buf, cap, aoff, sizes, L - 1, f, ns)[1], stats_row)
     for layer in range(L - 1, 0, -1):  # deltas of the hidden layers
         A, D = _input_and_deltas(buf, cap, aoff, sizes, layer, f, ns)
         DA = _input_and_deltas(buf, cap, aoff, sizes, layer - 1, f, ns)[1]
-        _tile_grad_input(D, _layer(theta, sizes, woff, boff, layer)[0], A, ns, DA)
+        _tile_grad_input(D, layer_params(net.theta, net, layer)[0], A, ns, DA)
 
 
 @njit(**config.JIT_PARALLEL)
-def train_epoch_tiled(theta, sizes, woff, boff, images, labels, order, batch_size, lr,
-                      scale, grad, buf, stats, kind, hyper, state, step, shifts, nthreads):
-    # theta: (P,) flat params; sizes: (L+1,); woff, boff: (L,); images: (n, 784) uint8
-    # labels: (n,) int64; order: (k,) int64 sample indices; shifts: (k, 2) or (0, 2)
-    # grad: (P,) the batch gradient, each row written by the thread that owns it
-    # buf: (2 * CHUNK * sum sizes,) activations of up to CHUNK samples, then their deltas
-    # stats: (STATS_PAD * (CHUNK // 4 + 1), 2) float64; tile t's (loss sum, hits) in row
-    #     STATS_PAD * t (rows apart so that threads do not share a cache line)
-    # kind, hyper, state (S, P), step (1,): the optimizer, see numba_shared.apply_rule
-    # nthreads: Numba's thread count (tiles and row blocks are cut to keep all busy)
-    k = order.shape[0]
+def train_epoch_rows(net, opt, batches, work, lr, nthreads):
+    # The epoch in chunks of up to CHUNK samples, two parallel phases per chunk.
+    # work.grad: (P,) the batch gradient, each row written by the thread that owns it
+    # work.buf: (2 * chunk * sum sizes,) activations of up to chunk samples, then deltas
+    # work.stats: (STATS_PAD * (chunk // 4 + 1) + 1, 2) float64: tile t's (loss sum,
+    #     hits) in row STATS_PAD * t (rows apart so that threads do not share a cache
+    #     line), folded into the last row after each chunk
+    theta, sizes, woff, boff = net
+    grad, buf, stats = work
+    k, batch_size = batches.order.shape[0], batches.batch_size
     L = sizes.shape[0] - 1
     aoff = layer_offsets(sizes)
-    CHUNK = buf.shape[0] // (2 * aoff[L + 1])
+    chunk = buf.shape[0] // (2 * aoff[L + 1])
     total = stats.shape[0] - 1
     for start in range(0, k, batch_size):
         m = min(batch_size, k - start)
         inv_m = theta.dtype.type(1) / theta.dtype.type(m)
-        step[0] += 1
-        for c0 in range(start, start + m, CHUNK):
-            cn = min(CHUNK, start + m - c0)
+        opt.step[0] += 1
+        for c0 in range(start, start + m, chunk):
+            cn = min(chunk, start + m - c0)
             # tiles of up to TILE samples, small enough that every thread gets one
             tsize = min(TILE, max(4, (cn + nthreads - 1) // nthreads))
             n_tiles = (cn + tsize - 1) // tsize
             # phase 1: forward and deltas of every tile (independent samples)
             for tile in prange(n_tiles):
                 f = tile * tsize
-                _tile_pass(theta, sizes, woff, boff, aoff, buf, CHUNK, f, min(tsize, cn - f),
-                           images, labels, order, shifts, c0 + f, scale, inv_m,
+                _tile_pass(net, aoff, buf, chunk, f, min(tsize, cn - f), batches, c0 + f, inv_m,
                            stats[STATS_PAD * tile], c0 + f + tsize,
                            min(c0 + f + 2 * tsize, c0 + cn))
             # phase 2: each block of weight rows is owned by one thread
             last = c0 + cn >= start + m
             for layer in range(L):
                 n_in, n_out = sizes[layer], sizes[layer + 1]
-                A, D = _input_and_deltas(buf, CHUNK, aoff, sizes, layer, 0, cn)
-                gW, gb = _layer(grad, sizes, woff, boff, layer)
+                A, D = _input_and_deltas(buf, chunk, aoff, sizes, layer, 0, cn)
+                gW, gb = layer_params(grad, net, layer)
                 blocks = min(n_out, nthreads)
                 for blk in prange(blocks):
                     o_lo, o_hi = (n_out * blk) // blocks, (n_out * (blk + 1)) // blocks
                     _grad_rows(D, A, cn, gW, gb, o_lo, o_hi, c0 > start)
                     if last:
                         apply_rule(theta, grad, woff[layer] + o_lo * n_in,
-                                   woff[layer] + o_hi * n_in, lr, kind, hyper, state, step[0])
+                                   woff[layer] + o_hi * n_in, lr, opt, opt.step[0])
                         apply_rule(theta, grad, boff[layer] + o_lo, boff[layer] + o_hi, lr,
-                                   kind, hyper, state, step[0])
+                                   opt, opt.step[0])
             for tile in range(n_tiles):  # fold the tiles' stats in, in tile order
                 row = STATS_PAD * tile
                 stats[total, 0] += stats[row, 0]
@@ -329,52 +328,55 @@ def _next_tile(lo, hi, t, next_start, k, batch_size, nthreads):
 
 
 @njit(**config.JIT_PARALLEL)
-def train_epoch_split(theta, sizes, woff, boff, images, labels, order, batch_size, lr,
-                      scale, gbuf, tbuf, stats, kind, hyper, state, step, shifts, nthreads):
+def train_epoch_samples(net, opt, batches, work, lr, nthreads):
     # The same epoch, parallel over samples only: one parallel region per batch.
     # Each thread runs its contiguous slice of the batch, TILE samples at a time,
-    # through _tile_pass and sums the slice's gradients into its own gbuf row;
+    # through _tile_pass and sums the slice's gradients into its own work.grad row;
     # update_params then adds the rows in thread order and applies the optimizer.
-    # For small layers this beats train_epoch_tiled: one fork/join per batch instead
+    # For small layers this beats train_epoch_rows: one fork/join per batch instead
     # of 1 + L, and no thread reads activations another core wrote.
-    # gbuf: (T, P) per-thread gradients; tbuf: (T, 2 * TILE * sum sizes) per-thread tile
-    # stats: (STATS_PAD * T, 2) float64, thread t's (loss sum, hits) in row STATS_PAD * t
-    # other arguments as in train_epoch_tiled; T = nthreads
-    k = order.shape[0]
-    L = sizes.shape[0] - 1
-    aoff = layer_offsets(sizes)
+    # work.grad: (T, P) per-thread gradients; work.buf: (T, 2 * TILE * sum sizes)
+    # work.stats: (STATS_PAD * T, 2) float64, thread t's (loss sum, hits) in row
+    # STATS_PAD * t; T = nthreads
+    gbuf, tbuf, stats = work
+    k, batch_size = batches.order.shape[0], batches.batch_size
+    L = net.sizes.shape[0] - 1
+    aoff = layer_offsets(net.sizes)
     for start in range(0, k, batch_size):
         m = min(batch_size, k - start)
-        inv_m = theta.dtype.type(1) / theta.dtype.type(m)
+        inv_m = net.theta.dtype.type(1) / net.theta.dtype.type(m)
         T = _split_slice(start, k, batch_size, nthreads, 0)[2]
         for t in prange(T):
             g = gbuf[t]
             lo, hi, _ = _split_slice(start, k, batch_size, nthreads, t)
             if start == 0:
-                prefetch_samples(images, labels, order, lo, min(lo + TILE, hi))
+                prefetch_samples(batches, lo, min(lo + TILE, hi))
             buf = tbuf[t]
             for first in range(lo, hi, TILE):
                 ns = min(TILE, hi - first)
                 pf_lo, pf_hi = _next_tile(first + ns, hi, t, start + m, k, batch_size, nthreads)
-                _tile_pass(theta, sizes, woff, boff, aoff, buf, TILE, 0, ns, images, labels,
-                           order, shifts, first, scale, inv_m, stats[STATS_PAD * t], pf_lo,
-                           pf_hi)
+                _tile_pass(net, aoff, buf, TILE, 0, ns, batches, first, inv_m,
+                           stats[STATS_PAD * t], pf_lo, pf_hi)
                 for layer in range(L):
-                    A, D = _input_and_deltas(buf, TILE, aoff, sizes, layer, 0, ns)
-                    gW, gb = _layer(g, sizes, woff, boff, layer)
+                    A, D = _input_and_deltas(buf, TILE, aoff, net.sizes, layer, 0, ns)
+                    gW, gb = layer_params(g, net, layer)
                     # the slice's first tile overwrites, the others add
-                    _grad_rows(D, A, ns, gW, gb, 0, sizes[layer + 1], first > lo)
-        update_params(theta, gbuf[:T], lr, kind, hyper, state, step)
+                    _grad_rows(D, A, ns, gW, gb, 0, net.sizes[layer + 1], first > lo)
+        update_params(net.theta, gbuf[:T], lr, opt)
+
+
+def predict_work(width, nthreads, dtype):
+    return np.empty((nthreads, TILE * width), dtype)
 
 
 @njit(**config.JIT_PARALLEL)
-def predict_tiled(theta, sizes, woff, boff, images, scale, tbuf, out):
+def predict_tiles(net, images, scale, tbuf, out):
     # images: (n, 784) uint8 -> out: (n,) int64 argmax of the logits
-    # tbuf: (T, TILE * sum sizes) per-thread tile activations
+    # tbuf: (T, TILE * sum sizes) per-thread tile activations (predict_work)
+    sizes = net.sizes
     T = tbuf.shape[0]
     n = images.shape[0]
     L = sizes.shape[0] - 1
-    no_shifts = np.zeros((0, 2), np.int64)
     aoff = layer_offsets(sizes)  # layer l's (TILE, sizes[l]) block starts at TILE * aoff[l]
     for t in prange(T):
         buf = tbuf[t]
@@ -383,17 +385,12 @@ def predict_tiled(theta, sizes, woff, boff, images, scale, tbuf, out):
             ns = min(TILE, hi - first)
             X = _rows(buf, TILE, 0, 0, TILE, sizes[0])
             for s in range(ns):
-                gather_row(images, first + s, no_shifts, 0, scale, X[s])
+                gather_image(images, first + s, scale, X[s])
             for layer in range(L):
-                W, b = _layer(theta, sizes, woff, boff, layer)
+                W, b = layer_params(net.theta, net, layer)
                 _tile_forward(_rows(buf, TILE, aoff[layer], 0, TILE, sizes[layer]), ns, W, b,
                               _rows(buf, TILE, aoff[layer + 1], 0, TILE, sizes[layer + 1]),
                               layer < L - 1)
             Z = _rows(buf, TILE, aoff[L], 0, TILE, sizes[L])
             for s in range(ns):
-                z = Z[s]
-                best = 0
-                for c in range(1, sizes[L]):
-                    if z[c] > z[best]:
-                        best = c
-                out[first + s] = best
+                out[first + s] = argmax(Z[s])

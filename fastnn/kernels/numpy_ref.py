@@ -1,7 +1,7 @@
 """Reference kernels: readable, vectorised NumPy. Clear, not fast.
 
-Each line is one of the original README's equations, written for a batch of
-rows (X is (m, 784), W is (out, in)):
+Each line is one of the README's equations (the original script's), written
+for a batch of rows (X is (m, 784), W is (out, in)):
 
     Z1 = X W1^T + b1      A1 = ReLU(Z1)
     Z2 = A1 W2^T + b2     P  = softmax(Z2)
@@ -12,8 +12,10 @@ rows (X is (m, 784), W is (out, in)):
                           dW1 = d1^T X       db1 = sum d1
     W <- W - lr dW        b <- b - lr db
 
-Deeper nets repeat the hidden-layer lines. The fast backends must match this
-module to the tolerances in tests/tolerances.py.
+Deeper nets repeat the hidden-layer lines. Each equation is one small
+function below; ``numba_layers`` has a twin of each, by the same name. The
+fast backends must match this module to the tolerances in
+fastnn/tolerances.py.
 """
 
 import numpy as np
@@ -40,24 +42,72 @@ def shift_images(images, shifts):
     return np.where(inside, pixels, 0).astype(np.uint8).reshape(m, 784)
 
 
+# ---------------------------------------------------------------- one function per equation
+# numba_layers has a twin of each, by the same name, as explicit loops.
+
+
+def linear_forward(X, W, b):
+    # X: (m, n_in)  W: (n_out, n_in)  b: (n_out,)  ->  Z: (m, n_out)
+    return X @ W.T + b  # Z = X W^T + b
+
+
+def relu_forward(Z):
+    # Z: (m, n) -> A: (m, n)
+    return np.maximum(Z, 0)  # A = ReLU(Z)
+
+
+def softmax_xent_forward(Z, y):
+    # Z: (m, k) logits, y: (m,) int64 -> P: (m, k) probabilities, losses: (m,) -log P[y]
+    shifted = Z - Z.max(axis=1, keepdims=True)  # subtract the row max: exp never overflows
+    E = np.exp(shifted)
+    S = E.sum(axis=1, keepdims=True)
+    # -log P[y] = log sum exp(z) - z[y], computed from the shifted logits: no log(0)
+    return E / S, np.log(S[:, 0]) - shifted[np.arange(len(y)), y]
+
+
+def softmax_xent_backward(P, y):
+    # P: (m, k), y: (m,) -> dZ: (m, k)
+    # backward of L = -(1/m) sum log P[y]:  d_last = (P - Y) / m
+    m = P.shape[0]
+    Y = np.zeros_like(P)
+    Y[np.arange(m), y] = 1
+    return (P - Y) / P.dtype.type(m)
+
+
+def linear_backward(dZ, X, W, want_dX=True):
+    # dZ: (m, n_out)  X: (m, n_in)  W: (n_out, n_in) -> dW (n_out, n_in), db (n_out,),
+    # dX (m, n_in) or None
+    # backward of Z = X W^T + b:  dW = dZ^T X,  db = sum over rows of dZ,  dX = dZ W
+    return dZ.T @ X, dZ.sum(axis=0), (dZ @ W if want_dX else None)
+
+
+def relu_backward(dA, A):
+    # dA, A: (m, n) -> dZ: (m, n)
+    # backward of A = ReLU(Z):  dZ = dA * [Z > 0]  ([Z > 0] == [A > 0])
+    return dA * (A > 0)
+
+
+def sgd_update(w, g, lr):
+    # w, g: one parameter array and its gradient;  w <- w - lr g, in place
+    w -= lr * g
+
+
+# ---------------------------------------------------------------- the network
+
+
 def _forward_all(params, X):
     """Return the activations [X, A1, ..., Z_last]: what backward needs."""
     acts = [X]
     for i, (W, b) in enumerate(params):
-        Z = acts[-1] @ W.T + b  # Z = A W^T + b
-        acts.append(Z if i == len(params) - 1 else np.maximum(Z, 0))  # A = ReLU(Z)
+        Z = linear_forward(acts[-1], W, b)
+        acts.append(Z if i == len(params) - 1 else relu_forward(Z))
     return acts
 
 
-def _softmax_and_loss(Z, y):
-    # Z: (m, 10) logits, y: (m,) int64 -> P (m, 10), mean cross-entropy
-    shifted = Z - Z.max(axis=1, keepdims=True)  # subtract the row max: exp never overflows
-    E = np.exp(shifted)
-    S = E.sum(axis=1, keepdims=True)
-    P = E / S
-    # -log P[y] = log sum exp(z) - z[y], computed from the shifted logits: no log(0)
-    loss = np.mean(np.log(S[:, 0]) - shifted[np.arange(len(y)), y])
-    return P, float(loss)
+def activations(params, X):
+    """X (m, 784) -> [A1, ..., A_{L-1}, Z_L]: every hidden layer's ReLU output, then the
+    logits."""
+    return _forward_all(params, X)[1:]
 
 
 def logits(params, X):
@@ -68,26 +118,20 @@ def logits(params, X):
 def forward(params, X):
     """X (m, 784) -> P (m, 10) softmax probabilities."""
     Z = logits(params, X)
-    shifted = Z - Z.max(axis=1, keepdims=True)
-    E = np.exp(shifted)
-    return E / E.sum(axis=1, keepdims=True)
+    return softmax_xent_forward(Z, np.zeros(len(Z), np.int64))[0]
 
 
 def _loss_grads_probs(params, X, y):
     acts = _forward_all(params, X)
-    P, loss = _softmax_and_loss(acts[-1], y)
-    m = X.shape[0]
-    Y = np.zeros_like(P)
-    Y[np.arange(m), y] = 1
-    delta = (P - Y) / P.dtype.type(m)  # d_last = (P - Y) / m
+    P, losses = softmax_xent_forward(acts[-1], y)
+    delta = softmax_xent_backward(P, y)
     grads = [None] * len(params)
     for i in range(len(params) - 1, -1, -1):
-        A_prev = acts[i]
-        grads[i] = (delta.T @ A_prev, delta.sum(axis=0))  # dW = d^T A_prev, db = sum d
+        dW, db, dA = linear_backward(delta, acts[i], params[i][0], want_dX=i > 0)
+        grads[i] = (dW, db)
         if i > 0:
-            W = params[i][0]
-            delta = (delta @ W) * (A_prev > 0)  # d_prev = (d W) * [Z_prev > 0]
-    return loss, grads, P
+            delta = relu_backward(dA, acts[i])
+    return float(np.mean(losses)), grads, P
 
 
 def loss_and_grads(params, X, y):
@@ -100,8 +144,8 @@ def sgd_step(params, grads, lr):
     """W <- W - lr dW, b <- b - lr db, in place."""
     lr = params[0][0].dtype.type(lr)
     for (W, b), (dW, db) in zip(params, grads):
-        W -= lr * dW
-        b -= lr * db
+        sgd_update(W, dW, lr)
+        sgd_update(b, db, lr)
 
 
 def apply_update(params, grads, lr, opt):

@@ -1,10 +1,10 @@
-"""numba_math.exp_nonpositive: the softmax's vectorisable exp, against float64 np.exp."""
+"""numba_intrinsics.exp_nonpositive: the softmax's vectorisable exp, against float64 np.exp."""
 
 import numpy as np
 import pytest
 from numba import njit
 
-from fastnn.kernels.numba_math import exp_nonpositive
+from fastnn.kernels.numba_intrinsics import exp_nonpositive
 
 
 @njit(fastmath=False)

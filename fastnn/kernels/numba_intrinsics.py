@@ -1,4 +1,7 @@
-"""exp(t) for t <= 0 as plain float32 arithmetic, so a loop over classes vectorises.
+"""Low-level pieces the fused kernels are built from: a vectorisable exp and prefetch.
+
+``exp_nonpositive(t)``: exp(t) for t <= 0 as plain float32 arithmetic, so a
+loop over classes vectorises.
 
 np.exp inside a Numba loop is a call into libm for every element: the
 softmax of a 10-class tile spent more cycles there than the 784x10 hidden
@@ -11,12 +14,19 @@ against 3.4-5.7 ns for np.exp. float64 stays np.exp: with AVX2 the
 double <-> int64 steps do not vectorise, so nothing would be gained.
 
 Without the JIT (NUMBA_DISABLE_JIT=1) it is np.exp.
+
+``prefetch(arr, i)``: a hint to start loading arr[i]'s cache line (LLVM's
+prefetch intrinsic); nothing without the JIT.
 """
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
+
+from fastnn import config
 
 # Cody-Waite split of ln 2: n * LN2_HI is exact for the n that occur
 _LOG2E = 1.4426950408889634
@@ -40,7 +50,7 @@ def exp_nonpositive(t):
     return np.exp(t)
 
 
-@overload(exp_nonpositive, jit_options=dict(fastmath=False))
+@overload(exp_nonpositive, jit_options=config.EXACT_MATH)
 def _exp_nonpositive(t):
     if t == types.float32:
 
@@ -68,3 +78,30 @@ def _exp_nonpositive(t):
 
         return exp64
     return None
+
+
+@intrinsic
+def prefetch(typingctx, arr, i):
+    """prefetch(arr, i): ask the CPU to start loading arr[i]'s cache line (1-D arr)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
+                                       wraparound=False)
+        i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch")
+        builder.call(fn, [i8p, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+
+    return types.void(arr, i), codegen
+
+
+if numba.config.DISABLE_JIT:  # plain Python (the nojit test session): nothing to hint
+
+    def prefetch(arr, i):  # noqa: F811
+        pass
