@@ -1,10 +1,12 @@
 """The kernel registry: every backend has the same functions and semantics.
 
 ``get_kernel(name)`` returns a module with at least ``forward(params, X)``,
-``loss_and_grads(params, X, y)``, ``train_epoch(params, images, labels,
-order, batch_size, lr, opt=None)``, ``predict(params, images)``,
-``sgd_step(params, grads, lr)``, ``apply_update(params, grads, lr, opt)`` and
-``warmup(sizes, dtype)``. A new backend is one module plus one line here.
+``activations(params, X)`` (the list [A1, ..., A_{L-1}, Z_L]: each hidden
+layer's ReLU output, then the logits), ``loss_and_grads(params, X, y)``,
+``train_epoch(params, images, labels, order, batch_size, lr, opt=None)``,
+``predict(params, images)``, ``sgd_step(params, grads, lr)``,
+``apply_update(params, grads, lr, opt)`` and ``warmup(sizes, dtype)``. A
+new backend is one module plus one line here.
 
 "numba-simple" is the one-sample-at-a-time version of the numba backend's
 fused epoch: slower, easier to read, and kept in every agreement test.

@@ -169,6 +169,12 @@ def _forward_all(params, X):
     return acts
 
 
+def activations(params, X):
+    """X (m, 784) -> [A1, ..., A_{L-1}, Z_L]: each hidden layer's ReLU output, then the logits."""
+    X = _check_float(params, X)
+    return _forward_all(params, X)[1:]
+
+
 def forward(params, X):
     """X (m, 784) -> P (m, 10) softmax probabilities."""
     X = _check_float(params, X)

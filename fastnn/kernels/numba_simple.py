@@ -7,8 +7,8 @@ read beside ``numpy_ref``, and the baseline the tiled version is measured
 against: for wide layers it re-reads every weight row once per sample, where
 the tiles reuse each row across several samples.
 
-``forward``, ``loss_and_grads`` and ``sgd_step`` are the numba backend's own
-per-layer kernels.
+``forward``, ``activations``, ``loss_and_grads`` and ``sgd_step`` are the
+numba backend's own per-layer kernels.
 """
 
 import numba
@@ -18,6 +18,7 @@ from numba import njit, prange
 from fastnn import config
 from fastnn.kernels.numba_loops import (  # noqa: F401  (the backend's public API)
     _softmax_row,
+    activations,
     apply_update,
     forward,
     loss_and_grads,

@@ -65,6 +65,11 @@ def logits(params, X):
     return _forward_all(params, X)[-1]
 
 
+def activations(params, X):
+    """X (m, 784) -> [A1, ..., A_{L-1}, Z_L]: each hidden layer's ReLU output, then the logits."""
+    return _forward_all(params, X)[1:]
+
+
 def forward(params, X):
     """X (m, 784) -> P (m, 10) softmax probabilities."""
     Z = logits(params, X)
