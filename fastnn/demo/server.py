@@ -181,6 +181,10 @@ class Handler(BaseHTTPRequestHandler):
         # route has is a 405 here.
         if code == HTTPStatus.NOT_IMPLEMENTED:
             code, message = 405, f"{self.command} is not allowed: use GET or POST"
+        if self.request_version == "HTTP/0.9":
+            # what it assumes of a garbled request line: an answer without status
+            # line or headers, which no client today reads as an error
+            self.request_version = "HTTP/1.0"
         self.close_connection = True
         self._error(code, message or HTTPStatus(code).phrase, {"Connection": "close"})
 

@@ -1,0 +1,73 @@
+"""Helpers for the demo's tests: a server in a thread, canvas-like PNGs, HTTP calls."""
+
+import base64
+import contextlib
+import http.client
+import io
+import json
+import socket
+import threading
+
+from PIL import Image, ImageDraw
+
+from fastnn.demo.server import make_server
+
+SEVEN = [[(70, 50), (210, 50), (120, 250)]]  # a "7" on a 280x280 pad, one stroke
+ONE = [[(140, 30), (140, 250)]]
+
+
+@contextlib.contextmanager
+def running(engine):
+    """A demo server on 127.0.0.1, an OS-chosen port, in a thread: yields (host, port)."""
+    server = make_server("127.0.0.1", 0, engine)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[:2]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def canvas_png(strokes, size=280, width=22):
+    """PNG bytes like the page's pad: white strokes (round ends) on opaque black RGBA."""
+    img = Image.new("RGBA", (size, size), (0, 0, 0, 255))
+    draw = ImageDraw.Draw(img)
+    for points in strokes:
+        draw.line(points, fill=(255, 255, 255, 255), width=width, joint="curve")
+        for x, y in (points[0], points[-1]):
+            r = width / 2
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=(255, 255, 255, 255))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url(data, kind="image/png"):
+    return f"data:{kind};base64,{base64.b64encode(data).decode()}"
+
+
+def request(address, method, path, body=None, headers=None, conn=None):
+    """(status, headers, decoded JSON or raw bytes); body: dict (sent as JSON) or bytes."""
+    own = conn is None
+    conn = conn or http.client.HTTPConnection(*address, timeout=30)
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        kind = r.getheader("Content-Type", "")
+        return r.status, r, json.loads(data) if kind == "application/json" else data
+    finally:
+        if own:
+            conn.close()
+
+
+def raw(address, data: bytes) -> bytes:
+    """Send raw bytes on a fresh connection and hang up; return all the server answers."""
+    with socket.create_connection(address, timeout=30) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)  # a short body ends here instead of keeping it waiting
+        return b"".join(iter(lambda: s.recv(65536), b""))
