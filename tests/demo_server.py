@@ -1,11 +1,16 @@
-"""Helpers for the demo's tests: a server in a thread, canvas-like PNGs, HTTP calls."""
+"""Helpers for the demo's tests: a server in a thread or a process, canvas-like PNGs,
+HTTP calls."""
 
 import base64
 import contextlib
 import http.client
 import io
 import json
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 
 from PIL import Image, ImageDraw
@@ -71,3 +76,29 @@ def raw(address, data: bytes) -> bytes:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)  # a short body ends here instead of keeping it waiting
         return b"".join(iter(lambda: s.recv(65536), b""))
+
+
+def demo(*args, **kwargs):
+    """`python -m fastnn.demo --no-browser ARGS` in a process, its output piped."""
+    return subprocess.Popen([sys.executable, "-m", "fastnn.demo", "--no-browser", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def address_of(proc):
+    """Read the command's output up to its "Ctrl-C stops it" line; ((host, port), lines)."""
+    lines, address = [], None
+    for line in proc.stdout:
+        lines.append(line)
+        match = re.search(r"serving http://127\.0\.0\.1:(\d+)/", line)
+        if match:
+            address = ("127.0.0.1", int(match.group(1)))
+        if "Ctrl-C stops it" in line and address:
+            return address, lines
+    raise AssertionError(f"no address printed: {''.join(lines)}{proc.stderr.read()}")
+
+
+def stop(proc):
+    """Ctrl-C, as a user would: (exit code, the rest of stdout, stderr)."""
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err

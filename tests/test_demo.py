@@ -6,8 +6,6 @@ The browser itself is driven in test_demo_browser.py.
 import io
 import json
 import os
-import re
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +13,18 @@ import threading
 
 import numpy as np
 import pytest
-from demo_server import ONE, SEVEN, canvas_png, data_url, raw, request, running
+from demo_server import (
+    ONE,
+    SEVEN,
+    address_of,
+    canvas_png,
+    data_url,
+    demo,
+    raw,
+    request,
+    running,
+    stop,
+)
 from PIL import Image
 
 from fastnn import benchkit, images, model
@@ -286,31 +295,6 @@ def test_several_clients_at_once(server, test_set):
 
 
 # ---------------------------------------------------------------- the command
-
-
-def demo(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "fastnn.demo", "--no-browser", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def address_of(proc):
-    """Read the command's output up to its "Ctrl-C stops it" line; ((host, port), lines)."""
-    lines, address = [], None
-    for line in proc.stdout:
-        lines.append(line)
-        match = re.search(r"serving http://127\.0\.0\.1:(\d+)/", line)
-        if match:
-            address = ("127.0.0.1", int(match.group(1)))
-        if "Ctrl-C stops it" in line and address:
-            return address, lines
-    raise AssertionError(f"no address printed: {''.join(lines)}{proc.stderr.read()}")
-
-
-def stop(proc):
-    """Ctrl-C, as a user would: (exit code, the rest of stdout, stderr)."""
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    return proc.returncode, out, err
 
 
 @pytest.fixture(scope="module")
