@@ -15,7 +15,7 @@ import threading
 
 from PIL import Image, ImageDraw
 
-from fastnn.demo.server import make_server
+from fastnn.demo.server import DemoServer
 
 SEVEN = [[(70, 50), (210, 50), (120, 250)]]  # a "7" on a 280x280 pad, one stroke
 ONE = [[(140, 30), (140, 250)]]
@@ -24,7 +24,7 @@ ONE = [[(140, 30), (140, 250)]]
 @contextlib.contextmanager
 def running(engine):
     """A demo server on 127.0.0.1, an OS-chosen port, in a thread: yields (host, port)."""
-    server = make_server("127.0.0.1", 0, engine)
+    server = DemoServer(("127.0.0.1", 0), engine)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

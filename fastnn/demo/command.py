@@ -116,14 +116,14 @@ def where(host, port):
 def run(args, out=None):
     from fastnn.data import class_names
     from fastnn.demo.engine import Engine
-    from fastnn.demo.server import PageFilesMissing, make_server
+    from fastnn.demo.server import DemoServer, PageFilesMissing
 
     out = out or sys.stdout
     params, dataset, about = load_model(args, out)
     engine = Engine(params, class_names(dataset), load_test_set(args, dataset, out), about)
     engine.warmup()
     try:
-        server = make_server(args.host, args.port, engine)
+        server = DemoServer((args.host, args.port), engine)
     except PageFilesMissing:
         raise
     except OSError as e:

@@ -59,11 +59,15 @@ def load_static():
 
 
 class DemoServer(ThreadingHTTPServer):
+    """The server, listening on ``address`` = (host, port); port 0 lets the OS choose."""
+
     daemon_threads = True  # Ctrl-C does not wait for open keep-alive connections
 
     def __init__(self, address, engine):
         self.engine = engine
         self.static = load_static()
+        # an IPv6 host (--host ::1) needs an IPv6 socket; the class default is IPv4
+        self.address_family = socket.getaddrinfo(*address, type=socket.SOCK_STREAM)[0][0]
         super().__init__(address, Handler)
 
     def handle_error(self, request, client_address):
@@ -71,14 +75,6 @@ class DemoServer(ThreadingHTTPServer):
         # in a handler: report it, keep serving.
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             traceback.print_exc()
-
-
-def make_server(host, port, engine):
-    """A DemoServer listening on (host, port); port 0 lets the OS choose a free one."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    cls = type("DemoServer6", (DemoServer,), {"address_family": family}) \
-        if family == socket.AF_INET6 else DemoServer
-    return cls((host, port), engine)
 
 
 class Handler(BaseHTTPRequestHandler):
