@@ -41,7 +41,7 @@ def bench(session):
     session.install("-e", ".[test]")
     session.run(
         "pytest", "tests/test_bench_forward.py", "tests/test_bench_train.py",
-        "tests/test_bench_inference.py", "--benchmark-enable", "--benchmark-autosave",
+        "tests/test_bench_inference.py", "tests/test_bench_demo.py", "--benchmark-enable", "--benchmark-autosave",
         "--benchmark-group-by=group", *session.posargs,
     )
 

@@ -2,9 +2,10 @@
 
 MNIST digits are white ink on black, cropped to the ink, scaled so the longer
 side is 20 px (aspect kept) and placed in a 28x28 field with the centre of mass
-at the centre. ``to_mnist`` repeats those steps for any grayscale array and
-``load_image`` reads a file with Pillow and calls it. Both return uint8 (784,),
-ready for ``fastnn.kernels.numpy_ref.to_float``.
+at the centre. ``to_mnist`` repeats those steps for any grayscale array,
+``grayscale`` turns an open Pillow image into one, and ``load_image`` reads a
+file with both (the demo server does the same with a drawing sent as PNG).
+They return uint8 (784,), ready for ``fastnn.kernels.numpy_ref.to_float``.
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ class ImageError(Exception):
 
 def load_image(path) -> np.ndarray:
     """Read an image file and return it in MNIST form: uint8 (784,)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     name = os.fspath(path)
     try:
         with Image.open(name) as img:
-            img = ImageOps.exif_transpose(img)  # phone photos: honour the rotation flag
-            gray = _grayscale(img)
+            gray = grayscale(img)
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
     except IsADirectoryError:
@@ -46,8 +46,15 @@ def load_image(path) -> np.ndarray:
         raise ImageError(f"{name}: {e}") from None
 
 
-def _grayscale(img) -> np.ndarray:
-    """Pillow image -> float (h, w) luminance in [0, 255]; transparent parts made paper."""
+def grayscale(img) -> np.ndarray:
+    """Open Pillow image -> float (h, w) luminance in [0, 255], what to_mnist takes.
+
+    Decodes the pixels; honours a photo's rotation flag; transparent parts
+    become paper.
+    """
+    from PIL import ImageOps
+
+    img = ImageOps.exif_transpose(img)  # phone photos: honour the rotation flag
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         lum = np.asarray(rgba.convert("L"), dtype=np.float64)

@@ -250,6 +250,12 @@ def run_epoch(args, kernel, params, opt, rng, epoch, train_x, train_y, test_x, t
 
 
 def run(args, out=None):
+    """Train as the flags say, print and write what they ask; return the result dict."""
+    return fit(args, out)[0]
+
+
+def fit(args, out=None):
+    """run(), also returning the trained params: (result, params)."""
     out = out or sys.stdout
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=out, flush=True))
     if args.resume:
@@ -326,7 +332,7 @@ def run(args, out=None):
         model.atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     if args.plot or args.plots_dir:
         write_pictures(args, history, params, kernel.predict(params, test_x), test_x, test_y, say)
-    return result
+    return result, params
 
 
 def write_pictures(args, history, params, preds, test_x, test_y, say):

@@ -1,0 +1,5 @@
+import sys
+
+from fastnn.demo.command import main
+
+sys.exit(main())
