@@ -174,6 +174,15 @@ def test_missing_library_gives_reason_and_hint(monkeypatch, name, library, hint)
     assert hint in peers.available([name])[name]
 
 
+def test_other_import_errors_are_not_hidden(monkeypatch):
+    """An ImportError that is not the peer's library missing is a bug: it propagates
+    instead of becoming "unavailable" (and a skipped test)."""
+    monkeypatch.setitem(peers.PEERS, "jax-step", "fastnn.peers.no_such_module")
+    with pytest.raises(ImportError) as info:
+        peers.get_peer("jax-step")
+    assert not isinstance(info.value, peers.PeerUnavailable)
+
+
 # ---------------------------------------------------------------- numpy-fast's cache
 
 

@@ -28,6 +28,7 @@ import functools
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fastnn.peers import _jax_common as jc
@@ -53,7 +54,7 @@ def train_epoch(params, images, labels, order, batch_size, lr):
     with jc.precision(dtype):
         images_d, labels_d = jc.device_data(images, labels)
         order = jc.device_order(order, len(images))
-        p, lr = jc.to_device(params), jax.numpy.asarray(lr, dtype)
+        p, lr = jc.to_device(params), jnp.asarray(lr, dtype)
         n_full = len(order) // batch_size * batch_size
         parts = [order[:n_full].reshape(-1, batch_size), order[n_full:].reshape(1, -1)]
         losses, corrects, sizes = [], [], []

@@ -23,6 +23,7 @@ import functools
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fastnn.peers import _jax_common as jc
@@ -38,7 +39,7 @@ def train_epoch(params, images, labels, order, batch_size, lr):
     with jc.precision(dtype):
         images_d, labels_d = jc.device_data(images, labels)
         order = jc.device_order(order, len(images))
-        p, lr = jc.to_device(params), jax.numpy.asarray(lr, dtype)
+        p, lr = jc.to_device(params), jnp.asarray(lr, dtype)
         losses, corrects = [], []
         for start in range(0, len(order), batch_size):
             p, loss, correct = _step(p, images_d, labels_d, order[start : start + batch_size], lr)
