@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from fastnn import benchkit, cli, config, model, torch_peer
+from fastnn import benchkit, cli, config, model, peers
 from fastnn.kernels import KERNELS, REFERENCE, get_kernel
 
 DEFAULT_GRID = [(10, 32), (10, 128), (128, 128), (800, 128)]  # (hidden, batch size)
@@ -121,6 +121,11 @@ def _git_commit():
     return commit + ("+dirty" if dirty else "")
 
 
+def _peer_version():
+    """The PyTorch peer's version, or None when it cannot be imported."""
+    return None if peers.reason(PEER) else peers.get_peer(PEER).version()
+
+
 def machine_info():
     import numba
 
@@ -131,7 +136,7 @@ def machine_info():
     return dict(cpu=_cpu_model(), cores=os.cpu_count(), os=f"{platform.system()} "
                 f"{platform.machine()}", python=platform.python_version(),
                 numpy=np.__version__, blas=blas, numba=numba.__version__,
-                torch=torch_peer.version(), commit=_git_commit(),
+                torch=_peer_version(), commit=_git_commit(),
                 date=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
 
 
@@ -174,7 +179,7 @@ def _ok(row):
 
 def _backend(name):
     """A registered backend, or the PyTorch peer module (same functions) for PEER."""
-    return torch_peer if name == PEER else get_kernel(name)
+    return peers.get_peer(PEER) if name == PEER else get_kernel(name)
 
 
 def agreement(configs, data, peer, emit):
@@ -397,7 +402,8 @@ def run(args, emit=print):
     """The whole report; returns (exit code, JSON-able dict)."""
     configs, repeats, samples = resolve(args)
     data = benchkit.load_data()
-    peer = torch_peer.version() is not None
+    peer_note = peers.reason(PEER)
+    peer = peer_note is None
     threads = args.threads or config.max_threads()
     names = list(KERNELS) + ([PEER] if peer else [])
     m = machine_info()
@@ -408,14 +414,14 @@ def run(args, emit=print):
                                 configs=[dict(hidden=h, batch_size=b, dtype=d)
                                          for h, b, d in configs], quick=bool(args.quick)),
                   peer=dict(name=PEER, version=m["torch"],
-                            note=None if peer else torch_peer.INSTALL_HINT))
+                            note=peer_note))
     emit("# fastnn benchmark report")
     emit("")
     emit(machine_line(m))
     emit(f"Data: {data.source}. Threads: {threads} (numba"
          + (", torch" if peer else "") + f"). Repeats: {repeats} (medians).")
     if not peer:
-        emit(torch_peer.INSTALL_HINT + ".")
+        emit(f"No peer column: {peer_note}.")
     emit("")
     ok, report["agreement"] = agreement(configs, data, peer, emit)
     report["agree"] = ok
@@ -423,7 +429,7 @@ def run(args, emit=print):
         return 1, report
     config.set_threads(threads)
     if peer:
-        torch_peer.set_threads(threads)
+        peers.get_peer(PEER).set_threads(threads)
     report["train"], report["inference"] = throughput(configs, data, names, samples, repeats,
                                                       emit)
     cfg = configs[0] if args.quick else (*SCALING_CONFIG, configs[0][2])

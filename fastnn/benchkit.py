@@ -213,9 +213,11 @@ def check_loss_and_grads(name, params, X, y, strict=True):
                         *ref.loss_and_grads(_as64(params), X.astype(np.float64), y)))
 
 
-def check_train(name, params, images, labels, batch_size, steps=4, strict=True):
-    """``steps`` batches of train_epoch from the same params: mean loss and params after."""
-    order = sample_order(len(images), steps * batch_size, seed=1)
+def check_train(name, params, images, labels, batch_size, steps=4, strict=True, tail=0):
+    """``steps`` batches of train_epoch from the same params, then (tail > 0) a last,
+    shorter batch of ``tail`` samples: the mean loss and the params after."""
+    order = sample_order(len(images), steps * batch_size + tail, seed=1)
+    steps += tail > 0
     ref = get_kernel(REFERENCE)
 
     def run(kernel, start):
