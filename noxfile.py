@@ -5,7 +5,7 @@
     nox -s nojit         agreement tests on small shapes with NUMBA_DISABLE_JIT=1, so the
                          loop bodies are also checked as plain Python
     nox -s lint          ruff
-    nox -s bench         pytest-benchmark, timed; JSON saved under .benchmarks/
+    nox -s bench         python -m fastnn.bench with the peers installed (the report)
     nox -s asv           asv quick run + HTML report in benchmarks/html (`nox -s asv -- full`)
 """
 
@@ -38,12 +38,12 @@ def lint(session):
 
 @nox.session
 def bench(session):
-    session.install("-e", ".[test]")
-    session.run(
-        "pytest", "tests/test_bench_forward.py", "tests/test_bench_train.py",
-        "tests/test_bench_inference.py", "tests/test_bench_demo.py", "--benchmark-enable", "--benchmark-autosave",
-        "--benchmark-group-by=group", *session.posargs,
-    )
+    """The benchmark report (python -m fastnn.bench, every backend and peer; arguments
+    after -- go to it, e.g. `nox -s bench -- --hidden 800 --json out.json`), then the
+    demo's round trip."""
+    session.install("-e", ".[test,bench,peers]")
+    session.run("python", "-m", "fastnn.bench", *session.posargs)
+    session.run("pytest", "tests/test_bench_demo.py", "--benchmark-enable")
 
 
 @nox.session

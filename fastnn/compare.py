@@ -79,18 +79,13 @@ def run(args, data, out=None):
             continue
         lines += [f"{name} vs {REFERENCE}", f"  {'quantity':<24} {'max abs diff':>13} "
                   f"{'max rel diff':>13} {'rtol':>10}  ok"]
-        rows = []
-        for label, key, i, traj, scale in checks:
-            a = res[key] if i is None else res[key][i]
-            r = ref[key] if i is None else ref[key][i]
-            rtol = tolerances.rtol_for(dtype, traj, scale)
-            passed = tolerances.worst_ratio(a, r, rtol) <= 1.0
-            abs_diff, rel_diff = tolerances.differences(a, r)
-            ok &= passed
-            rows.append(dict(quantity=label, max_abs=abs_diff, max_rel=rel_diff, rtol=rtol,
-                             ok=passed))
-            lines.append(f"  {label:<24} {abs_diff:13.3e} {rel_diff:13.3e} {rtol:10.1e}  "
-                         f"{'yes' if passed else 'NO'}")
+        rows = [tolerances.row(label, res[key] if i is None else res[key][i],
+                               ref[key] if i is None else ref[key][i], dtype, traj, scale)
+                for label, key, i, traj, scale in checks]
+        for r in rows:
+            ok &= r["ok"]
+            lines.append(f"  {r['quantity']:<24} {r['max_abs']:13.3e} {r['max_rel']:13.3e} "
+                         f"{r['rtol']:10.1e}  {'yes' if r['ok'] else 'NO'}")
         report["backends"][name] = dict(agreement=rows)
         lines.append("")
     lines.append(f"  {'backend':<12} {'test acc':>9} {'samples/s':>12} {'speed-up':>9} "

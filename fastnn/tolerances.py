@@ -18,6 +18,14 @@ get their own, looser bound.
 Probabilities and the loss are functions of the logits Z, whose rounding
 error grows with |Z| (an ulp of a float32 logit of 150 is 1.5e-5): for them
 rtol is multiplied by ``logit_scale(Z) = max(1, max|Z|)``.
+
+This module is the one agreement checker: the tests (``assert_agree``),
+``--compare`` (``row``), the benchmark report and asv (``check_backend``,
+which checks a backend or a peer against the reference before it is timed)
+all judge agreement here, by the same rule. The rule has two exceptions,
+both element-wise: a batch's gradients are compared on the samples whose
+hidden pre-activations are away from the ReLU kink (``away_from_kinks``),
+and a predicted label may differ at a near-tie of the two largest logits.
 """
 
 import numpy as np
@@ -74,3 +82,108 @@ def assert_agree(a, r, dtype, what="", trajectory=False, scale=1.0):
             f"({rel_diff:.3g} of max|r|), worst element at {ratio:.3g}x the tolerance "
             f"(rtol {rtol:g}, {np.dtype(dtype).name})"
         )
+
+
+def row(quantity, a, r, dtype, trajectory=False, scale=1.0):
+    """One compared quantity: {quantity, max_abs, max_rel, rtol, ok}."""
+    rtol = rtol_for(dtype, trajectory, scale)
+    max_abs, max_rel = differences(a, r)
+    return dict(quantity=quantity, max_abs=max_abs, max_rel=max_rel, rtol=rtol,
+                ok=bool(worst_ratio(a, r, rtol) <= 1.0))
+
+
+# A float32 hidden pre-activation this close to zero may land on either side of
+# the ReLU in two correct float32 computations (a 784-term dot product rounds by
+# ~1e-7 here): the two backward passes then differ by a whole sample's share of
+# that unit's gradient row, and both are right (seen: |Z| = 5.3e-7 at 784-59-10,
+# batch 187, dW1 off by 500x the tolerance). float64 rounds 1e9 times finer.
+KINK_MARGIN = {np.dtype(np.float32): 4e-6, np.dtype(np.float64): 0.0}
+
+
+def away_from_kinks(params, X):
+    """(m,) bool: the samples of X whose every hidden pre-activation, computed in
+    float64, is farther than KINK_MARGIN from 0."""
+    A = np.asarray(X, np.float64)
+    margin = np.full(len(A), np.inf)
+    for W, b in params[:-1]:
+        Z = A @ np.asarray(W, np.float64).T + np.asarray(b, np.float64)
+        margin = np.minimum(margin, np.abs(Z).min(axis=1, initial=np.inf))
+        A = np.maximum(Z, 0.0)
+    return margin > KINK_MARGIN[np.dtype(params[0][0].dtype)]
+
+
+def _flat(pairs):
+    return [a for pair in pairs for a in pair]
+
+
+def _names(params):
+    return [f"{w}{i + 1}" for i in range(len(params)) for w in ("W", "b")]
+
+
+def check_backend(backend, params, X, y, images, labels, order, batch_size, lr,
+                  test_images):
+    """Rows for everything a backend (or a peer) must agree with the reference on.
+
+    On the batch X, y (float of the params' dtype, int64; the samples near a
+    ReLU kink left out): the probabilities and the loss (rtol scaled by the
+    logits' size) and every gradient. Training: ``train_epoch`` over ``order``
+    from copies of params, plain SGD at ``lr``: the mean loss and every
+    parameter after (trajectory rtol). Inference: ``predict`` on test_images,
+    whose labels must equal the reference's except at near-ties (max_abs
+    holds how many differ).
+    """
+    from fastnn.kernels import REFERENCE, get_kernel
+    from fastnn.model import copy_params
+
+    ref = get_kernel(REFERENCE)
+    dtype = params[0][0].dtype
+    keep = away_from_kinks(params, X)
+    X, y = X[keep], y[keep]
+    scale = logit_scale(ref.logits(params, X))
+    rows = [row("probabilities", backend.forward(params, X), ref.forward(params, X), dtype,
+                scale=scale)]
+    (loss, grads), (loss_ref, grads_ref) = (b.loss_and_grads(params, X, y)
+                                            for b in (backend, ref))
+    rows.append(row("loss", loss, loss_ref, dtype, scale=scale))
+    rows += [row(f"d{n}", g, r, dtype)
+             for n, g, r in zip(_names(params), _flat(grads), _flat(grads_ref))]
+    trained = []
+    for b in (backend, ref):
+        p = copy_params(params)
+        trained.append((b.train_epoch(p, images, labels, order, batch_size, lr)[0], p))
+    (loss, p), (loss_ref, p_ref) = trained
+    steps = -(-len(order) // batch_size)
+    rows.append(row(f"mean loss over {steps} steps", loss, loss_ref, dtype, trajectory=True))
+    rows += [row(f"{n} after {steps} steps", a, r, dtype, trajectory=True)
+             for n, a, r in zip(_names(params), _flat(p), _flat(p_ref))]
+    rows.append(_predict_row(backend.predict(params, test_images),
+                             ref.predict(params, test_images), params, test_images))
+    return rows
+
+
+def _predict_row(labels, ref_labels, params, images):
+    """Predicted labels against the reference's: a label may differ only where the
+    reference's two largest logits are within 100 rtol x max(1, |logits|) (a near-tie,
+    which the summation order may break either way)."""
+    from fastnn.kernels import REFERENCE, get_kernel
+    from fastnn.kernels.numpy_ref import to_float
+
+    dtype = params[0][0].dtype
+    differ = np.flatnonzero(np.asarray(labels) != np.asarray(ref_labels))
+    ok = True
+    if differ.size:
+        Z = get_kernel(REFERENCE).logits(params, to_float(images[differ], dtype))
+        top2 = np.sort(Z.astype(np.float64), axis=1)[:, -2:]
+        gap = top2[:, 1] - top2[:, 0]
+        ok = bool(np.all(gap <= 100 * rtol_for(dtype) * np.maximum(1.0, np.abs(Z).max(axis=1))))
+    return dict(quantity="predicted labels", max_abs=float(differ.size),
+                max_rel=differ.size / max(len(images), 1), rtol=0.0, ok=ok)
+
+
+def assert_rows(rows, what):
+    """Raise AssertionError naming every row that disagrees."""
+    bad = [r for r in rows if not r["ok"]]
+    if bad:
+        raise AssertionError(f"{what} disagrees with the reference: " + "; ".join(
+            f"{r['quantity']} max |a - r| = {r['max_abs']:.3g} ({r['max_rel']:.3g} of "
+            f"max|r|, rtol {r['rtol']:g})" for r in bad))

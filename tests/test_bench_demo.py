@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 from demo_server import SEVEN, canvas_png, data_url, running
 
-from fastnn import benchkit, images
+from fastnn import images, model
 from fastnn.demo.engine import Engine
 from fastnn.kernels import get_kernel
+from fastnn.kernels.numpy_ref import to_float
 
 
 @pytest.mark.parametrize("hidden", [10, 800])  # the default net and --preset best's
 def test_predict_round_trip(benchmark, tmp_path, hidden):
-    params = benchkit.make_params(hidden, "float32")
+    params = model.init_params([784, hidden, 10])
     engine = Engine(params, [str(k) for k in range(10)])
     engine.warmup()
     png = canvas_png(SEVEN)
@@ -40,10 +41,10 @@ def test_predict_round_trip(benchmark, tmp_path, hidden):
             assert status == 200, out
             pixels = images.load_image(tmp_path / "seven.png")
             assert out["input"] == pixels.tolist()
-            X = pixels[None].astype(np.float32) * np.float32(1 / 255)
+            X = to_float(pixels[None], np.float32)
             assert out["probabilities"] == get_kernel("numba").forward(params, X)[0].tolist()
             benchmark.group = "demo: POST /api/predict, 280x280 canvas PNG"
-            benchmark.extra_info["net"] = benchkit.net_name(params)
+            benchmark.extra_info["net"] = f"784-{hidden}-10"
             status, out = benchmark(round_trip)
         finally:
             conn.close()

@@ -27,7 +27,7 @@ from demo_server import (
 )
 from PIL import Image
 
-from fastnn import benchkit, images, model
+from fastnn import images, model
 from fastnn.demo import engine as demo_engine
 from fastnn.demo.engine import Engine
 from fastnn.demo.server import MAX_BODY
@@ -39,12 +39,16 @@ DIGITS = [str(k) for k in range(10)]
 
 @pytest.fixture(scope="module")
 def test_set():
-    return benchkit.synthetic(20, seed=7)
+    """20 random uint8 images, 70% zeros as in MNIST, and labels."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, (20, 784)).astype(np.uint8)
+    x[rng.random(x.shape) < 0.7] = 0
+    return x, rng.integers(0, 10, 20)
 
 
 @pytest.fixture(scope="module")
 def params():
-    return benchkit.make_params(10, "float32", seed=3)
+    return model.init_params([784, 10, 10], seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +125,7 @@ def test_model_sample_and_weights(server, params, test_set):
 
 
 def test_a_wide_net_shows_its_most_active_units(test_set):
-    params = benchkit.make_params(64, "float32", seed=5)
+    params = model.init_params([784, 64, 10], seed=5)
     engine = Engine(params, DIGITS, test_set)
     out = engine.predict(test_set[0][0])
     acts = [h["activation"] for h in out["hidden"]]

@@ -1,4 +1,4 @@
-"""Every peer (fastnn.peers) against the reference, through fastnn.benchkit's checkers.
+"""Every peer (fastnn.peers) against the reference, through fastnn.tolerances.check_backend.
 
 The peers are what the benchmark report times next to fastnn's kernels, so
 each must compute what numpy_ref computes, to fastnn.tolerances, before its
@@ -9,7 +9,7 @@ float32 and float64, for nets of one and two hidden layers.
 PyTorch and JAX are optional: a peer whose library is missing skips with the
 install command, except under FASTNN_REQUIRE_PEERS=1, where it fails (an
 environment meant to have the peers must not pass by skipping them). The
-wrong peers at the end show that the checkers catch the usual mistakes.
+wrong peers at the end show that the checker catches the usual mistakes.
 """
 
 import gc
@@ -20,7 +20,7 @@ import types
 import numpy as np
 import pytest
 
-from fastnn import benchkit, model, peers
+from fastnn import model, peers, tolerances
 from fastnn.kernels import numpy_ref as ref
 from fastnn.peers import numpy_fast
 
@@ -53,14 +53,24 @@ def peer(request):
 
 @pytest.fixture(scope="module")
 def data():
-    """Synthetic MNIST-shaped data: train (images (400, 784) uint8, labels (400,) int64),
-    test images (600, 784) uint8."""
-    images, labels = benchkit.synthetic(N_IMAGES, seed=5)
-    return images, labels, benchkit.synthetic(N_TEST, seed=6)[0]
+    """Synthetic MNIST-like data: train images (400, 784) uint8 (70% zeros), labels
+    (400,) int64, test images (600, 784) uint8."""
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (N_IMAGES + N_TEST, 784)).astype(np.uint8)
+    images[rng.random(images.shape) < 0.7] = 0
+    return images[:N_IMAGES], rng.integers(0, 10, N_IMAGES), images[N_IMAGES:]
 
 
 def _params(sizes, dtype, seed=0):
     return model.init_params(sizes, seed=seed, dtype=np.dtype(dtype))
+
+
+def _rows(backend, params, data, batch_size, n_order):
+    images, labels, test_images = data
+    X = ref.to_float(images[:batch_size], params[0][0].dtype)
+    order = np.random.default_rng(2).permutation(N_IMAGES)[:n_order]
+    return tolerances.check_backend(backend, params, X, labels[:batch_size], images, labels,
+                                    order, batch_size, 0.05, test_images)
 
 
 # ---------------------------------------------------------------- agreement
@@ -69,13 +79,8 @@ def _params(sizes, dtype, seed=0):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("sizes, batch_size, steps, tail", CASES, ids=CASE_IDS)
 def test_agrees_with_reference(peer, data, dtype, sizes, batch_size, steps, tail):
-    images, labels, test_images = data
-    params = _params(sizes, dtype)
-    X, y = benchkit.batch(images, labels, batch_size, dtype)
-    benchkit.check_forward(peer, params, X)
-    benchkit.check_loss_and_grads(peer, params, X, y)
-    benchkit.check_train(peer, params, images, labels, batch_size, steps=steps, tail=tail)
-    benchkit.check_predict(peer, params, test_images)
+    rows = _rows(peer, _params(sizes, dtype), data, batch_size, steps * batch_size + tail)
+    tolerances.assert_rows(rows, peer.__name__)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -84,7 +89,7 @@ def test_train_epoch_contract(peer, data, dtype):
     loss and the accuracy of the samples seen (within one sample of the reference's: a
     near-tie may flip), the inputs untouched."""
     images, labels, _ = data
-    order = benchkit.sample_order(N_IMAGES, 3 * 32 + 9, seed=2)  # last batch of 9
+    order = np.random.default_rng(2).permutation(N_IMAGES)[:3 * 32 + 9]  # last batch of 9
     params, ref_params = _params([784, 12, 10], dtype), _params([784, 12, 10], dtype)
     arrays = [a for pair in params for a in pair]
     before = (images.copy(), labels.copy(), order.copy())
@@ -131,7 +136,7 @@ def test_jax_float64_leaves_float32_alone(name, data):
     import jax
 
     images, labels, test_images = data
-    X, _ = benchkit.batch(images, labels, 16, "float32")
+    X = ref.to_float(images[:16], np.float32)
     p32 = _params([784, 8, 10], "float32")
     before = peer.forward(p32, X)
     peer.train_epoch(_params([784, 8, 10], "float64"), images, labels, np.arange(40), 16, 0.1)
@@ -186,7 +191,7 @@ def test_other_import_errors_are_not_hidden(monkeypatch):
 
 
 def test_numpy_fast_converts_each_data_set_once():
-    images, _ = benchkit.synthetic(50)
+    images = np.random.default_rng(0).integers(0, 256, (50, 784)).astype(np.uint8)
     X = numpy_fast.as_float(images, np.float32)
     assert numpy_fast.as_float(images, np.float32) is X  # cached
     np.testing.assert_array_equal(X, ref.to_float(images, np.float32))
@@ -230,36 +235,27 @@ def _shifted_labels(params, images):
     return (numpy_fast.predict(params, images) + 1) % 10
 
 
-WRONG = {  # bug -> (the function it replaces, the dtype, the check that must catch it)
-    "none (control)": (None, None, "float32", None),
-    "drops the last, shorter batch": ("train_epoch", _drops_last_batch, "float32", "train"),
-    "loss measured after the update": ("train_epoch", _loss_after_update, "float32", "train"),
-    "gradients summed, not averaged": ("loss_and_grads", _summed_grads, "float32", "grads"),
-    "float32 inside a float64 call": ("forward", _float32_inside, "float64", "forward"),
-    "labels off by one class": ("predict", _shifted_labels, "float32", "predict"),
+WRONG = {  # bug -> (the function it replaces, the dtype, the quantities that must fail)
+    "none (control)": (None, None, "float32", set()),
+    "drops the last, shorter batch": ("train_epoch", _drops_last_batch, "float32",
+                                      {"W1 after 4 steps"}),
+    "loss measured after the update": ("train_epoch", _loss_after_update, "float32",
+                                       {"mean loss over 4 steps"}),
+    "gradients summed, not averaged": ("loss_and_grads", _summed_grads, "float32",
+                                       {"dW1", "db1", "dW2", "db2"}),
+    "float32 inside a float64 call": ("forward", _float32_inside, "float64",
+                                      {"probabilities"}),
+    "labels off by one class": ("predict", _shifted_labels, "float32", {"predicted labels"}),
 }
 
 
 @pytest.mark.parametrize("bug", list(WRONG))
-def test_checkers_catch_a_wrong_peer(bug, data):
+def test_checker_catches_a_wrong_peer(bug, data):
     attr, fn, dtype, caught_by = WRONG[bug]
     wrong = types.SimpleNamespace(**{f: getattr(numpy_fast, f) for f in (
         "forward", "loss_and_grads", "train_epoch", "predict")})
-    wrong.__name__ = f"wrong peer ({bug})"
     if attr:
         setattr(wrong, attr, fn)
-    images, labels, test_images = data
-    params = _params([784, 16, 10], dtype)
-    X, y = benchkit.batch(images, labels, 32, dtype)
-    checks = {
-        "forward": lambda: benchkit.check_forward(wrong, params, X),
-        "grads": lambda: benchkit.check_loss_and_grads(wrong, params, X, y),
-        "train": lambda: benchkit.check_train(wrong, params, images, labels, 32, 3, tail=7),
-        "predict": lambda: benchkit.check_predict(wrong, params, test_images),
-    }
-    for what, check in checks.items():
-        if what == caught_by:
-            with pytest.raises(AssertionError, match="disagrees|differ"):
-                check()
-        else:
-            check()  # the other checks pass: the bug is caught where it is
+    rows = _rows(wrong, _params([784, 16, 10], dtype), data, 32, 3 * 32 + 7)
+    failed = {r["quantity"] for r in rows if not r["ok"]}
+    assert caught_by <= failed and bool(failed) == bool(caught_by), failed

@@ -11,8 +11,8 @@ numpy_ref's semantics (see fastnn/kernels/numpy_ref.py):
 * ``predict(params, images) -> labels (n,) int64``,
 * ``warmup(sizes, dtype) -> seconds`` and ``version() -> str``,
 
-so fastnn.benchkit's check_* functions accept a peer module wherever they
-take a backend name. PyTorch and JAX are optional extras, never dependencies
+so fastnn.tolerances.check_backend checks a peer exactly as it checks a
+backend. PyTorch and JAX are optional extras, never dependencies
 of fastnn: importing this package imports neither; ``get_peer(name)`` imports
 the peer's module (and its library) on first use, and raises PeerUnavailable,
 with the reason and the install command, when that library is missing.

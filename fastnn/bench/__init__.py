@@ -1,0 +1,112 @@
+"""`python -m fastnn.bench`: does every backend and peer agree, and how fast is it?
+
+Runs the pytest-benchmark suite in fastnn/bench/suite.py (every case checked
+against the reference before it is timed) and renders its JSON as markdown
+tables (fastnn/bench/report.py): training samples/s over full epochs,
+inference, thread scaling, GFLOP/s against the machine's sgemm, compile
+time. ``--json PATH`` writes the report's numbers, every round included.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+
+from fastnn import cli, config, model
+from fastnn.kernels import KERNELS
+from fastnn.peers import PEERS
+
+DEFAULT_NETS = [(10, 32), (10, 128), (128, 128), (800, 128)]  # (hidden, batch size)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m fastnn.bench",
+        description="Check every backend and peer against the reference, then time training "
+                    "(full 60,000-image epochs), inference, thread scaling and compilation. "
+                    "Default grid: 784-10-10 at batch 32 and 128, 784-128-10 and 784-800-10 at "
+                    "batch 128, float32. Peers that are not installed are left out (say how "
+                    "to install them).")
+    p.add_argument("--hidden", type=cli.positive_int, nargs="+", metavar="N",
+                   help="hidden widths (with --batch-size: every pair; default batch 128)")
+    p.add_argument("--batch-size", type=cli.positive_int, nargs="+", metavar="N",
+                   help="batch sizes (default hidden: 10 128 800)")
+    p.add_argument("--dtype", nargs="+", choices=list(model.DTYPES), default=["float32"])
+    p.add_argument("--only", nargs="+", metavar="NAME", choices=[*KERNELS, *PEERS],
+                   help=f"backends and peers to run (default: all of {', '.join(KERNELS)}, "
+                        f"{', '.join(PEERS)})")
+    p.add_argument("--rounds", type=cli.positive_int, default=5,
+                   help="timed epochs per case (default 5)")
+    p.add_argument("--threads", type=cli.positive_int,
+                   help="threads for every backend and peer (default: all)")
+    p.add_argument("--data", choices=["auto", "mnist", "synthetic"], default="auto",
+                   help="MNIST (downloaded if needed), or synthetic images of the same shape")
+    p.add_argument("--no-scaling", action="store_true", help="skip numba at 1 thread")
+    p.add_argument("--no-compile", action="store_true", help="skip cold compile times")
+    p.add_argument("--quick", action="store_true",
+                   help="check the machinery: 784-10-10 at batch 128, 1 round, no scaling "
+                        "or compile times")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    return p
+
+
+def settings(args):
+    """The suite's settings (fastnn.bench.suite.SETTINGS) the flags ask for."""
+    if args.hidden or args.batch_size:
+        nets = [(h, b) for h in args.hidden or [10, 128, 800] for b in args.batch_size or [128]]
+    else:
+        nets = [(10, 128)] if args.quick else DEFAULT_NETS
+    return dict(hidden=[h for h, _ in nets], batch_size=[b for _, b in nets],
+                dtype=args.dtype, names=args.only or [*KERNELS, *PEERS],
+                rounds=1 if args.quick else args.rounds, data=args.data,
+                scaling=not (args.quick or args.no_scaling),
+                compile=not (args.quick or args.no_compile), threads=args.threads)
+
+
+def run(args, out=sys.stdout):
+    """Run the suite, print the report; return (exit code, report)."""
+    import pytest
+
+    from fastnn.bench import report
+
+    os.environ["FASTNN_BENCH"] = json.dumps(settings(args))
+    with tempfile.TemporaryDirectory(prefix="fastnn-bench-") as tmp:
+        raw, ini = os.path.join(tmp, "benchmarks.json"), os.path.join(tmp, "pytest.ini")
+        with open(ini, "w") as f:  # none of a checkout's pytest settings
+            f.write("[pytest]\n")
+        # pytest's progress goes to stderr; stdout is the report
+        with contextlib.redirect_stdout(sys.stderr):
+            code = pytest.main(["--pyargs", "fastnn.bench.suite", "-p", "fastnn.bench.plugin",
+                                "-p", "no:cacheprovider", "--benchmark-enable",
+                                "--benchmark-json", raw, "--benchmark-save-data",
+                                "--benchmark-columns=median,min,max,rounds", "-q", "-rfs",
+                                "-c", ini, "--rootdir", tmp])
+        if code == pytest.ExitCode.INTERRUPTED:
+            raise KeyboardInterrupt
+        if not os.path.exists(raw):
+            raise cli.UsageError(f"the benchmark suite ran nothing (pytest exit code {code})")
+        with open(raw) as f:
+            lines, data = report.render(json.load(f))
+    print("\n".join(lines), file=out, flush=True)
+    if code != 0:
+        print("Some cases failed (see pytest's summary above): a backend that disagrees with "
+              "the reference is never timed.", file=out)
+    return (0 if code == 0 else 1), data
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads and args.threads > config.max_threads():
+        parser.error(f"--threads {args.threads}: at most {config.max_threads()} here")
+
+    def body():
+        code, data = run(args)
+        if args.json:
+            model.atomic_write_text(args.json, json.dumps(data, indent=2) + "\n")
+            print(f"JSON written to {args.json}")
+        return code
+
+    return cli.run_command(parser, body)

@@ -1,0 +1,5 @@
+import sys
+
+from fastnn.bench import main
+
+sys.exit(main())

@@ -1,0 +1,95 @@
+"""`python -m fastnn.bench`: the suite runs end to end, the report says what it measured,
+and a backend that disagrees with the reference is caught before it could be timed.
+
+The timings themselves are never asserted (speed goals live in the report).
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastnn import tolerances
+from fastnn.bench import report
+from fastnn.kernels import KERNELS, REFERENCE, get_kernel
+from fastnn.model import init_params
+
+
+def test_quick_report_end_to_end(tmp_path):
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "fastnn.bench", "--quick", "--data",
+                          "synthetic", "--only", "numpy", "numba", "numba:simple", "numpy-fast",
+                          "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    text = run.stdout
+    assert text.index("Machine: ") < text.index("## Training") < text.index("## Inference")
+    assert "sgemm ceiling:" in text and "BLAS:" in text
+    data = json.loads(out.read_text())
+    (row,) = data["train"]
+    assert (row["net"], row["batch_size"], row["dtype"]) == ("784-10-10", 128, "float32")
+    assert set(row["samples_per_second"]) == {"numpy", "numba", "numba:simple", "numpy-fast"}
+    assert all(len(runs) == 1 for runs in row["runs"].values())  # --quick: one round each
+    assert row["ratios"] == {"numba / numpy-fast": pytest.approx(
+        row["samples_per_second"]["numba"] / row["samples_per_second"]["numpy-fast"])}
+    assert data["machine"]["isa"] in ("AVX-512", "AVX2", "AVX", "SSE or other")
+    assert {"numpy", "numba"} <= set(data["machine"]["versions"])
+
+
+def _bench(name, hidden, rounds_seconds, samples=60000, **info):
+    return dict(name=f"test_train_epoch[{name}-{hidden}]", stats=dict(data=rounds_seconds),
+                extra_info=dict(name=name, net=f"784-{hidden}-10", batch_size=128,
+                                dtype="float32", threads=2, samples=samples, train_flop=100,
+                                predict_flop=50, compile_seconds=0.0, **info))
+
+
+def test_report_takes_medians_ratios_and_keeps_every_round():
+    doc = dict(machine_info=dict(fastnn_lines=["Machine: test"], sgemm_gflops={"2": 400.0}),
+               benchmarks=[_bench("numba", 10, [0.5, 0.6, 0.4]),  # 120k, 100k, 150k
+                           _bench("numpy-fast", 10, [2.0, 3.0]),  # 30k, 20k
+                           _bench("jax-scan", 10, [1.0]),  # 60k
+                           _bench("numpy", 10, [6.0])])
+    lines, data = report.render(doc)
+    (row,) = data["train"]
+    assert row["runs"]["numba"] == pytest.approx([120e3, 100e3, 150e3])
+    assert row["samples_per_second"]["numba"] == pytest.approx(120e3)
+    assert row["samples_per_second"]["numpy-fast"] == pytest.approx(25e3)
+    assert row["best_peer"] == "jax-scan"
+    assert row["ratios"] == {"numba / jax-scan": pytest.approx(2.0),
+                             "numba / numpy-fast": pytest.approx(4.8)}
+    table = "\n".join(lines)
+    assert "| 784-10-10 | 128 | float32 | 2 | 10.0k | 120.0k ±21% |" in table
+    assert "| 784-10-10 | 128 | 2 | 0 | 400 |" in table  # 100 FLOP x 120k/s = 0.012 GFLOP/s
+
+
+class _Broken:
+    """The reference with one gradient 0.1% off: must never pass as agreeing."""
+
+    def __getattr__(self, attr):
+        return getattr(get_kernel(REFERENCE), attr)
+
+    def loss_and_grads(self, params, X, y):
+        loss, grads = get_kernel(REFERENCE).loss_and_grads(params, X, y)
+        (dW1, db1), *rest = grads
+        return loss, [(dW1 * dW1.dtype.type(1.001), db1), *rest]
+
+
+@pytest.mark.parametrize("name", [n for n in KERNELS if n != REFERENCE] + ["broken"])
+def test_check_backend_passes_real_kernels_and_catches_a_broken_one(name):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (600, 784)).astype(np.uint8)
+    labels = rng.integers(0, 10, 600)
+    params = init_params([784, 32, 10], seed=1)
+    X = images[:64].astype(np.float32) / np.float32(255)
+    backend = _Broken() if name == "broken" else get_kernel(name)
+    rows = tolerances.check_backend(backend, params, X, labels[:64], images, labels,
+                                    np.arange(128), 32, 0.05, images[200:])
+    assert {r["quantity"] for r in rows} >= {"probabilities", "loss", "dW1", "db2",
+                                             "W1 after 4 steps", "predicted labels"}
+    if name == "broken":
+        assert [r["quantity"] for r in rows if not r["ok"]] == ["dW1"]
+        with pytest.raises(AssertionError, match="broken disagrees.*dW1"):
+            tolerances.assert_rows(rows, "broken")
+    else:
+        tolerances.assert_rows(rows, name)
