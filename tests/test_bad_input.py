@@ -19,161 +19,40 @@ import contextlib
 import gzip
 import http.server
 import json
-import os
 import re
 import socket
 import struct
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
-import test_data as td  # synthetic IDX helpers and the fake mirror's request handler
+from helpers import (
+    FAST,
+    N_TRAIN,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    MirrorHandler,
+    assert_clean_error,
+    assert_usage_error,
+    call,
+    checksums,
+    dataset_files,
+    idx_images,
+    idx_labels,
+    snapshot,
+    subprocess_env,
+    write_files,
+)
 
-import fastnn
 from fastnn import config, data, evaluate, model, predict, train
-
-TRAIN_IMAGES, TRAIN_LABELS = data.FILES["train"]
-TEST_IMAGES, TEST_LABELS = data.FILES["test"]
-N_TRAIN, N_TEST = 64, 16
-REPO = str(Path(fastnn.__file__).resolve().parent.parent)
-
-# Flags for a tiny, fast run on the synthetic data (NumPy kernel: nothing to compile).
-FAST = ["--kernel", "numpy", "--hidden", "4", "--batch-size", "16", "--epochs", "1",
-        "--no-plot"]
-
-
-# --------------------------------------------------------------------- shared helpers
-# (tests/test_fail_safe.py and tests/test_numba_env.py import these)
-
-
-def dataset_files(seed=0, n_train=N_TRAIN, n_test=N_TEST):
-    """The four IDX files of a small synthetic MNIST, raw bytes by name."""
-    rng = np.random.default_rng(seed)
-    return {
-        TRAIN_IMAGES: td.idx_images(n_train, seed=seed),
-        TRAIN_LABELS: td.idx_labels(rng.integers(0, 10, n_train).tolist()),
-        TEST_IMAGES: td.idx_images(n_test, seed=seed + 1),
-        TEST_LABELS: td.idx_labels(rng.integers(0, 10, n_test).tolist()),
-    }
-
-
-def checksums(files):
-    """A SHA256 table (name -> hex digest) that trusts exactly these files."""
-    return {name: td.sha256(raw) for name, raw in files.items()}
-
-
-def go_offline(monkeypatch, scratch):
-    """No real mirror, npm, system dir, FASTNN_DATA or user cache; `scratch` is a tmp dir."""
-    monkeypatch.setattr(data, "MIRRORS", {"mnist": [], "fashion": []})
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {"mnist": [], "fashion": []})
-    monkeypatch.setattr(data, "_verified", set())
-    empty_bin = scratch / "empty-bin"
-    empty_bin.mkdir(exist_ok=True)
-    monkeypatch.setenv("PATH", str(empty_bin))  # no npm
-    monkeypatch.delenv("FASTNN_DATA", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(scratch / "xdg-cache"))
-
-
-def snapshot(folder):
-    """{relative path: bytes} of every file under folder ({} when it does not exist)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return {}
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def call(main, argv, capsys):
-    """Run a command's main(argv) in-process: (exit code, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse errors
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_clean_error(code, err, expected_code=1):
-    """Exit code, no traceback, and the error is a `fastnn: error:` line (only progress
-    lines, `fastnn: fetching ...` and `fastnn: warning: ...`, may come before it)."""
-    assert code == expected_code, err
-    assert "Traceback" not in err, err
-    if expected_code == 1:
-        lines = err.splitlines()
-        first = next((i for i, line in enumerate(lines) if line.startswith("fastnn: error:")),
-                     None)
-        assert first is not None, err
-        assert all(line.startswith(("fastnn: fetching ", "fastnn: warning: "))
-                   for line in lines[:first]), err
-
-
-def assert_usage_error(code, err, allowed):
-    """Exit 2, no traceback, one `error:` line, and it says what is allowed (regex)."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1, err
-    assert re.search(allowed, lines[0]), lines[0]
-
-
-def subprocess_env(**extra):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
-    env.update(extra)
-    return env
-
-
-# `python -c BOOT SHA256.json ARGS...`: fastnn.train's CLI in a subprocess, trusting the
-# synthetic files' checksums (a subprocess cannot be monkeypatched) with no mirrors.
-BOOT = """
-import json, sys
-from fastnn import data
-data.SHA256["mnist"] = json.load(open(sys.argv[1]))
-data.MIRRORS["mnist"] = []
-from fastnn.train import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
-def synthetic_cli(tmp_path, files, *args, env=None, timeout=300, popen=False):
-    """Run `python -m fastnn.train ARGS` on the synthetic files (cwd tmp_path)."""
-    table = tmp_path / "sha256.json"
-    table.write_text(json.dumps(checksums(files)))
-    cmd = [sys.executable, "-c", BOOT, str(table), *map(str, args)]
-    kw = dict(cwd=tmp_path, env=subprocess_env(**(env or {})), text=True)
-    if popen:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
-    return subprocess.run(cmd, capture_output=True, timeout=timeout, **kw)
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path_factory):
-    go_offline(monkeypatch, tmp_path_factory.mktemp("offline"))
-
-
-@pytest.fixture
-def files(monkeypatch, offline):
-    """The synthetic data set's files, with their checksums in the table."""
-    files = dataset_files()
-    monkeypatch.setitem(data.SHA256, "mnist", checksums(files))
-    return files
-
-
-@pytest.fixture
-def data_dir(tmp_path, files):
-    """A data dir holding the good synthetic files."""
-    td.write_files(tmp_path / "data", files)
-    return tmp_path / "data"
-
 
 # --------------------------------------------------------------------- fake mirrors
 
 
-class _Handler(td._Mirror):
-    """test_data's mirror (/good/, /404/, /html/, /drop/) plus three more ways to fail.
+class _Handler(MirrorHandler):
+    """helpers' mirror (/good/, /404/, /html/, /drop/) plus three more ways to fail.
 
     /nolen/: half the file with no Content-Length, then hang up (the client cannot
     tell it is short); /gzhtml/: a gzip-compressed HTML error page; /stall/: headers
@@ -230,11 +109,11 @@ def dead_url():
 # Each defect: (what to write, the file the message must name, the problem when the
 # file passes its checksum so the IDX validation has to catch it, the remedy).
 def _images(n=N_TRAIN, **kw):
-    return td.idx_images(n, **kw)
+    return idx_images(n, **kw)
 
 
 def _defects(good):
-    labels63 = td.idx_labels(list(good[TRAIN_LABELS][8:-1]))
+    labels63 = idx_labels(list(good[TRAIN_LABELS][8:-1]))
     return {
         "wrong-magic": ({TRAIN_IMAGES: struct.pack(">I", 2049) + good[TRAIN_IMAGES][4:]},
                         TRAIN_IMAGES, "magic number 2049, expected 2051", "delete it"),
@@ -266,7 +145,7 @@ def test_defective_data_file_exits_1_and_is_left_alone(tmp_path, monkeypatch, fi
     """
     replaced, culprit, problem, remedy = _defects(files)[defect]
     written = {**files, **replaced}
-    td.write_files(tmp_path / "d", written)
+    write_files(tmp_path / "d", written)
     if trusted:
         monkeypatch.setitem(data.SHA256, "mnist", checksums(written))
     before = snapshot(tmp_path)
@@ -291,7 +170,7 @@ def test_absent_or_undecodable_data_file_exits_1(tmp_path, files, capsys, case):
     written = dict(files)
     del written[TRAIN_LABELS]
     folder = tmp_path / "d"
-    td.write_files(folder, written)
+    write_files(folder, written)
     if case == "missing":
         problem = re.escape(f"no {TRAIN_LABELS} or {TRAIN_LABELS}.gz there")
     elif case == "empty-raw":
@@ -327,7 +206,7 @@ def test_corrupt_cached_file_is_replaced_from_a_mirror_with_a_warning(tmp_path, 
     good copy replaces it, atomically, and the user is told why it was fetched again."""
     corrupt = bytearray(files[TRAIN_IMAGES])
     corrupt[5000] ^= 0xFF  # still well-formed IDX: only the checksum can tell
-    td.write_files(tmp_path / "d", {**files, TRAIN_IMAGES: bytes(corrupt)})
+    write_files(tmp_path / "d", {**files, TRAIN_IMAGES: bytes(corrupt)})
     with serve(files) as mirror:
         monkeypatch.setitem(data.MIRRORS, "mnist", [f"{mirror}/good/"])
         code, out, err = call(train.main, ["--data-dir", tmp_path / "d", *FAST, "--json",
@@ -612,7 +491,7 @@ def test_unusable_checkpoint_exits_1_naming_problem_and_remedy(tmp_path, resumab
     """predict --model X, evaluate --model X and train --resume X, for one kind of bad X."""
     path = make_bad_checkpoint(kind, tmp_path, resumable.read_bytes())
     problem, remedy = BAD_CHECKPOINTS[kind]
-    before = snapshot(tmp_path)
+    before = snapshot(tmp_path), snapshot(data_dir)
     failures = []
     for name, (main, argv) in _commands(path, data_dir).items():
         code, out, err = call(main, argv, capsys)
@@ -622,7 +501,7 @@ def test_unusable_checkpoint_exits_1_naming_problem_and_remedy(tmp_path, resumab
         text = err.replace(str(path), "PATH")  # the remedy must not come from the path
         if not re.search(remedy, text) or "pickle" in text:
             failures.append(f"{name}: {err.strip()}")
-    assert snapshot(tmp_path) == before
+    assert (snapshot(tmp_path), snapshot(data_dir)) == before
     assert not failures, ("the message must say what to do (a checkpoint written by "
                           "`python -m fastnn.train --save`, or a newer fastnn) and must not "
                           "suggest unpickling it; got:\n" + "\n".join(failures))

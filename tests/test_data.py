@@ -7,7 +7,6 @@ real MNIST through the `mnist` fixture.
 """
 
 import gzip
-import hashlib
 import http.server
 import io
 import os
@@ -19,6 +18,7 @@ import threading
 
 import numpy as np
 import pytest
+from helpers import MirrorHandler, idx_images, idx_labels, sha256, write_files
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,30 +30,6 @@ TEST_IMAGES, TEST_LABELS = data.FILES["test"]
 
 
 # --- synthetic IDX files ---------------------------------------------------
-
-def idx_images(n, rows=28, cols=28, seed=0, count=None):
-    """IDX3 image bytes; `count` overrides the header's item count."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (n, rows, cols), dtype=np.uint8)
-    header = struct.pack(">IIII", 2051, n if count is None else count, rows, cols)
-    return header + pixels.tobytes()
-
-
-def idx_labels(labels, magic=2049):
-    return struct.pack(">II", magic, len(labels)) + bytes(labels)
-
-
-def sha256(raw):
-    return hashlib.sha256(raw).hexdigest()
-
-
-def write_files(folder, files, gz=False):
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, raw in files.items():
-        if gz:
-            (folder / (name + ".gz")).write_bytes(gzip.compress(raw))
-        else:
-            (folder / name).write_bytes(raw)
-
 
 def make_files(seed=0):
     return {
@@ -105,34 +81,10 @@ def leftovers(folder):
 
 # --- fakes for the remote sources ------------------------------------------
 
-class _Mirror(http.server.BaseHTTPRequestHandler):
-    """/good/<f>.gz serves the file; /404/, /html/ and /drop/ fail three ways."""
-
-    def do_GET(self):
-        kind, _, fname = self.path.strip("/").partition("/")
-        body = self.server.files.get(fname.removesuffix(".gz"))
-        if kind == "404" or body is None:
-            self.send_error(404)
-            return
-        if kind == "html":  # a captive portal or error page sent with 200
-            body = b"<html><body>Service temporarily unavailable</body></html>"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if kind == "drop":  # promise the whole file, send half, hang up
-            self.wfile.write(body[: len(body) // 2])
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def mirror(synthetic):
     """Base URL of a local server holding the gzipped synthetic files."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Mirror)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), MirrorHandler)
     server.files = {n: gzip.compress(b) for n, b in synthetic.items()}
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
