@@ -100,7 +100,11 @@ def open_regular(path, max_bytes: int | None = None, what: str = "a regular file
     """
     name = os.fspath(path)
     try:
-        _require_regular(name, os.stat(name).st_mode, what)
+        mode = os.stat(name).st_mode
+    except OSError as e:
+        raise _read_error(name, e) from None
+    _require_regular(name, mode, what)
+    try:
         # O_NONBLOCK: a FIFO put in its place since the stat cannot block the open
         fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as e:

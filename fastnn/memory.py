@@ -39,10 +39,12 @@ def available_bytes() -> int | None:
 
 
 def gib(nbytes: int) -> str:
-    """A size for people: '58.4 GiB', '312 MiB'."""
+    """A size for people: '58.4 GiB', '312 MiB', '9,216 bytes'."""
     if nbytes >= 2**30:
         return f"{nbytes / 2**30:.1f} GiB"
-    return f"{nbytes / 2**20:.0f} MiB"
+    if nbytes >= 2**20:
+        return f"{nbytes / 2**20:.0f} MiB"
+    return f"{nbytes:,} bytes"
 
 
 def too_large(nbytes: int, what: str) -> str | None:

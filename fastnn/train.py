@@ -168,9 +168,9 @@ def settings_problem(args):
                     f"{tiny:.2g}" + (" or --dtype float64" if dtype == np.float32 else ""))
         for key in ("beta1", "beta2"):
             if dtype.type(getattr(args, key)) >= 1:
-                below = float(np.nextafter(dtype.type(1), dtype.type(0)))
+                below = np.format_float_positional(np.nextafter(dtype.type(1), dtype.type(0)))
                 return (f"--{key} {getattr(args, key)} rounds to 1 in {args.dtype}, and Adam "
-                        f"divides by 1 - {key}^t; use at most {below!r}")
+                        f"divides by 1 - {key}^t; use at most {below}")
     from fastnn.data import MAX_ITEMS
 
     sizes = model.layer_sizes(args.hidden)

@@ -10,12 +10,15 @@ import http.server
 import json
 import os
 import re
+import stat
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import fastnn
 from fastnn import data
@@ -85,6 +88,39 @@ def go_offline(monkeypatch, scratch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(scratch / "xdg-cache"))
 
 
+# --------------------------------------------------------------------- special files
+
+NULL, ZERO, FULL = (1, 3), (1, 5), (1, 7)  # Linux's numbers of /dev/null, /dev/zero, /dev/full
+
+
+def mknod_problem(folder):
+    """Why a fake device node cannot be made in folder, or None (and none is left)."""
+    probe = os.path.join(folder, ".probe-node")
+    try:
+        os.mknod(probe, stat.S_IFCHR | 0o666, os.makedev(*NULL))
+    except OSError as e:
+        return f"mknod of a fake device node is not permitted here ({e})"
+    os.unlink(probe)
+    return None
+
+
+def device(folder, name, numbers):
+    """A character device node in folder (a fake /dev/null, /dev/zero or /dev/full: the
+    real /dev is never touched), or a skip saying why mknod is not permitted."""
+    problem = mknod_problem(folder)
+    if problem:
+        pytest.skip(problem)
+    path = folder / name
+    os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(*numbers))
+    return path
+
+
+def fifo(folder, name="fifo"):
+    path = folder / name
+    os.mkfifo(path)
+    return path
+
+
 # --------------------------------------------------------------------- running commands
 
 
@@ -105,6 +141,17 @@ def call(main, argv, capsys):
         code = e.code
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def within(seconds, fn, *args):
+    """fn(*args) in a daemon thread; fail, not hang, when it blocks (a FIFO opened for
+    reading with no writer blocks forever)."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(fn(*args)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still blocked after {seconds} s"
+    return result[0]
 
 
 def assert_clean_error(code, err, expected_code=1):

@@ -258,6 +258,7 @@ def test_unwritable_data_dir_falls_back_with_a_warning(unwritable_dir, tmp_path,
     assert snapshot(tmp_path) == before  # nothing written anywhere, no temp files
     warnings = [line for line in err.splitlines() if line.startswith("fastnn: warning:")]
     assert warnings, err
+    assert len(warnings) == 1, warnings  # once per load, not once per file or split
     assert all(str(unwritable_dir) in w for w in warnings), warnings
     texts = [w.replace(str(unwritable_dir), "DIR") for w in warnings]  # the path is no remedy
     assert any(re.search(r"--data-dir|FASTNN_DATA|writable", t) for t in texts), (
@@ -364,6 +365,22 @@ BAD_FLAGS = [
     (["--shift", "-1"], "must be >= 0"),
     (["--compare-steps", "0"], "must be a positive integer"),
     (["--show", "--no-plot"], "--show needs --plot"),
+    # what the arithmetic cannot hold (each was a traceback)
+    (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+    (["--seed", str(2**63)], rf"argument --seed: must be at most {2**63 - 1} \(2\^63 - 1\)"),
+    (["--shift", "28"], "must be at most 27 pixels, got 28: a shift of 28 or more moves "
+                        "every image out of the 28x28 field"),
+    (["--shift", "9223372036854775808"], "must be at most 27 pixels"),
+    (["--hidden", "10000000000"], r"--hidden 10000000000: training a 784-10000000000-10 net "
+                                  r"\(7,950,000,000,010 parameters, float32\) needs about "
+                                  r"[\d.]+ GiB of memory, more than the [\d.]+ [GM]iB available"),
+    (["--optimizer", "adam", "--eps", "1e-50"], r"--eps 1e-50 is below the smallest normal "
+                                                r"float32 number"),
+    (["--optimizer", "adam", "--beta2", "0.99999999"], r"--beta2 0.99999999 rounds to 1 in "
+                                                       r"float32.*use at most 0\.99999994"),
+    # an empty path is a mistake, not a way to turn a flag off
+    *[([flag, ""], rf"argument {flag}: expected a path, got an empty string")
+      for flag in ("--save", "--json", "--plot", "--plots-dir", "--resume", "--data-dir")],
 ]
 
 
@@ -552,3 +569,160 @@ def test_resume_from_a_model_without_usable_training_state_exits_1(tmp_path, res
     assert_clean_error(code, err)
     assert str(path) in err and "cannot be resumed" in err, err
     assert path.read_bytes() == before
+
+
+def _rewrite_arrays(good_path, dst, **replace):
+    with np.load(good_path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(replace)
+    np.savez(dst, **arrays)
+    return dst
+
+
+def _nan_weight(good_path, dst):
+    with np.load(good_path) as z:
+        W0 = z["W0"].copy()
+    W0[1, 2] = np.nan
+    return _rewrite_arrays(good_path, dst, W0=W0)
+
+
+# A header field of a hand-edited or foreign checkpoint: (arrays to replace, problem)
+FOREIGN_HEADERS = {
+    "version-is-text": (dict(format_version=np.array("one")), "format_version holds <U3"),
+    "sizes-are-text": (dict(sizes=np.array(["784", "4", "10"])), "sizes holds <U3"),
+    "sizes-are-2d": (dict(sizes=np.array([[784, 4, 10]])), r"bad header \(sizes \[\]"),
+    "dtype-is-a-number": (dict(dtype=np.array(32)), "dtype holds int64 values"),
+    "meta-is-a-number": (dict(meta=np.array(5.0)), "meta holds float64"),
+    "huge-layer": (dict(sizes=np.array([784, 10**12, 10])),
+                   r"its 784-1000000000000-10 net needs about [\d.]+ GiB of memory, more than"),
+}
+
+
+@pytest.mark.parametrize("kind", list(FOREIGN_HEADERS))
+def test_foreign_header_field_exits_1_in_every_command(tmp_path, resumable, data_dir, capsys,
+                                                       kind):
+    """A header field that is not a number (or not the right one) was a traceback."""
+    replace, problem = FOREIGN_HEADERS[kind]
+    path = _rewrite_arrays(resumable, tmp_path / "foreign.npz", **replace)
+    before = path.read_bytes()
+    for name, (main, argv) in _commands(path, data_dir).items():
+        code, out, err = call(main, argv, capsys)
+        assert_clean_error(code, err)
+        assert err.startswith(f"fastnn: error: {path}: "), (name, err)
+        assert re.search(problem, err), (name, err)
+    assert path.read_bytes() == before
+
+
+def test_non_finite_weights_are_refused_by_every_command(tmp_path, resumable, data_dir, capsys):
+    """predict printed "nan%", evaluate reported 9.80%."""
+    path = _nan_weight(resumable, tmp_path / "nan.npz")
+    for name, (main, argv) in _commands(path, data_dir).items():
+        code, out, err = call(main, argv, capsys)
+        assert_clean_error(code, err)
+        assert f"{path}: layer 0's W holds 1 NaN or infinite value" in err, (name, err)
+        assert "retrain" in err and out == "", (name, err, out)
+
+
+def test_unknown_dataset_in_the_config_exits_1_in_every_command(tmp_path, resumable, data_dir,
+                                                                capsys):
+    def cifar(meta):
+        meta["config"]["dataset"] = "cifar"
+        return meta
+
+    path = _rewrite_meta(resumable, tmp_path / "cifar.npz", cifar)
+    for name, (main, argv) in _commands(path, data_dir).items():
+        code, out, err = call(main, argv, capsys)
+        assert_clean_error(code, err)
+        assert str(path) in err and "'cifar'" in err, (name, err)
+        known = err.split("'cifar'", 1)[1]
+        assert "mnist" in known and "fashion" in known, (name, err)  # the names it knows
+
+
+def _edit_config(**changes):
+    def edit(meta):
+        meta["config"].update(changes)
+        return meta
+    return edit
+
+
+def _edit_history(change):
+    def edit(meta):
+        change(meta["history"])
+        return meta
+    return edit
+
+
+def _edit_meta(**changes):
+    def edit(meta):
+        meta.update(changes)
+        return meta
+    return edit
+
+
+# A checkpoint whose training state contradicts itself or its weights: (edit, problem)
+INCONSISTENT = {
+    "hidden-differs-from-weights": (
+        _edit_config(hidden=[20]),
+        "its config says hidden [20], but its weights are a 784-4-10 net"),
+    "dtype-differs-from-weights": (
+        _edit_config(dtype="float64"), "its config says dtype float64, but its weights are "
+                                       "float32"),
+    "negative-batch-size": (
+        _edit_config(batch_size=-5), "--batch-size -5, which --batch-size refuses: must be "
+                                     ">= 0"),
+    "lr-is-text": (_edit_config(lr="fast"), "--lr 'fast', which is not what --lr takes"),
+    "shift-too-large": (_edit_config(shift=40), "--shift 40, which --shift refuses"),
+    "unknown-optimizer": (_edit_config(optimizer="rmsprop"),
+                          "--optimizer 'rmsprop', not one of sgd, momentum, adam"),
+    "adam-without-its-state": (_edit_config(optimizer="adam"),
+                               "it holds 0 optimizer state arrays per parameter, but adam "
+                               "keeps 2"),
+    "history-row-without-loss": (_edit_history(lambda h: h[0].pop("loss")),
+                                 "row 1 of its history lacks loss"),
+    "history-row-with-text": (_edit_history(lambda h: h[0].update(seconds="slow")),
+                              "row 1 of its history has seconds 'slow', not a finite number"),
+    "history-too-long": (_edit_history(lambda h: h.append(dict(h[0]))),
+                         "its history has 2 rows for 1 finished epochs"),
+    "epoch-zero": (_edit_meta(epoch=0), "it says epoch 0"),
+}
+
+
+@pytest.mark.parametrize("kind", list(INCONSISTENT))
+def test_resume_of_an_inconsistent_checkpoint_exits_1(tmp_path, resumable, data_dir, capsys,
+                                                      kind):
+    """Each was trusted: a traceback, a banner saying 784-20-10 over 784-10-10 weights, a
+    run at batch size -5 "training" 399 million samples/s."""
+    edit, problem = INCONSISTENT[kind]
+    path = _rewrite_meta(resumable, tmp_path / "edited.npz", edit)
+    before = path.read_bytes()
+    code, out, err = call(train.main, ["--resume", path, "--data-dir", data_dir, "--kernel",
+                                       "numpy", "--no-plot", "--epochs", 3, "--save", path],
+                          capsys)
+    assert_clean_error(code, err)
+    assert err.startswith(f"fastnn: error: {path}: "), err
+    assert problem in err and "cannot be resumed" in err, err
+    assert out == "" and path.read_bytes() == before
+
+
+def test_a_resumed_history_has_exactly_the_rows_training_writes(resumable):
+    """train.HISTORY_KEYS, what resume requires, is what run_epoch writes."""
+    _, meta = model.load(resumable)
+    assert [sorted(row) for row in meta["history"]] == [sorted(train.HISTORY_KEYS)]
+
+
+def test_fashion_mnist_checkpoint_resumes_with_dataset_fashion(tmp_path, files, data_dir,
+                                                               monkeypatch, capsys):
+    """--dataset fashion was refused for a fashion-mnist checkpoint: one dataset, two names."""
+    monkeypatch.setitem(data.SHA256, "fashion", checksums(files))
+    path = tmp_path / "f.npz"
+    base = ["--data-dir", data_dir, *FAST[:-3]]  # no --epochs, no --no-plot
+    code, _, err = call(train.main, [*base, "--epochs", 1, "--dataset", "fashion-mnist",
+                                     "--no-plot", "--save", path], capsys)
+    assert code == 0, err
+    code, out, err = call(train.main, [*base, "--epochs", 2, "--dataset", "fashion",
+                                       "--no-plot", "--resume", path, "--save", path], capsys)
+    assert code == 0, err
+    assert "resuming at epoch 2" in out
+    code, _, err = call(train.main, [*base, "--epochs", 3, "--dataset", "mnist", "--no-plot",
+                                     "--resume", path], capsys)
+    assert_usage_error(code, err, "--dataset mnist differs from the checkpoint's fashion-mnist")

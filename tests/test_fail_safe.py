@@ -261,6 +261,7 @@ def test_ctrl_c_in_the_first_epoch_of_a_resumed_run_names_the_checkpoint(tmp_pat
         f"{ck} still holds epoch 1 and can be resumed, but the message does not say so: {err!r}")
 
 
+@pytest.mark.slow
 def test_sigint_during_training_exits_130_and_the_checkpoint_resumes(mnist, tmp_path):
     """The real thing: Ctrl-C (SIGINT) to `python -m fastnn.train` after its first
     checkpoint; then --resume that checkpoint for one more epoch.
