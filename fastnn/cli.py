@@ -170,7 +170,7 @@ def check_value(parser, dest, value):
     """``value`` as the flag that sets ``dest`` would give it, checked by that flag's own
     type and choices: for settings that come from elsewhere (a checkpoint's config).
     Raises ValueError saying what is wrong."""
-    action = next(a for a in parser._actions if a.dest == dest)
+    action = next(a for a in parser._actions if a.dest == dest)  # argparse has no public list
     flag = action.option_strings[0]
     many = action.nargs == "+"
     if many and not (isinstance(value, list) and value):
