@@ -37,9 +37,15 @@ class FileError(OSError):
 
     An OSError, as the failure it reports, so code that handles OSError handles it."""
 
-    def __init__(self, path, problem: str, remedy: str):
+    def __init__(self, path, problem: str, remedy: str, code: int | None = None):
         self.path, self.problem, self.remedy = os.fspath(path), problem, remedy
         super().__init__(f"{self.path}: {problem}; {remedy}")
+        self.errno = code
+
+    def remedy_or(self, default: str) -> str:
+        """The remedy for a reader to print: its own (``default``: pass the right kind of
+        file), unless the file is the right one but cannot be read as things are."""
+        return self.remedy if self.errno in (errno.EACCES, errno.EPERM) else default
 
 
 def user_cache_dir() -> Path:
@@ -79,7 +85,7 @@ def _read_error(name, e: OSError) -> FileError:
         return FileError(name, "no such file", "check the path")
     if isinstance(e, PermissionError):
         return FileError(name, "cannot read it (permission denied)",
-                         "check its permissions (ls -l) or pass a file you can read")
+                         "check its permissions (ls -l) or pass a file you can read", e.errno)
     if e.errno == errno.ENOTDIR:
         return FileError(name, "a part of its path is a file, not a directory (Not a "
                          "directory)", "check the path")
@@ -150,7 +156,10 @@ _WRITE_REMEDIES = {
 }
 
 
-_NO_PARENT = "pass a path whose directories exist or can be created"
+def _not_a_directory(name, parent):
+    """FileError for a path whose directory ``parent`` is a file (or a device, ...)."""
+    return FileError(name, f"{parent} is {kind(os.stat(parent).st_mode)}, not a directory",
+                     "pass a path whose directories exist or can be created")
 
 
 def _write_error(name, e: OSError) -> FileError:
@@ -211,7 +220,7 @@ def check_output(path) -> None:
     while not os.path.exists(parent):  # makedirs creates the rest when writing
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise FileError(name, f"{parent} is a file, not a directory", _NO_PARENT)
+        raise _not_a_directory(name, parent)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise FileError(name, f"the directory {parent} is not writable",
                         _WRITE_REMEDIES[errno.EACCES])
@@ -269,7 +278,7 @@ def replace_file(path, write) -> None:
     try:
         os.makedirs(directory, exist_ok=True)
     except FileExistsError:  # a file where a directory of the path should be
-        raise FileError(name, f"{directory} is a file, not a directory", _NO_PARENT) from None
+        raise _not_a_directory(name, directory) from None
     except OSError as e:
         raise _write_error(name, e) from None
     try:

@@ -45,7 +45,7 @@ def load_image(path) -> np.ndarray:
     try:
         f = files.open_regular(name, MAX_FILE_BYTES, "an image file")
     except files.FileError as e:
-        raise ImageError(f"{name}: {e.problem}; {REMEDY}") from None
+        raise ImageError(f"{name}: {e.problem}; {e.remedy_or(REMEDY)}") from None
     try:
         with f, warnings.catch_warnings():
             # Pillow warns about (and above twice its limit refuses) large images on

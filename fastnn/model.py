@@ -215,7 +215,7 @@ def load_checkpoint(path):
     try:
         f = files.open_regular(path, memory.available_bytes(), "a checkpoint")
     except files.FileError as e:
-        raise _bad(path, e.problem) from None
+        raise ModelError(f"{path}: {e.problem}; {e.remedy_or(REMEDY)}") from None
     with f:
         try:
             z = zipfile.ZipFile(f)

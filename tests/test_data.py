@@ -9,16 +9,18 @@ real MNIST through the `mnist` fixture.
 import gzip
 import http.server
 import io
+import json
 import os
 import socket
 import struct
+import subprocess
 import sys
 import tarfile
 import threading
 
 import numpy as np
 import pytest
-from helpers import MirrorHandler, idx_images, idx_labels, sha256, write_files
+from helpers import MirrorHandler, idx_images, idx_labels, sha256, subprocess_env, write_files
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -381,3 +383,30 @@ def test_a_download_larger_than_any_mnist_file_is_cut_off(tmp_path, synthetic, m
                                         "gzipped MNIST file"):
         load_mnist("train", data_dir=tmp_path / "d")
     assert not (tmp_path / "d").exists() or leftovers(tmp_path / "d") == []
+
+
+LOAD_BOTH = """
+import json, sys
+from fastnn import data
+data.SHA256["mnist"] = json.loads(sys.argv[1])
+data.MIRRORS["mnist"] = [sys.argv[2]]
+data.load_splits(("train", "test"), sys.argv[3])
+"""
+
+
+def test_two_processes_filling_an_empty_cache_at_once(tmp_path, synthetic, mirror):
+    """Each writes through its own temp file and a rename: the cache ends with the four
+    verified files and nothing else, whoever renames last."""
+    folder = tmp_path / "cache"
+    args = [sys.executable, "-c", LOAD_BOTH, json.dumps({n: sha256(b) for n, b in
+                                                         synthetic.items()}),
+            f"{mirror}/good/", str(folder)]
+    env = subprocess_env(PATH=str(tmp_path))  # no npm
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    assert sorted(os.listdir(folder)) == sorted(synthetic)
+    for name, raw in synthetic.items():
+        assert (folder / name).read_bytes() == raw

@@ -321,7 +321,8 @@ def test_unreadable_checkpoint_says_permission_denied(checkpoint, data_dir, caps
     code, out, err = call(evaluate.main, ["--model", checkpoint, "--data-dir", data_dir,
                                           "--kernel", "numpy"], capsys)
     assert_clean_error(code, err)
-    assert f"{checkpoint}: cannot read it (permission denied)" in err
+    assert (f"{checkpoint}: cannot read it (permission denied); check its permissions (ls -l) "
+            "or pass a file you can read") in err
     assert "not an .npz" not in err
 
 
