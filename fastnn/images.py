@@ -56,15 +56,16 @@ def load_image(path) -> np.ndarray:
                 if width * height > MAX_PIXELS:
                     raise ImageError(_too_large(name, f"{width}x{height} pixels"))
                 img.draft(None, (WORK_SIDE, WORK_SIDE))  # JPEG: decode at a reduced scale
-                img = _reduced(ImageOps.exif_transpose(img))  # phone photos: rotation flag
-                gray = _grayscale(img)
+                img = ImageOps.exif_transpose(img)  # phone photos: honour the rotation flag
+                white = 65535 if img.mode.startswith("I;16") else None
+                gray = _grayscale(_reduced(img), white)
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image Pillow can read; {REMEDY}") from None
     except Image.DecompressionBombError:
         raise ImageError(_too_large(name, "more pixels than Pillow opens")) from None
     except ImageError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         # Pillow's decoders meet arbitrary bytes here and fail in many ways (OSError,
         # ValueError, SyntaxError, struct.error, ...): each is a damaged file to the user.
         raise ImageError(f"{name}: cannot read the image ({type(e).__name__}: {e}); "
@@ -93,21 +94,23 @@ def _reduced(img):
     return img.reduce(factor) if factor > 1 else img
 
 
-def _grayscale(img) -> np.ndarray:
+def _grayscale(img, white=None) -> np.ndarray:
     """Pillow image -> float (h, w) luminance in [0, 255]; transparent parts made paper.
 
-    High-depth images are scaled to 0..255, not clipped (a 16-bit scan is mostly above
-    255): "I" (16-bit grayscale, or 32-bit integers) by 65535, or by its own range when
-    it exceeds that; "F" as 0..1 when it fits there, else by its own range.
+    High-depth images ("I": 32-bit integers, "F": floats) are scaled to 0..255, not
+    clipped (a 16-bit scan is mostly above 255): by ``white``, the value of white (65535
+    for a 16-bit file), else by the smallest of 1 (floats), 255 and 65535 that holds
+    every value, else by the image's own range.
     """
     if img.mode in ("I", "F"):
         a = np.asarray(img, dtype=np.float64)
         a[~np.isfinite(a)] = 0.0  # "F" images may hold NaN or inf
         lo, hi = float(a.min()), float(a.max())
-        if img.mode == "I" and lo >= 0 and hi <= 65535:
-            return a * (255.0 / 65535.0)
-        if img.mode == "F" and lo >= 0 and hi <= 1:
-            return a * 255.0
+        if white is None and lo >= 0:
+            white = next((w for w in ((1.0,) if img.mode == "F" else ()) + (255.0, 65535.0)
+                          if hi <= w), None)
+        if white is not None:
+            return a * (255.0 / white)
         return (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")

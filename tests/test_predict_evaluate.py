@@ -105,12 +105,15 @@ def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
     assert np.abs(images.load_image(tmp_path / "16.png").astype(int) - reference).max() <= 1
 
 
-@pytest.mark.parametrize("mode", ["I", "F"])
-def test_32_bit_integer_and_float_images_are_scaled(mode):
-    """Pillow's "I" (32-bit integers) and "F" (floats, e.g. a TIFF in 0..1) modes."""
+@pytest.mark.parametrize("mode, scale", [("I", 1), ("I", 257), ("I", 1000), ("F", 1 / 255),
+                                         ("F", 1.0), ("F", -3.0)])
+def test_32_bit_integer_and_float_images_are_scaled(mode, scale):
+    """Pillow's "I" (32-bit integers: 8-bit, 16-bit or any range of values) and "F"
+    (floats: 0..1, 0..255 or any range) give the digit of the 8-bit picture."""
     eight = np.asarray(draw_four())
     reference = images.to_mnist(eight).astype(int)
-    values = eight.astype(np.int32) * 1000 if mode == "I" else eight.astype(np.float32) / 255
+    values = (eight.astype(np.int32) * scale if mode == "I"
+              else eight.astype(np.float32) * np.float32(scale))
     gray = images._grayscale(Image.fromarray(values, mode))
     assert np.abs(images.to_mnist(gray).astype(int) - reference).max() <= 1
 
