@@ -10,8 +10,8 @@ the format allows before anything is read.
 
 Writing (``write_output``): a regular file or a missing path is replaced
 atomically (``replace_file``: a temp file beside it, fsync, rename), so a
-crash, Ctrl-C or a full disk leaves the old file intact and no temp file
-behind. A symlink is followed and its target replaced; the link stays. A
+crash, Ctrl-C or a full disk leaves the old file intact, and anything short of
+SIGKILL removes the temp file. A symlink is followed and its target replaced; the link stays. A
 character device or a FIFO (``/dev/null``, ``/dev/stdout``, a named pipe) is
 written into, never replaced, and so is ``/dev/stdout`` when it is a file the
 shell redirected to (appended to, as a shell would). A directory, block
