@@ -156,7 +156,8 @@ def test_what_cannot_be_written_is_refused_without_naming_a_temp_file(tmp_path, 
         target.mkdir()
     else:
         (tmp_path / "afile").write_text("x")
-        target, problem = tmp_path / "afile" / "out.json", f"{tmp_path / 'afile'} is a file"
+        target = tmp_path / "afile" / "out.json"
+        problem = f"{tmp_path / 'afile'} is a regular file, not a directory"
     before = kinds(tmp_path)
     for check in (files.check_output, write_bytes):
         with pytest.raises(files.FileError) as e:
