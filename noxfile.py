@@ -1,6 +1,7 @@
 """Developer sessions. `nox` alone runs the test suite twice: JIT on, then JIT off.
 
     nox                  tests + nojit (what CI runs)
+    nox -- -m "not slow" the same without the tests that train on real MNIST for seconds
     nox -s tests         the full pytest suite, JIT enabled, benchmarks run once untimed
     nox -s nojit         agreement tests on small shapes with NUMBA_DISABLE_JIT=1, so the
                          loop bodies are also checked as plain Python

@@ -1,15 +1,23 @@
-"""What the command-line tools share: argparse types and the exit-code policy.
+"""What the command-line tools share: argparse types, path checks and the exit-code policy.
 
 The types return the value or raise ArgumentTypeError with a message that
 says what is allowed. ``run_command`` maps outcomes to exit codes: 0 done,
 2 a usage error (argparse style), 1 a runtime problem (bad data, a bad
-checkpoint, ...), 130 Ctrl-C; user errors print one message, no traceback.
+checkpoint, a file that cannot be read or written, ...), 130 Ctrl-C; user
+errors print one message, no traceback.
+
+``check_paths`` is what every command runs before its work: no two outputs
+may name one file, no output may name an input, and every output must be
+writable (a directory, a path under a file, ... is refused before a run, not
+after it).
 """
 
 import argparse
 import sys
 
 import numpy as np
+
+from fastnn import files
 
 
 class UsageError(Exception):
@@ -42,8 +50,12 @@ def run_command(parser, body, runtime_errors=()):
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-    except (DataError, ModelError, OSError, *runtime_errors) as e:
+    except (DataError, ModelError, files.FileError, OSError, *runtime_errors) as e:
         print(f"fastnn: error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError:  # what the checks up front did not foresee
+        print(f"fastnn: error: {parser.prog} ran out of memory; close other programs or ask "
+              "for less (a smaller net, batch or data set)", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, Interrupted) as e:
         print(f"\nfastnn: {str(e) or 'interrupted'}", file=sys.stderr)
@@ -98,3 +110,83 @@ def number(text):
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def path(text):
+    """A file or directory flag: any path but the empty one (``--save ""`` is a mistake,
+    not a way to turn the flag off)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
+def add_model_flags(parser, kernel_default):
+    """--model, --kernel and --data-dir: the flags of the commands that use a saved model."""
+    from fastnn.kernels import KERNELS
+
+    parser.add_argument("--model", required=True, type=path, metavar="PATH",
+                        help="checkpoint written by python -m fastnn.train --save")
+    parser.add_argument("--kernel", choices=list(KERNELS), default=kernel_default,
+                        help=f"backend (default: {kernel_default})")
+    parser.add_argument("--data-dir", type=path, metavar="DIR",
+                        help="where the IDX files live or are cached (default: $FASTNN_DATA "
+                             "or a per-user cache dir)")
+
+
+def check_paths(outputs, inputs=(), may_replace=()):
+    """Check a command's paths before it starts; call it first thing.
+
+    ``outputs`` and ``inputs`` are (flag, path) pairs, path None when the flag is not
+    given; ``may_replace`` holds (output flag, input flag) pairs where writing over the
+    input is the point (``--save`` over ``--resume``'s checkpoint). Paths are compared as
+    real files, so ``./a.npz``, ``a.npz``, a symlink to it and a hard link all collide;
+    devices and FIFOs (``/dev/null``) may take several outputs.
+
+    Raises UsageError (exit 2) when two outputs name one file or an output names an
+    input, files.FileError (exit 1) when an output cannot be written (a directory, a path
+    under a file, an unwritable directory, ...), naming the flag.
+    """
+    outputs = [(flag, p) for flag, p in outputs if p is not None]
+    inputs = [(flag, p) for flag, p in inputs if p is not None]
+    for i, (flag, out) in enumerate(outputs):
+        if files.is_stream(out):
+            continue
+        for other, earlier in outputs[:i]:
+            if not files.is_stream(earlier) and files.same_file(out, earlier):
+                raise UsageError(f"{other} {earlier} and {flag} {out} name the same file: one "
+                                 "would overwrite the other; give each its own path")
+        for other, source in inputs:
+            if (flag, other) not in may_replace and files.same_file(out, source):
+                raise UsageError(f"{flag} {out} would overwrite {other} {source}, which this "
+                                 f"command reads; give {flag} another path")
+    for flag, out in outputs:
+        try:
+            files.check_output(out)
+        except files.FileError as e:
+            raise files.FileError(f"{flag} {e.path}", e.problem, e.remedy) from None
+
+
+def check_value(parser, dest, value):
+    """``value`` as the flag that sets ``dest`` would give it, checked by that flag's own
+    type and choices: for settings that come from elsewhere (a checkpoint's config).
+    Raises ValueError saying what is wrong."""
+    action = next(a for a in parser._actions if a.dest == dest)  # argparse has no public list
+    flag = action.option_strings[0]
+    many = action.nargs == "+"
+    if many and not (isinstance(value, list) and value):
+        raise ValueError(f"{flag} {value!r}, not a list of values")
+    checked = []
+    for item in value if many else [value]:
+        # JSON gives str, int, float, bool, None, list, dict: only the kind the flag
+        # parses to passes (no "5" for 5, no true for 1)
+        if isinstance(item, (bool, list, dict)) or item is None or (
+                action.type is not None and isinstance(item, str)):
+            raise ValueError(f"{flag} {item!r}, which is not what {flag} takes")
+        try:
+            parsed = action.type(str(item)) if action.type else str(item)
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"{flag} {item!r}, which {flag} refuses: {e}") from None
+        if action.choices is not None and parsed not in action.choices:
+            raise ValueError(f"{flag} {item!r}, not one of {', '.join(action.choices)}")
+        checked.append(parsed)
+    return checked if many else checked[0]

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from fastnn import config, model, tolerances
+from fastnn import config, files, model, tolerances
 from fastnn.kernels import KERNELS, REFERENCE, get_kernel, numpy_ref
 from fastnn.kernels.numpy_ref import to_float
 
@@ -25,23 +25,42 @@ def _flat(params_or_grads):
     return [a for pair in params_or_grads for a in pair]
 
 
-def measure(name, params0, train, test, order, batch_size, lr):
-    """Everything --compare needs from one backend, from a fresh copy of params0."""
+def sample_order(seed, n, n_samples, batch_size):
+    """The sample indices of the --compare batches: permutations of range(n), one after
+    another, cut to n_samples. Yielded in pieces of whole batches (about one permutation
+    each), so memory stays O(n) however many --compare-steps are asked for."""
+    rng = np.random.default_rng(seed)
+    piece = batch_size * -(-n // batch_size)
+    pending = np.empty(0, dtype=np.int64)
+    while n_samples > 0:
+        take = min(piece, n_samples)
+        while len(pending) < take:
+            pending = np.concatenate([pending, rng.permutation(n)])
+        yield pending[:take]
+        pending, n_samples = pending[take:], n_samples - take
+
+
+def measure(name, params0, train, test, orders, batch_size, lr):
+    """Everything --compare needs from one backend, from a fresh copy of params0;
+    ``orders()`` yields the sample order in pieces (sample_order)."""
     kernel = get_kernel(name)
     dtype = params0[0][0].dtype
     compile_seconds = kernel.warmup(model.sizes_of(params0), dtype)
-    idx = order[:batch_size]
+    idx = next(orders())[:batch_size]
     X, y = to_float(train[0][idx], dtype), train[1][idx]
     P = kernel.forward(params0, X)
     loss, grads = kernel.loss_and_grads(params0, X, y)
     params = model.copy_params(params0)
-    t0 = time.perf_counter()
-    kernel.train_epoch(params, train[0], train[1], order, batch_size, lr)
-    seconds = time.perf_counter() - t0
+    seconds = samples = 0
+    for order in orders():
+        t0 = time.perf_counter()
+        kernel.train_epoch(params, train[0], train[1], order, batch_size, lr)
+        seconds += time.perf_counter() - t0
+        samples += len(order)
     accuracy = float(np.mean(kernel.predict(params, test[0]) == test[1]))
     return dict(probabilities=P, loss=np.array(loss), grads=_flat(grads), params=_flat(params),
                 test_accuracy=accuracy, seconds=seconds,
-                samples_per_second=len(order) / seconds, compile_seconds=compile_seconds)
+                samples_per_second=samples / seconds, compile_seconds=compile_seconds)
 
 
 def run(args, data, out=None):
@@ -52,17 +71,17 @@ def run(args, data, out=None):
     sizes = model.layer_sizes(args.hidden)
     bs = args.batch_size or len(train[0])
     params0 = model.init_params(sizes, seed=args.seed, dtype=dtype, init=args.init)
-    rng = np.random.default_rng(args.seed)
-    n_samples = args.compare_steps * bs
-    order = np.concatenate([rng.permutation(len(train[0]))
-                            for _ in range(-(-n_samples // len(train[0])))])[:n_samples]
 
-    results = {name: measure(name, params0, train, test, order, bs, args.lr) for name in KERNELS}
+    def orders():
+        return sample_order(args.seed, len(train[0]), args.compare_steps * bs, bs)
+
+    results = {name: measure(name, params0, train, test, orders, bs, args.lr)
+               for name in KERNELS}
     ref = results[REFERENCE]
     names = _names(params0)
     # softmax outputs and the loss get tolerances scaled by the logits' size
-    zscale = tolerances.logit_scale(numpy_ref.logits(params0, to_float(train[0][order[:bs]],
-                                                                       dtype)))
+    first = next(orders())[:bs]
+    zscale = tolerances.logit_scale(numpy_ref.logits(params0, to_float(train[0][first], dtype)))
     checks = [("probabilities", "probabilities", None, False, zscale),
               ("loss", "loss", None, False, zscale)]
     checks += [(f"d{n}", "grads", i, False, 1.0) for i, n in enumerate(names)]
@@ -103,5 +122,5 @@ def run(args, data, out=None):
               else "DISAGREEMENT: a backend exceeds the tolerance (see rows marked NO)"]
     print("\n".join(lines), file=out, flush=True)
     if args.json:
-        model.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+        files.write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0 if ok else 1

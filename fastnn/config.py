@@ -9,12 +9,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from fastnn.files import user_cache_dir
+
 PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def _user_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fastnn" / "numba"
 
 
 def _ensure_writable_cache() -> None:
@@ -23,7 +20,8 @@ def _ensure_writable_cache() -> None:
         return
     if os.access(PACKAGE_DIR / "kernels", os.W_OK):
         return
-    for candidate in (_user_cache_dir(), Path(tempfile.gettempdir()) / "fastnn-numba-cache"):
+    fallback = Path(tempfile.gettempdir()) / "fastnn-numba-cache"
+    for candidate in (user_cache_dir() / "numba", fallback):
         try:
             candidate.mkdir(parents=True, exist_ok=True)
         except OSError:

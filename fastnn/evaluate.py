@@ -15,8 +15,8 @@ import sys
 import numpy as np
 
 from fastnn import cli, model
-from fastnn.kernels import KERNELS, get_kernel
-from fastnn.predict import dataset_of
+from fastnn.kernels import get_kernel
+from fastnn.predict import check_paths, dataset_of
 
 
 def confusion_matrix(y_true, y_pred, k=model.N_CLASSES):
@@ -83,14 +83,9 @@ def build_parser():
         description="Test-set accuracy, per-class precision/recall and the confusion matrix "
                     "of a saved fastnn model.",
     )
-    p.add_argument("--model", required=True, metavar="PATH",
-                   help="checkpoint written by python -m fastnn.train --save")
-    p.add_argument("--kernel", choices=list(KERNELS), default="numba",
-                   help="backend (default: numba)")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="where the IDX files live or are cached (default: $FASTNN_DATA or "
-                        "a per-user cache dir)")
-    p.add_argument("--plot", metavar="PATH", help="also write the confusion matrix as a PNG")
+    cli.add_model_flags(p, kernel_default="numba")
+    p.add_argument("--plot", type=cli.path, metavar="PATH",
+                   help="also write the confusion matrix as a PNG")
     return p
 
 
@@ -98,8 +93,9 @@ def run(args, out=None):
     out = out or sys.stdout
     from fastnn.data import load_mnist
 
+    check_paths(args, ("--plot", args.plot))
     params, meta = model.load(args.model)
-    dataset = dataset_of(meta)
+    dataset = dataset_of(meta, args.model)
     images, labels = load_mnist("test", args.data_dir, dataset)
     preds = get_kernel(args.kernel).predict(params, images)
     cm = confusion_matrix(labels, preds)

@@ -2,26 +2,39 @@
 
 MNIST digits are white ink on black, cropped to the ink, scaled so the longer
 side is 20 px (aspect kept) and placed in a 28x28 field with the centre of mass
-at the centre. ``to_mnist`` repeats those steps for any grayscale array,
-``grayscale`` turns an open Pillow image into one, and ``load_image`` reads a
-file with both (the demo server does the same with a drawing sent as PNG).
-They return uint8 (784,), ready for ``fastnn.kernels.numpy_ref.to_float``.
+at the centre. ``to_mnist`` repeats those steps for any grayscale array and
+``load_image`` reads a file with Pillow and calls it. Both return uint8 (784,),
+ready for ``fastnn.kernels.numpy_ref.to_float``.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 
 import numpy as np
+
+from fastnn import files
 
 SIDE = 28  # the MNIST field
 BOX = 20  # the longer side of the digit inside it
 CENTRE = 14.0  # MNIST's mean centre of mass, in row/column index units
 INK_THRESHOLD = 0.08  # pixels above this fraction of the darkest ink count for the bounding box
+# Reading bounds. A PNG's header may declare 10000x10000 pixels in a 139 KB file: the
+# pixel count is checked before anything is decoded, and a large picture is reduced to
+# at most WORK_SIDE px (JPEG while decoding, others right after) before any float copy
+# is made. A digit ends up 20 px tall, so nothing of it is lost.
+MAX_PIXELS = 50_000_000  # a 50-megapixel photo
+MAX_FILE_BYTES = 256 * 2**20
+WORK_SIDE = 512
 
 
 class ImageError(Exception):
     """A file that cannot be read as a picture of a digit; the message names the file."""
+
+
+REMEDY = "pass a PNG or JPEG picture of one digit"
 
 
 def load_image(path) -> np.ndarray:
@@ -30,31 +43,80 @@ def load_image(path) -> np.ndarray:
 
     name = os.fspath(path)
     try:
-        with Image.open(name) as img:
-            gray = grayscale(img)
-    except FileNotFoundError:
-        raise ImageError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{name}: is a directory, not an image") from None
+        f = files.open_regular(name, MAX_FILE_BYTES, "an image file")
+    except files.FileError as e:
+        raise ImageError(f"{name}: {e.problem}; {e.remedy_or(REMEDY)}") from None
+    try:
+        with f, warnings.catch_warnings():
+            # Pillow warns about (and above twice its limit refuses) large images on
+            # open; MAX_PIXELS below is the limit that counts, with its own message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(f) as img:
+                width, height = img.size
+                if width * height > MAX_PIXELS:
+                    raise ImageError(_too_large(name, f"{width}x{height} pixels"))
+                img.draft(None, (WORK_SIDE, WORK_SIDE))  # JPEG: decode at a reduced scale
+                gray = grayscale(img)
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image Pillow can read (PNG, JPEG, ...)") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{name}: cannot read the image ({e})") from None
+        raise ImageError(f"{name}: not an image Pillow can read; {REMEDY}") from None
+    except Image.DecompressionBombError:
+        raise ImageError(_too_large(name, "more pixels than Pillow opens")) from None
+    except ImageError:
+        raise
+    except Exception as e:
+        # Pillow's decoders meet arbitrary bytes here and fail in many ways (OSError,
+        # ValueError, SyntaxError, struct.error, ...): each is a damaged file to the user.
+        raise ImageError(f"{name}: cannot read the image ({type(e).__name__}: {e}); "
+                         f"{REMEDY}") from None
     try:
         return to_mnist(gray)
     except ValueError as e:
         raise ImageError(f"{name}: {e}") from None
 
 
-def grayscale(img) -> np.ndarray:
-    """Open Pillow image -> float (h, w) luminance in [0, 255], what to_mnist takes.
+def _too_large(name, size):
+    return (f"{name}: {size}, more than the {MAX_PIXELS // 1_000_000} megapixels fastnn reads; "
+            "scale or crop it to the digit (a few hundred pixels a side is plenty)")
 
-    Decodes the pixels; honours a photo's rotation flag; transparent parts
-    become paper.
+
+def _reduced(img):
+    """img with its longer side cut to at most WORK_SIDE px by a box filter (Image.reduce),
+    in a mode that keeps its depth: 16-bit grayscale becomes 32-bit "I", palette and
+    bilevel images become L or RGBA (reduce handles neither)."""
+    if img.mode.startswith("I;16"):
+        img = img.convert("I")
+    elif img.mode in ("P", "PA", "1"):
+        transparent = img.mode == "PA" or "transparency" in img.info
+        img = img.convert("RGBA" if transparent else "L")
+    factor = math.ceil(max(img.size) / WORK_SIDE)
+    return img.reduce(factor) if factor > 1 else img
+
+
+def grayscale(img) -> np.ndarray:
+    """Open Pillow image (its size already checked) -> float (h, w) luminance in [0, 255],
+    what to_mnist takes.
+
+    Honours a photo's rotation flag, reduces a large picture (``_reduced``) and makes
+    transparent parts paper. High-depth images ("I": 32-bit integers, "F": floats) are
+    scaled to 0..255, not clipped (a 16-bit scan is mostly above 255): a 16-bit file by
+    65535, others by the smallest of 1 (floats), 255 and 65535 that holds every value,
+    else by the image's own range.
     """
     from PIL import ImageOps
 
     img = ImageOps.exif_transpose(img)  # phone photos: honour the rotation flag
+    white = 65535.0 if img.mode.startswith("I;16") else None
+    img = _reduced(img)
+    if img.mode in ("I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        a[~np.isfinite(a)] = 0.0  # "F" images may hold NaN or inf
+        lo, hi = float(a.min()), float(a.max())
+        if white is None and lo >= 0:
+            white = next((w for w in ((1.0,) if img.mode == "F" else ()) + (255.0, 65535.0)
+                          if hi <= w), None)
+        if white is not None:
+            return a * (255.0 / white)
+        return (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         lum = np.asarray(rgba.convert("L"), dtype=np.float64)

@@ -10,12 +10,15 @@ the fused kernels update directly.
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 import zipfile
+import zlib
 from typing import NamedTuple
 
 import numpy as np
+
+from fastnn import files, memory
 
 N_INPUTS = 784
 N_CLASSES = 10
@@ -147,38 +150,28 @@ def copy_params(params):
     return flat_params(params)
 
 
-def atomic_write(path, write) -> None:
-    """Call write(file) on a temp file beside path, fsync, then rename over path."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=directory)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it 0600; give the usual mode
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+# ---------------------------------------------------------------------- checkpoints
+#
+# A checkpoint is an ordinary .npz (np.load reads it without fastnn): the header
+# arrays format_version, sizes, dtype and meta (JSON text), the layers W<i>, b<i>
+# and the optimizer state S<k>_W<i>, S<k>_b<i>. Reading trusts none of it: each
+# member's .npy header (dtype, shape, hence size) is checked before its data is
+# read, the layers' sizes come from `sizes` and must fit in memory, members that
+# are not asked for are never decompressed, and every value must be finite.
 
+REMEDY = "pass a checkpoint written by python -m fastnn.train --save PATH"
+MAX_LAYERS = 1000  # widths in `sizes`: far more than anyone trains, a bound on reading it
+MAX_META_CHARS = 2**24  # JSON of the metadata: the history of ~80,000 epochs
+MAX_STATE_SLOTS = 2  # optimizer state arrays per parameter (Adam's m and v)
 
-def atomic_write_text(path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save(path, params, meta=None, state=None) -> None:
     """Write params, JSON-able meta and optimizer state to ``path`` (.npz) atomically.
 
     ``state`` is a list of slots shaped like params (an optimizer's momentum,
-    Adam's m and v), or None.
+    Adam's m and v), or None. The file is written as files.write_output writes
+    every output (a symlink's target replaced, a device written into).
     """
     check_params(params)
     arrays = {
@@ -194,7 +187,7 @@ def save(path, params, meta=None, state=None) -> None:
         for i, (W, b) in enumerate(slot):
             arrays[f"S{k}_W{i}"] = W
             arrays[f"S{k}_b{i}"] = b
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    files.write_output(path, lambda f: np.savez(f, **arrays))
 
 
 def load(path):
@@ -203,62 +196,129 @@ def load(path):
     return params, meta
 
 
-REMEDY = "pass a checkpoint written by python -m fastnn.train --save PATH"
+def _bad(path, problem):
+    return ModelError(f"{path}: {problem}; {REMEDY}")
 
 
-def load_checkpoint(path):
-    """Read a checkpoint written by save(); return (params, meta, state)."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ModelError(f"{path}: no such file; {REMEDY}")
-    if os.path.isdir(path):
-        raise ModelError(f"{path}: is a directory, not a checkpoint file; {REMEDY}")
-    if not zipfile.is_zipfile(path):  # before np.load, whose message talks of pickles
-        raise ModelError(f"{path}: not a fastnn checkpoint (not an .npz archive); {REMEDY}")
+def _read_array(z, path, key, max_bytes, kinds, shape=None, dtype=None):
+    """Member ``key`` of the open archive ``z`` as an owned, C-contiguous array, or None
+    when it is absent. Its .npy header is checked first: a dtype of one of ``kinds``
+    (never objects, so never a pickle), ``shape`` and ``dtype`` when given, and a size of
+    at most ``max_bytes``; only then is its data read."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as e:  # zipfile/np errors: truncated or damaged archive
-        raise ModelError(f"{path}: a damaged or truncated checkpoint ({e}); {REMEDY}") from None
-    missing = {"format_version", "sizes", "dtype", "meta"} - data.keys()
+        info = z.getinfo(key + ".npy")
+    except KeyError:
+        return None
+    try:
+        with z.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            found_shape, fortran, found_dtype = read_header(f)
+            if found_dtype.hasobject or found_dtype.kind not in kinds:
+                raise _bad(path, f"{key} holds {found_dtype} values, which a fastnn "
+                                 "checkpoint never does")
+            if (shape is not None and found_shape != shape) or (
+                    dtype is not None and found_dtype != np.dtype(dtype)):
+                want = f"{shape or found_shape} {np.dtype(dtype) if dtype else found_dtype}"
+                raise _bad(path, f"{key} is {found_shape} {found_dtype}, expected {want}")
+            nbytes = math.prod(found_shape) * found_dtype.itemsize
+            if nbytes > max_bytes:
+                raise _bad(path, f"{key} declares {nbytes:,} bytes, more than it can hold "
+                                 f"({max_bytes:,} at most)")
+            raw = f.read(nbytes)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as e:
+        raise _bad(path, f"a damaged or truncated checkpoint ({key}: {e})") from None
+    if len(raw) != nbytes:
+        raise _bad(path, f"a damaged or truncated checkpoint ({key} ends after "
+                         f"{len(raw):,} of its {nbytes:,} bytes)")
+    array = np.frombuffer(raw, found_dtype).reshape(found_shape, order="F" if fortran else "C")
+    return np.array(array, order="C")  # owned and writable: training updates it in place
+
+
+def _check_finite(path, what, array):
+    bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise ModelError(f"{path}: {what} holds {bad:,} NaN or infinite value"
+                         f"{'s' * (bad > 1)}, so the model computes nothing useful; retrain "
+                         "it (python -m fastnn.train never saves a diverged run: this file "
+                         "was damaged, edited or written by other code)")
+
+
+def _header(z, path):
+    """(format version, layer sizes, dtype name, meta text) of an open checkpoint."""
+    missing = [k for k in ("format_version", "sizes", "dtype", "meta")
+               if k + ".npy" not in z.namelist()]
     if missing:
-        raise ModelError(f"{path}: not a fastnn checkpoint (missing "
-                         f"{', '.join(sorted(missing))}); {REMEDY}")
-    version = int(data["format_version"])
-    if version != FORMAT_VERSION:
+        raise _bad(path, f"not a fastnn checkpoint (missing {', '.join(missing)})")
+    version = _read_array(z, path, "format_version", 8, "iu", shape=())
+    if int(version) != FORMAT_VERSION:
+        version = int(version)
         raise ModelError(
             f"{path}: checkpoint format {version}, this fastnn reads format {FORMAT_VERSION}; "
             + ("it was written by a newer fastnn: upgrade fastnn to read it"
-               if version > FORMAT_VERSION else REMEDY)
-        )
-    sizes = [int(s) for s in data["sizes"]]
-    dtype = str(data["dtype"])
-    if dtype not in DTYPES or len(sizes) < 2 or sizes[0] != N_INPUTS or sizes[-1] != N_CLASSES:
-        raise ModelError(f"{path}: bad header (sizes {sizes}, dtype {dtype}); {REMEDY}")
-    params = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        W, b = data.get(f"W{i}"), data.get(f"b{i}")
-        if W is None or b is None:
-            raise ModelError(f"{path}: layer {i} is missing; {REMEDY}")
-        if (W.shape != (fan_out, fan_in) or b.shape != (fan_out,) or W.dtype != dtype
-                or b.dtype != dtype):
-            raise ModelError(
-                f"{path}: layer {i} has W {W.shape} {W.dtype}, b {b.shape} {b.dtype}; "
-                f"expected W ({fan_out}, {fan_in}) {dtype}, b ({fan_out},) {dtype}; {REMEDY}"
-            )
-        params.append((np.ascontiguousarray(W), np.ascontiguousarray(b)))
-    state = []
-    while f"S{len(state)}_W0" in data:
-        k = len(state)
-        slot = [(data.get(f"S{k}_W{i}"), data.get(f"S{k}_b{i}")) for i in range(len(params))]
-        for i, ((W, b), (sW, sb)) in enumerate(zip(params, slot)):
-            if sW is None or sb is None or sW.shape != W.shape or sb.shape != b.shape \
-                    or sW.dtype != W.dtype or sb.dtype != b.dtype:
-                raise ModelError(f"{path}: optimizer state {k} of layer {i} is missing or "
-                                 f"does not match the layer; {REMEDY}")
-        state.append([(np.ascontiguousarray(W), np.ascontiguousarray(b)) for W, b in slot])
+               if version > FORMAT_VERSION else REMEDY))
+    sizes = _read_array(z, path, "sizes", 8 * (MAX_LAYERS + 2), "iu")
+    sizes = [int(s) for s in sizes.ravel()] if sizes.ndim == 1 else []
+    dtype = str(_read_array(z, path, "dtype", 4 * 16, "U", shape=()))
+    meta = str(_read_array(z, path, "meta", 4 * MAX_META_CHARS, "U", shape=()))
+    if (dtype not in DTYPES or len(sizes) < 2 or sizes[0] != N_INPUTS
+            or sizes[-1] != N_CLASSES or min(sizes) < 1):
+        raise _bad(path, f"bad header (sizes {sizes}, dtype {dtype}): a net is "
+                         f"{N_INPUTS}-...-{N_CLASSES} in float32 or float64")
+    return sizes, dtype, meta
+
+
+def load_checkpoint(path):
+    """Read a checkpoint written by save(); return (params, meta, state) or raise ModelError.
+
+    The layers and the optimizer state are read only once the header says they fit in
+    memory; NaN or infinite values anywhere are refused.
+    """
+    path = os.fspath(path)
     try:
-        meta = json.loads(str(data["meta"]))
-    except ValueError:
-        raise ModelError(f"{path}: its metadata is not valid JSON; {REMEDY}") from None
+        f = files.open_regular(path, memory.available_bytes(), "a checkpoint")
+    except files.FileError as e:
+        raise ModelError(f"{path}: {e.problem}; {e.remedy_or(REMEDY)}") from None
+    with f:
+        try:
+            z = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            raise _bad(path, "not a fastnn checkpoint (not an .npz archive)") from None
+        with z:
+            sizes, dtype, meta_text = _header(z, path)
+            slots = 0
+            while f"S{slots}_W0.npy" in z.namelist():
+                slots += 1
+            if slots > MAX_STATE_SLOTS:
+                raise _bad(path, f"{slots} optimizer state slots, more than any optimizer "
+                                 f"keeps ({MAX_STATE_SLOTS})")
+            itemsize = np.dtype(dtype).itemsize
+            too_big = memory.too_large(n_params(sizes) * itemsize * (1 + slots),
+                                       f"its {'-'.join(map(str, sizes))} net")
+            if too_big:
+                raise ModelError(f"{path}: {too_big}; it cannot be loaded here")
+            params = _layers(z, path, sizes, dtype, "")
+            state = [_layers(z, path, sizes, dtype, f"S{k}_") for k in range(slots)]
+    try:
+        meta = json.loads(meta_text)
+    except (ValueError, RecursionError):
+        raise _bad(path, "its metadata is not valid JSON") from None
     return flat_params(params), meta, state
+
+
+def _layers(z, path, sizes, dtype, prefix):
+    """[(W, b), ...] of the layers (prefix "") or of one optimizer state slot ("S<k>_")."""
+    what = "optimizer state of layer" if prefix else "layer"
+    out = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        pair = []
+        for name, shape in (("W", (fan_out, fan_in)), ("b", (fan_out,))):
+            array = _read_array(z, path, f"{prefix}{name}{i}",
+                                math.prod(shape) * np.dtype(dtype).itemsize, "f", shape, dtype)
+            if array is None:
+                raise _bad(path, f"{what} {i} is missing ({prefix}{name}{i})")
+            _check_finite(path, f"{what} {i}'s {name}", array)
+            pair.append(array)
+        out.append(tuple(pair))
+    return out

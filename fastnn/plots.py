@@ -6,19 +6,20 @@
 each hidden unit responds to.
 
 matplotlib runs on the Agg backend (no display needed) unless ``show`` asks
-for a window. Files are written atomically, like every other output.
+for a window. Files are written like every other output (fastnn.files.write_output:
+atomically over a regular file, straight into a device or FIFO).
 """
 
 import numpy as np
 
-from fastnn.model import atomic_write, atomic_write_text
+from fastnn.files import write_output, write_text
 
 
 def _finish(plt, fig, path, show):
     """Lay out, write fig to path atomically, show it if asked; always close it."""
     try:
         fig.tight_layout()
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+        write_output(path, lambda f: fig.savefig(f, format="png", dpi=100))
         if show:
             plt.show()
     finally:
@@ -114,7 +115,7 @@ def training_curves(history, png_path, csv_path=None, show=False):
                      f"{len(history)} epochs", fontsize=11)
     _finish(plt, fig, png_path, show)
     if csv_path is not None:  # after the PNG: a failed picture leaves no CSV either
-        atomic_write_text(csv_path, curves_csv(history))
+        write_text(csv_path, curves_csv(history))
 
 
 def confusion(cm, png_path, title=None, show=False):

@@ -14,9 +14,9 @@ import sys
 
 import numpy as np
 
-from fastnn import cli, model
-from fastnn.data import canonical, class_names
-from fastnn.kernels import KERNELS, get_kernel
+from fastnn import cli, files, model
+from fastnn.data import ALIASES, SHA256, canonical, class_names
+from fastnn.kernels import get_kernel
 from fastnn.kernels.numpy_ref import to_float
 
 
@@ -37,28 +37,43 @@ def build_parser():
         description="Classify MNIST test images by index, or image files (PNG, JPEG, ...), "
                     "with a saved fastnn model.",
     )
-    p.add_argument("--model", required=True, metavar="PATH",
-                   help="checkpoint written by python -m fastnn.train --save")
+    cli.add_model_flags(p, kernel_default="numpy")  # numpy needs no JIT compile
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--index", type=_index, nargs="+", metavar="N",
                      help="test-set image indices (0..9999 for MNIST)")
-    src.add_argument("--image", nargs="+", metavar="FILE",
+    src.add_argument("--image", type=cli.path, nargs="+", metavar="FILE",
                      help="image files of one digit each; dark-on-light or light-on-dark")
-    p.add_argument("--kernel", choices=list(KERNELS), default="numpy",
-                   help="backend (default: numpy, which needs no JIT compile)")
     p.add_argument("--top", type=_top_k, default=3, metavar="K",
                    help="how many classes to show per input, 1..10 (default: 3)")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="where the IDX files live or are cached (with --index)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--json", type=cli.path, metavar="PATH",
+                   help="also write the results as JSON")
     return p
 
 
-def dataset_of(meta) -> str:
-    """The dataset a checkpoint was trained on: its config's, else "mnist"."""
+def dataset_of(meta, path="the checkpoint") -> str:
+    """The dataset a checkpoint was trained on: its config's, else "mnist".
+
+    A name fastnn does not know is refused (ModelError naming ``path``): a hand-edited
+    or foreign checkpoint, whose test set cannot be loaded."""
     cfg = meta.get("config") if isinstance(meta, dict) else None
-    dataset = cfg.get("dataset") if isinstance(cfg, dict) else None
-    return dataset if isinstance(dataset, str) else "mnist"
+    dataset = cfg.get("dataset", "mnist") if isinstance(cfg, dict) else "mnist"
+    if not (isinstance(dataset, str) and canonical(dataset) in SHA256):
+        known = ", ".join(sorted({*SHA256, *ALIASES}))
+        raise model.ModelError(f"{path}: its config names the dataset {dataset!r}, which "
+                               f"fastnn does not know ({known}); it was edited or written "
+                               "by other code: fix the name or retrain the model")
+    return dataset
+
+
+def check_paths(args, output):
+    """cli.check_paths for predict and evaluate: ``output`` (flag, path) must not replace
+    the model, an input image or a data file."""
+    from fastnn.data import local_files
+
+    inputs = [("--model", args.model), *[("--image", f) for f in getattr(args, "image", None)
+                                          or []],
+              *[("--data-dir", p) for p in local_files(args.data_dir)]]
+    cli.check_paths([output], inputs)
 
 
 def gather_inputs(args, dataset):
@@ -95,8 +110,9 @@ def format_line(name, width, truth, classes, probs, labels=None):
 
 def run(args, out=None):
     out = out or sys.stdout
+    check_paths(args, ("--json", args.json))
     params, meta = model.load(args.model)
-    dataset = dataset_of(meta)
+    dataset = dataset_of(meta, args.model)
     names, images, truths = gather_inputs(args, dataset)
     labels = class_names(dataset) if canonical(dataset) != "mnist" else None
     kernel = get_kernel(args.kernel)
@@ -112,7 +128,7 @@ def run(args, out=None):
                                  for c, p in zip(classes[i], probs[i])]))
     if args.json:
         report = dict(model=args.model, kernel=args.kernel, predictions=results)
-        model.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+        files.write_text(args.json, json.dumps(report, indent=2) + "\n")
     return results
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 
 import numpy as np
 
-from fastnn import cli, config, model, optim
+from fastnn import cli, config, files, memory, model, optim
 from fastnn.kernels import KERNELS, get_kernel
 
 # Every flag's value when neither a preset nor the command line sets it.
@@ -36,6 +37,26 @@ PRESETS = {
 }
 
 
+MAX_SEED = 2**63 - 1  # seeds fit a signed 64-bit integer, for whatever reads the JSON
+MAX_SHIFT = 27  # a shift of 28 px moves every pixel out of the 28x28 field
+
+
+def _seed(text):
+    value = cli.non_negative_int(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SEED} (2^63 - 1), got {value}")
+    return value
+
+
+def _shift(text):
+    value = cli.non_negative_int(text)
+    if value > MAX_SHIFT:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_SHIFT} pixels, got {value}: a shift of 28 or more moves "
+            "every image out of the 28x28 field")
+    return value
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m fastnn.train",
@@ -53,7 +74,7 @@ def build_parser():
                    help=f"minibatch size; 0 = full batch (default: {DEFAULTS['batch_size']})")
     p.add_argument("--lr", type=cli.positive_float,
                    help=f"learning rate (default: {DEFAULTS['lr']})")
-    p.add_argument("--seed", type=int,
+    p.add_argument("--seed", type=_seed,
                    help=f"seed for init and shuffling (default: {DEFAULTS['seed']})")
     p.add_argument("--dtype", choices=list(model.DTYPES),
                    help=f"float type (default: {DEFAULTS['dtype']})")
@@ -75,27 +96,28 @@ def build_parser():
                         "divides by 10 every third of the run")
     p.add_argument("--warmup", type=cli.non_negative_int, metavar="N",
                    help="epochs of linear learning-rate warm-up (default: 0)")
-    p.add_argument("--shift", type=cli.non_negative_int, metavar="PX",
+    p.add_argument("--shift", type=_shift, metavar="PX",
                    help="augment: move each training image by a random (dy, dx) in "
                         "[-PX, PX] pixels, drawn per epoch (default: 0 = off)")
-    p.add_argument("--data-dir", metavar="DIR",
+    p.add_argument("--data-dir", type=cli.path, metavar="DIR",
                    help="where the IDX files live or are cached (default: $FASTNN_DATA or "
                         "a per-user cache dir)")
     p.add_argument("--threads", type=cli.positive_int, metavar="N",
                    help="Numba threads (default: all cores)")
-    p.add_argument("--save", metavar="PATH",
+    p.add_argument("--save", type=cli.path, metavar="PATH",
                    help="write a checkpoint (.npz: model, optimizer state, history) at each "
                         "epoch end")
-    p.add_argument("--resume", metavar="PATH",
+    p.add_argument("--resume", type=cli.path, metavar="PATH",
                    help="continue the run saved in a checkpoint (same settings; --epochs may "
                         "extend it)")
-    p.add_argument("--json", metavar="PATH", help="write metrics as one JSON object")
-    p.add_argument("--plot", metavar="PATH", default="predictions.png",
+    p.add_argument("--json", type=cli.path, metavar="PATH",
+                   help="write metrics as one JSON object")
+    p.add_argument("--plot", type=cli.path, metavar="PATH", default="predictions.png",
                    help="PNG of test digits with predicted and true labels "
                         "(default: predictions.png)")
     p.add_argument("--no-plot", dest="plot", action="store_const", const=None,
                    help="do not write the PNG")
-    p.add_argument("--plots-dir", metavar="DIR",
+    p.add_argument("--plots-dir", type=cli.path, metavar="DIR",
                    help="also write training curves (PNG + CSV), the confusion matrix and the "
                         "first layer's weights as pictures into DIR")
     p.add_argument("--show", action="store_true", help="also open the plot in a window")
@@ -124,7 +146,64 @@ def parse_args(argv=None):
         parser.error("--compare trains from scratch and saves nothing: drop --resume/--save")
     if args.show and not args.plot:
         parser.error("--show needs --plot PATH")
+    problem = settings_problem(args)
+    if problem:
+        parser.error(problem)
     return args
+
+
+def settings_problem(args):
+    """What the settings ask that the arithmetic or the memory cannot hold, or None.
+
+    Checked before anything runs, on the command line's settings and again on a resumed
+    checkpoint's: Adam divides by sqrt(v) + eps and by 1 - beta^t, so eps must not round
+    to 0 in the dtype and neither beta to 1; the net must fit in memory.
+    """
+    dtype = np.dtype(model.DTYPES[args.dtype])
+    if args.optimizer == "adam":
+        tiny = np.finfo(dtype).tiny
+        if args.eps < tiny:
+            return (f"--eps {args.eps} is below the smallest normal {args.dtype} number "
+                    f"({tiny:.2g}), so Adam's update could divide by zero; use --eps >= "
+                    f"{tiny:.2g}" + (" or --dtype float64" if dtype == np.float32 else ""))
+        for key in ("beta1", "beta2"):
+            if dtype.type(getattr(args, key)) >= 1:
+                below = np.format_float_positional(np.nextafter(dtype.type(1), dtype.type(0)))
+                return (f"--{key} {getattr(args, key)} rounds to 1 in {args.dtype}, and Adam "
+                        f"divides by 1 - {key}^t; use at most {below}")
+    from fastnn.data import MAX_ITEMS
+
+    sizes = model.layer_sizes(args.hidden)
+    n_params = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+    batch = min(args.batch_size or MAX_ITEMS, MAX_ITEMS)
+    # parameters, gradients and optimizer state (one set per backend for --compare),
+    # the float64 draw that initialises them, and a batch's inputs, activations and deltas
+    sets = (2 + optim.Optimizer(args.optimizer).n_slots()) * (len(KERNELS) + 1 if args.compare
+                                                              else 1)
+    need = n_params * (8 + sets * dtype.itemsize) + 3 * batch * sum(sizes) * dtype.itemsize
+    too_big = memory.too_large(need, f"training a {'-'.join(map(str, sizes))} net "
+                                     f"({n_params:,} parameters, {args.dtype})")
+    if too_big:
+        return (f"--hidden {' '.join(map(str, args.hidden))}: {too_big}; choose smaller "
+                "widths (or a smaller --batch-size)")
+    return None
+
+
+PLOTS_DIR_FILES = ("curves.png", "curves.csv", "confusion.png", "weights.png")
+
+
+def check_paths(args):
+    """No two outputs on one file, none on an input, each writable: before anything runs."""
+    from fastnn.data import local_files
+
+    outputs = [("--json", args.json)]
+    if not args.compare:  # --compare writes only the JSON
+        outputs += [("--save", args.save), ("--plot", args.plot)]
+        if args.plots_dir:
+            outputs += [("--plots-dir", os.path.join(args.plots_dir, name))
+                        for name in PLOTS_DIR_FILES]
+    inputs = [("--resume", args.resume)] + [("--data-dir", p) for p in local_files(args.data_dir)]
+    cli.check_paths(outputs, inputs, may_replace={("--save", "--resume")})
 
 
 def resolved_config(args, n_train):
@@ -145,45 +224,113 @@ def make_optimizer(args):
 RESUME_FIXED = ("hidden", "dtype", "init", "seed", "batch_size", "lr", "optimizer", "momentum",
                 "beta1", "beta2", "eps", "weight_decay", "schedule", "warmup", "shift",
                 "dataset")
+# The keys of a history row (run_epoch's dict): a resumed history must have them all.
+HISTORY_KEYS = ("epoch", "loss", "train_accuracy", "test_accuracy", "seconds",
+                "samples_per_second", "lr")
 
 
-def resume_from(args):
-    """Load --resume PATH: (params, optimizer, first epoch, history); args take its config."""
-    params, meta, state = model.load_checkpoint(args.resume)
+def _same_setting(key, a, b):
+    """Is a setting unchanged? "fashion-mnist" and "fashion" are one dataset."""
+    if key == "dataset" and isinstance(a, str) and isinstance(b, str):
+        from fastnn.data import canonical
+
+        return canonical(a) == canonical(b)
+    return a == b
+
+
+def history_problem(history, epochs):
+    """What is wrong with a checkpoint's history for ``epochs`` finished epochs, or None."""
+    if len(history) != epochs:
+        return f"its history has {len(history)} rows for {epochs} finished epochs"
+    for i, row in enumerate(history, 1):
+        if not isinstance(row, dict):
+            return f"row {i} of its history is {row!r}, not an object"
+        missing = [key for key in HISTORY_KEYS if key not in row]
+        if missing:
+            return f"row {i} of its history lacks {', '.join(missing)}"
+        for key in HISTORY_KEYS:
+            value = row[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                return f"row {i} of its history has {key} {value!r}, not a finite number"
+        if row["epoch"] != i:
+            return f"row {i} of its history is for epoch {row['epoch']!r}"
+    return None
+
+
+def resume_from(args, parser):
+    """Load --resume PATH: (params, optimizer, first epoch, history); args take its config.
+
+    Nothing in the checkpoint is trusted: every setting passes its flag's own checks
+    (``cli.check_value``) and ``settings_problem``, the config must describe the weights
+    it comes with, and every history row must be complete.
+    """
+    path = args.resume
+    params, meta, state = model.load_checkpoint(path)
+
+    def unusable(problem):
+        return model.ModelError(f"{path}: {problem}; it cannot be resumed (it was edited, "
+                                "damaged or written by other code), but predict and evaluate "
+                                "can still use its weights")
+
     saved = meta.get("config") if isinstance(meta, dict) else None
     if not (isinstance(saved, dict) and isinstance(meta.get("epoch"), int)
             and isinstance(meta.get("optimizer_step"), int)
             and isinstance(saved.get("epochs"), int) and isinstance(meta.get("history"), list)):
-        raise model.ModelError(f"{args.resume}: a model without usable training state (not "
+        raise model.ModelError(f"{path}: a model without usable training state (not "
                                "written by python -m fastnn.train --save); it cannot be "
                                "resumed, but predict and evaluate can use it")
-    if saved.get("optimizer", "sgd") not in optim.OPTIMIZERS:
-        raise model.ModelError(f"{args.resume}: unknown optimizer {saved.get('optimizer')!r}; "
-                               "it cannot be resumed")
+    saved = dict(saved)
+    for key in (*RESUME_FIXED, "epochs"):
+        if key in saved:
+            try:
+                saved[key] = cli.check_value(parser, key, saved[key])
+            except ValueError as e:
+                raise unusable(f"its config has {e}") from None
+    sizes = model.sizes_of(params)
+    if model.layer_sizes(saved.get("hidden", sizes[1:-1])) != sizes:
+        raise unusable(f"its config says hidden {saved['hidden']}, but its weights are a "
+                       f"{'-'.join(map(str, sizes))} net")
+    if saved.get("dtype", str(params[0][0].dtype)) != str(params[0][0].dtype):
+        raise unusable(f"its config says dtype {saved['dtype']}, but its weights are "
+                       f"{params[0][0].dtype}")
+    if meta["epoch"] < 1 or meta["optimizer_step"] < 0:
+        raise unusable(f"it says epoch {meta['epoch']}, optimizer step "
+                       f"{meta['optimizer_step']}")
+    problem = history_problem(meta["history"], meta["epoch"])
+    if problem:
+        raise unusable(problem)
     for key in RESUME_FIXED:
-        if key in args.explicit and getattr(args, key) != saved.get(key):
-            raise cli.UsageError(f"--{key.replace('_', '-')} {getattr(args, key)} differs from the "
-                             f"checkpoint's {saved.get(key)}; a resumed run keeps its settings")
+        if key in args.explicit and not _same_setting(key, getattr(args, key), saved.get(key)):
+            raise cli.UsageError(f"--{key.replace('_', '-')} {getattr(args, key)} differs from "
+                                 f"the checkpoint's {saved.get(key)}; a resumed run keeps its "
+                                 "settings")
         setattr(args, key, saved.get(key, getattr(args, key)))
     if "epochs" not in args.explicit:
         args.epochs = saved["epochs"]
+    problem = settings_problem(args)
+    if problem:
+        raise unusable(f"its settings do not hold here: {problem}")
     if meta["epoch"] >= args.epochs:
-        raise cli.UsageError(f"{args.resume} already holds {meta['epoch']} epochs; pass "
-                         f"--epochs N with N > {meta['epoch']} to train further")
+        raise cli.UsageError(f"{path} already holds {meta['epoch']} epochs; pass "
+                             f"--epochs N with N > {meta['epoch']} to train further")
     opt = make_optimizer(args)
+    if len(state) != opt.n_slots():
+        raise unusable(f"it holds {len(state)} optimizer state arrays per parameter, but "
+                       f"{args.optimizer} keeps {opt.n_slots()}")
     opt.step, opt.state = meta["optimizer_step"], state
     try:
         opt.ensure_state(params)
     except ValueError as e:
-        raise model.ModelError(f"{args.resume}: {e}; it cannot be resumed") from None
+        raise unusable(str(e)) from None
     return params, opt, meta["epoch"] + 1, list(meta["history"])
 
 
 def load_data(args):
-    from fastnn.data import load_mnist
+    from fastnn.data import load_splits
 
-    train = load_mnist("train", args.data_dir, args.dataset)
-    test = load_mnist("test", args.data_dir, args.dataset)
+    loaded = load_splits(("train", "test"), args.data_dir, args.dataset)
+    train, test = loaded["train"], loaded["test"]
     if args.batch_size > len(train[0]):
         raise cli.UsageError(f"--batch-size {args.batch_size} is larger than the {len(train[0])} "
                          "training images; use at most that, or 0 for full batch")
@@ -228,6 +375,14 @@ class Diverged(Exception):
     pass
 
 
+def divergence_remedy(args):
+    """The settings that scale the update, as the remedy for a diverged run."""
+    knobs = [f"a smaller --lr than {args.lr}"]
+    if args.weight_decay:
+        knobs.append(f"a smaller --weight-decay than {args.weight_decay}")
+    return " or ".join(knobs)
+
+
 def run_epoch(args, kernel, params, opt, rng, epoch, train_x, train_y, test_x, test_y, bs,
               show_bar):
     """Train one epoch and evaluate; its row of the history. Raises Diverged."""
@@ -259,7 +414,7 @@ def fit(args, out=None):
     out = out or sys.stdout
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=out, flush=True))
     if args.resume:
-        params, opt, first_epoch, history = resume_from(args)
+        params, opt, first_epoch, history = resume_from(args, build_parser())
     (train_x, train_y), (test_x, test_y) = load_data(args)
     config.set_threads(args.threads)
     cfg = resolved_config(args, len(train_x))
@@ -300,8 +455,8 @@ def fit(args, out=None):
         except Diverged as e:
             last = (f"the last epoch's loss was {history[-1]['loss']:.4f}" if history
                     else "no epoch finished with a finite loss")
-            raise Diverged(f"training diverged in epoch {epoch}: {e} ({last}); try a smaller "
-                           f"--lr than {args.lr}{kept(epoch)}") from None
+            raise Diverged(f"training diverged in epoch {epoch}: {e} ({last}); try "
+                           f"{divergence_remedy(args)}{kept(epoch)}") from None
         train_seconds += row["seconds"]
         history.append(row)
         if epoch % log_every == 0 or epoch == args.epochs or epoch == first_epoch:
@@ -317,10 +472,9 @@ def fit(args, out=None):
             except KeyboardInterrupt:
                 raise cli.Interrupted(f"interrupted while saving epoch {epoch}"
                                       f"{kept(epoch, True)}") from None
-            except OSError as e:
-                raise OSError(f"cannot write the checkpoint {args.save}: {e.strerror or e}"
-                              f"{kept(epoch) or '; nothing was written'}; free some space or "
-                              "pass another --save path") from None
+            except files.FileError as e:
+                raise files.FileError(f"--save {e.path}", e.problem + (
+                    kept(epoch) or "; nothing was written"), e.remedy) from None
             last_saved = args.save
 
     result = dict(kernel=args.kernel, config=cfg, epochs=history,
@@ -329,7 +483,7 @@ def fit(args, out=None):
     say(f"test accuracy {100 * result['test_accuracy']:.2f}% after {train_seconds:.2f} s of "
         f"training ({compile_seconds:.2f} s compile)")
     if args.json:
-        model.atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        files.write_text(args.json, json.dumps(result, indent=2) + "\n")
     if args.plot or args.plots_dir:
         write_pictures(args, history, params, kernel.predict(params, test_x), test_x, test_y, say)
     return result, params
@@ -344,11 +498,8 @@ def write_pictures(args, history, params, preds, test_x, test_y, say):
         plots.predictions_grid(test_x, test_y, preds, args.plot, show=args.show,
                                class_names=class_names(args.dataset))
         written.append(args.plot)
-    if args.plots_dir:
-        d = args.plots_dir
-        os.makedirs(d, exist_ok=True)
-        paths = [os.path.join(d, name) for name in
-                 ("curves.png", "curves.csv", "confusion.png", "weights.png")]
+    if args.plots_dir:  # the writer creates the directory
+        paths = [os.path.join(args.plots_dir, name) for name in PLOTS_DIR_FILES]
         plots.training_curves(history, paths[0], paths[1])
         plots.confusion(evaluate.confusion_matrix(test_y, preds), paths[2])
         plots.first_layer_weights(params[0][0], paths[3])
@@ -360,6 +511,7 @@ def main(argv=None):
     args = parse_args(argv)
 
     def body():
+        check_paths(args)
         if args.compare:
             from fastnn import compare
 

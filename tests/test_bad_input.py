@@ -19,161 +19,40 @@ import contextlib
 import gzip
 import http.server
 import json
-import os
 import re
 import socket
 import struct
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
-import test_data as td  # synthetic IDX helpers and the fake mirror's request handler
+from helpers import (
+    FAST,
+    N_TRAIN,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    MirrorHandler,
+    assert_clean_error,
+    assert_usage_error,
+    call,
+    checksums,
+    dataset_files,
+    idx_images,
+    idx_labels,
+    snapshot,
+    subprocess_env,
+    write_files,
+)
 
-import fastnn
 from fastnn import config, data, evaluate, model, predict, train
-
-TRAIN_IMAGES, TRAIN_LABELS = data.FILES["train"]
-TEST_IMAGES, TEST_LABELS = data.FILES["test"]
-N_TRAIN, N_TEST = 64, 16
-REPO = str(Path(fastnn.__file__).resolve().parent.parent)
-
-# Flags for a tiny, fast run on the synthetic data (NumPy kernel: nothing to compile).
-FAST = ["--kernel", "numpy", "--hidden", "4", "--batch-size", "16", "--epochs", "1",
-        "--no-plot"]
-
-
-# --------------------------------------------------------------------- shared helpers
-# (tests/test_fail_safe.py and tests/test_numba_env.py import these)
-
-
-def dataset_files(seed=0, n_train=N_TRAIN, n_test=N_TEST):
-    """The four IDX files of a small synthetic MNIST, raw bytes by name."""
-    rng = np.random.default_rng(seed)
-    return {
-        TRAIN_IMAGES: td.idx_images(n_train, seed=seed),
-        TRAIN_LABELS: td.idx_labels(rng.integers(0, 10, n_train).tolist()),
-        TEST_IMAGES: td.idx_images(n_test, seed=seed + 1),
-        TEST_LABELS: td.idx_labels(rng.integers(0, 10, n_test).tolist()),
-    }
-
-
-def checksums(files):
-    """A SHA256 table (name -> hex digest) that trusts exactly these files."""
-    return {name: td.sha256(raw) for name, raw in files.items()}
-
-
-def go_offline(monkeypatch, scratch):
-    """No real mirror, npm, system dir, FASTNN_DATA or user cache; `scratch` is a tmp dir."""
-    monkeypatch.setattr(data, "MIRRORS", {"mnist": [], "fashion": []})
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {"mnist": [], "fashion": []})
-    monkeypatch.setattr(data, "_verified", set())
-    empty_bin = scratch / "empty-bin"
-    empty_bin.mkdir(exist_ok=True)
-    monkeypatch.setenv("PATH", str(empty_bin))  # no npm
-    monkeypatch.delenv("FASTNN_DATA", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(scratch / "xdg-cache"))
-
-
-def snapshot(folder):
-    """{relative path: bytes} of every file under folder ({} when it does not exist)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return {}
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def call(main, argv, capsys):
-    """Run a command's main(argv) in-process: (exit code, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse errors
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_clean_error(code, err, expected_code=1):
-    """Exit code, no traceback, and the error is a `fastnn: error:` line (only progress
-    lines, `fastnn: fetching ...` and `fastnn: warning: ...`, may come before it)."""
-    assert code == expected_code, err
-    assert "Traceback" not in err, err
-    if expected_code == 1:
-        lines = err.splitlines()
-        first = next((i for i, line in enumerate(lines) if line.startswith("fastnn: error:")),
-                     None)
-        assert first is not None, err
-        assert all(line.startswith(("fastnn: fetching ", "fastnn: warning: "))
-                   for line in lines[:first]), err
-
-
-def assert_usage_error(code, err, allowed):
-    """Exit 2, no traceback, one `error:` line, and it says what is allowed (regex)."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1, err
-    assert re.search(allowed, lines[0]), lines[0]
-
-
-def subprocess_env(**extra):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
-    env.update(extra)
-    return env
-
-
-# `python -c BOOT SHA256.json ARGS...`: fastnn.train's CLI in a subprocess, trusting the
-# synthetic files' checksums (a subprocess cannot be monkeypatched) with no mirrors.
-BOOT = """
-import json, sys
-from fastnn import data
-data.SHA256["mnist"] = json.load(open(sys.argv[1]))
-data.MIRRORS["mnist"] = []
-from fastnn.train import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
-def synthetic_cli(tmp_path, files, *args, env=None, timeout=300, popen=False):
-    """Run `python -m fastnn.train ARGS` on the synthetic files (cwd tmp_path)."""
-    table = tmp_path / "sha256.json"
-    table.write_text(json.dumps(checksums(files)))
-    cmd = [sys.executable, "-c", BOOT, str(table), *map(str, args)]
-    kw = dict(cwd=tmp_path, env=subprocess_env(**(env or {})), text=True)
-    if popen:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
-    return subprocess.run(cmd, capture_output=True, timeout=timeout, **kw)
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path_factory):
-    go_offline(monkeypatch, tmp_path_factory.mktemp("offline"))
-
-
-@pytest.fixture
-def files(monkeypatch, offline):
-    """The synthetic data set's files, with their checksums in the table."""
-    files = dataset_files()
-    monkeypatch.setitem(data.SHA256, "mnist", checksums(files))
-    return files
-
-
-@pytest.fixture
-def data_dir(tmp_path, files):
-    """A data dir holding the good synthetic files."""
-    td.write_files(tmp_path / "data", files)
-    return tmp_path / "data"
-
 
 # --------------------------------------------------------------------- fake mirrors
 
 
-class _Handler(td._Mirror):
-    """test_data's mirror (/good/, /404/, /html/, /drop/) plus three more ways to fail.
+class _Handler(MirrorHandler):
+    """helpers' mirror (/good/, /404/, /html/, /drop/) plus three more ways to fail.
 
     /nolen/: half the file with no Content-Length, then hang up (the client cannot
     tell it is short); /gzhtml/: a gzip-compressed HTML error page; /stall/: headers
@@ -230,11 +109,11 @@ def dead_url():
 # Each defect: (what to write, the file the message must name, the problem when the
 # file passes its checksum so the IDX validation has to catch it, the remedy).
 def _images(n=N_TRAIN, **kw):
-    return td.idx_images(n, **kw)
+    return idx_images(n, **kw)
 
 
 def _defects(good):
-    labels63 = td.idx_labels(list(good[TRAIN_LABELS][8:-1]))
+    labels63 = idx_labels(list(good[TRAIN_LABELS][8:-1]))
     return {
         "wrong-magic": ({TRAIN_IMAGES: struct.pack(">I", 2049) + good[TRAIN_IMAGES][4:]},
                         TRAIN_IMAGES, "magic number 2049, expected 2051", "delete it"),
@@ -266,7 +145,7 @@ def test_defective_data_file_exits_1_and_is_left_alone(tmp_path, monkeypatch, fi
     """
     replaced, culprit, problem, remedy = _defects(files)[defect]
     written = {**files, **replaced}
-    td.write_files(tmp_path / "d", written)
+    write_files(tmp_path / "d", written)
     if trusted:
         monkeypatch.setitem(data.SHA256, "mnist", checksums(written))
     before = snapshot(tmp_path)
@@ -291,7 +170,7 @@ def test_absent_or_undecodable_data_file_exits_1(tmp_path, files, capsys, case):
     written = dict(files)
     del written[TRAIN_LABELS]
     folder = tmp_path / "d"
-    td.write_files(folder, written)
+    write_files(folder, written)
     if case == "missing":
         problem = re.escape(f"no {TRAIN_LABELS} or {TRAIN_LABELS}.gz there")
     elif case == "empty-raw":
@@ -327,7 +206,7 @@ def test_corrupt_cached_file_is_replaced_from_a_mirror_with_a_warning(tmp_path, 
     good copy replaces it, atomically, and the user is told why it was fetched again."""
     corrupt = bytearray(files[TRAIN_IMAGES])
     corrupt[5000] ^= 0xFF  # still well-formed IDX: only the checksum can tell
-    td.write_files(tmp_path / "d", {**files, TRAIN_IMAGES: bytes(corrupt)})
+    write_files(tmp_path / "d", {**files, TRAIN_IMAGES: bytes(corrupt)})
     with serve(files) as mirror:
         monkeypatch.setitem(data.MIRRORS, "mnist", [f"{mirror}/good/"])
         code, out, err = call(train.main, ["--data-dir", tmp_path / "d", *FAST, "--json",
@@ -379,6 +258,7 @@ def test_unwritable_data_dir_falls_back_with_a_warning(unwritable_dir, tmp_path,
     assert snapshot(tmp_path) == before  # nothing written anywhere, no temp files
     warnings = [line for line in err.splitlines() if line.startswith("fastnn: warning:")]
     assert warnings, err
+    assert len(warnings) == 1, warnings  # once per load, not once per file or split
     assert all(str(unwritable_dir) in w for w in warnings), warnings
     texts = [w.replace(str(unwritable_dir), "DIR") for w in warnings]  # the path is no remedy
     assert any(re.search(r"--data-dir|FASTNN_DATA|writable", t) for t in texts), (
@@ -485,6 +365,22 @@ BAD_FLAGS = [
     (["--shift", "-1"], "must be >= 0"),
     (["--compare-steps", "0"], "must be a positive integer"),
     (["--show", "--no-plot"], "--show needs --plot"),
+    # what the arithmetic cannot hold (each was a traceback)
+    (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+    (["--seed", str(2**63)], rf"argument --seed: must be at most {2**63 - 1} \(2\^63 - 1\)"),
+    (["--shift", "28"], "must be at most 27 pixels, got 28: a shift of 28 or more moves "
+                        "every image out of the 28x28 field"),
+    (["--shift", "9223372036854775808"], "must be at most 27 pixels"),
+    (["--hidden", "10000000000"], r"--hidden 10000000000: training a 784-10000000000-10 net "
+                                  r"\(7,950,000,000,010 parameters, float32\) needs about "
+                                  r"[\d.]+ GiB of memory, more than the [\d.]+ [GM]iB available"),
+    (["--optimizer", "adam", "--eps", "1e-50"], r"--eps 1e-50 is below the smallest normal "
+                                                r"float32 number"),
+    (["--optimizer", "adam", "--beta2", "0.99999999"], r"--beta2 0.99999999 rounds to 1 in "
+                                                       r"float32.*use at most 0\.99999994"),
+    # an empty path is a mistake, not a way to turn a flag off
+    *[([flag, ""], rf"argument {flag}: expected a path, got an empty string")
+      for flag in ("--save", "--json", "--plot", "--plots-dir", "--resume", "--data-dir")],
 ]
 
 
@@ -612,7 +508,7 @@ def test_unusable_checkpoint_exits_1_naming_problem_and_remedy(tmp_path, resumab
     """predict --model X, evaluate --model X and train --resume X, for one kind of bad X."""
     path = make_bad_checkpoint(kind, tmp_path, resumable.read_bytes())
     problem, remedy = BAD_CHECKPOINTS[kind]
-    before = snapshot(tmp_path)
+    before = snapshot(tmp_path), snapshot(data_dir)
     failures = []
     for name, (main, argv) in _commands(path, data_dir).items():
         code, out, err = call(main, argv, capsys)
@@ -622,7 +518,7 @@ def test_unusable_checkpoint_exits_1_naming_problem_and_remedy(tmp_path, resumab
         text = err.replace(str(path), "PATH")  # the remedy must not come from the path
         if not re.search(remedy, text) or "pickle" in text:
             failures.append(f"{name}: {err.strip()}")
-    assert snapshot(tmp_path) == before
+    assert (snapshot(tmp_path), snapshot(data_dir)) == before
     assert not failures, ("the message must say what to do (a checkpoint written by "
                           "`python -m fastnn.train --save`, or a newer fastnn) and must not "
                           "suggest unpickling it; got:\n" + "\n".join(failures))
@@ -673,3 +569,160 @@ def test_resume_from_a_model_without_usable_training_state_exits_1(tmp_path, res
     assert_clean_error(code, err)
     assert str(path) in err and "cannot be resumed" in err, err
     assert path.read_bytes() == before
+
+
+def _rewrite_arrays(good_path, dst, **replace):
+    with np.load(good_path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(replace)
+    np.savez(dst, **arrays)
+    return dst
+
+
+def _nan_weight(good_path, dst):
+    with np.load(good_path) as z:
+        W0 = z["W0"].copy()
+    W0[1, 2] = np.nan
+    return _rewrite_arrays(good_path, dst, W0=W0)
+
+
+# A header field of a hand-edited or foreign checkpoint: (arrays to replace, problem)
+FOREIGN_HEADERS = {
+    "version-is-text": (dict(format_version=np.array("one")), "format_version holds <U3"),
+    "sizes-are-text": (dict(sizes=np.array(["784", "4", "10"])), "sizes holds <U3"),
+    "sizes-are-2d": (dict(sizes=np.array([[784, 4, 10]])), r"bad header \(sizes \[\]"),
+    "dtype-is-a-number": (dict(dtype=np.array(32)), "dtype holds int64 values"),
+    "meta-is-a-number": (dict(meta=np.array(5.0)), "meta holds float64"),
+    "huge-layer": (dict(sizes=np.array([784, 10**12, 10])),
+                   r"its 784-1000000000000-10 net needs about [\d.]+ GiB of memory, more than"),
+}
+
+
+@pytest.mark.parametrize("kind", list(FOREIGN_HEADERS))
+def test_foreign_header_field_exits_1_in_every_command(tmp_path, resumable, data_dir, capsys,
+                                                       kind):
+    """A header field that is not a number (or not the right one) was a traceback."""
+    replace, problem = FOREIGN_HEADERS[kind]
+    path = _rewrite_arrays(resumable, tmp_path / "foreign.npz", **replace)
+    before = path.read_bytes()
+    for name, (main, argv) in _commands(path, data_dir).items():
+        code, out, err = call(main, argv, capsys)
+        assert_clean_error(code, err)
+        assert err.startswith(f"fastnn: error: {path}: "), (name, err)
+        assert re.search(problem, err), (name, err)
+    assert path.read_bytes() == before
+
+
+def test_non_finite_weights_are_refused_by_every_command(tmp_path, resumable, data_dir, capsys):
+    """predict printed "nan%", evaluate reported 9.80%."""
+    path = _nan_weight(resumable, tmp_path / "nan.npz")
+    for name, (main, argv) in _commands(path, data_dir).items():
+        code, out, err = call(main, argv, capsys)
+        assert_clean_error(code, err)
+        assert f"{path}: layer 0's W holds 1 NaN or infinite value" in err, (name, err)
+        assert "retrain" in err and out == "", (name, err, out)
+
+
+def test_unknown_dataset_in_the_config_exits_1_in_every_command(tmp_path, resumable, data_dir,
+                                                                capsys):
+    def cifar(meta):
+        meta["config"]["dataset"] = "cifar"
+        return meta
+
+    path = _rewrite_meta(resumable, tmp_path / "cifar.npz", cifar)
+    for name, (main, argv) in _commands(path, data_dir).items():
+        code, out, err = call(main, argv, capsys)
+        assert_clean_error(code, err)
+        assert str(path) in err and "'cifar'" in err, (name, err)
+        known = err.split("'cifar'", 1)[1]
+        assert "mnist" in known and "fashion" in known, (name, err)  # the names it knows
+
+
+def _edit_config(**changes):
+    def edit(meta):
+        meta["config"].update(changes)
+        return meta
+    return edit
+
+
+def _edit_history(change):
+    def edit(meta):
+        change(meta["history"])
+        return meta
+    return edit
+
+
+def _edit_meta(**changes):
+    def edit(meta):
+        meta.update(changes)
+        return meta
+    return edit
+
+
+# A checkpoint whose training state contradicts itself or its weights: (edit, problem)
+INCONSISTENT = {
+    "hidden-differs-from-weights": (
+        _edit_config(hidden=[20]),
+        "its config says hidden [20], but its weights are a 784-4-10 net"),
+    "dtype-differs-from-weights": (
+        _edit_config(dtype="float64"), "its config says dtype float64, but its weights are "
+                                       "float32"),
+    "negative-batch-size": (
+        _edit_config(batch_size=-5), "--batch-size -5, which --batch-size refuses: must be "
+                                     ">= 0"),
+    "lr-is-text": (_edit_config(lr="fast"), "--lr 'fast', which is not what --lr takes"),
+    "shift-too-large": (_edit_config(shift=40), "--shift 40, which --shift refuses"),
+    "unknown-optimizer": (_edit_config(optimizer="rmsprop"),
+                          "--optimizer 'rmsprop', not one of sgd, momentum, adam"),
+    "adam-without-its-state": (_edit_config(optimizer="adam"),
+                               "it holds 0 optimizer state arrays per parameter, but adam "
+                               "keeps 2"),
+    "history-row-without-loss": (_edit_history(lambda h: h[0].pop("loss")),
+                                 "row 1 of its history lacks loss"),
+    "history-row-with-text": (_edit_history(lambda h: h[0].update(seconds="slow")),
+                              "row 1 of its history has seconds 'slow', not a finite number"),
+    "history-too-long": (_edit_history(lambda h: h.append(dict(h[0]))),
+                         "its history has 2 rows for 1 finished epochs"),
+    "epoch-zero": (_edit_meta(epoch=0), "it says epoch 0"),
+}
+
+
+@pytest.mark.parametrize("kind", list(INCONSISTENT))
+def test_resume_of_an_inconsistent_checkpoint_exits_1(tmp_path, resumable, data_dir, capsys,
+                                                      kind):
+    """Each was trusted: a traceback, a banner saying 784-20-10 over 784-10-10 weights, a
+    run at batch size -5 "training" 399 million samples/s."""
+    edit, problem = INCONSISTENT[kind]
+    path = _rewrite_meta(resumable, tmp_path / "edited.npz", edit)
+    before = path.read_bytes()
+    code, out, err = call(train.main, ["--resume", path, "--data-dir", data_dir, "--kernel",
+                                       "numpy", "--no-plot", "--epochs", 3, "--save", path],
+                          capsys)
+    assert_clean_error(code, err)
+    assert err.startswith(f"fastnn: error: {path}: "), err
+    assert problem in err and "cannot be resumed" in err, err
+    assert out == "" and path.read_bytes() == before
+
+
+def test_a_resumed_history_has_exactly_the_rows_training_writes(resumable):
+    """train.HISTORY_KEYS, what resume requires, is what run_epoch writes."""
+    _, meta = model.load(resumable)
+    assert [sorted(row) for row in meta["history"]] == [sorted(train.HISTORY_KEYS)]
+
+
+def test_fashion_mnist_checkpoint_resumes_with_dataset_fashion(tmp_path, files, data_dir,
+                                                               monkeypatch, capsys):
+    """--dataset fashion was refused for a fashion-mnist checkpoint: one dataset, two names."""
+    monkeypatch.setitem(data.SHA256, "fashion", checksums(files))
+    path = tmp_path / "f.npz"
+    base = ["--data-dir", data_dir, *FAST[:-3]]  # no --epochs, no --no-plot
+    code, _, err = call(train.main, [*base, "--epochs", 1, "--dataset", "fashion-mnist",
+                                     "--no-plot", "--save", path], capsys)
+    assert code == 0, err
+    code, out, err = call(train.main, [*base, "--epochs", 2, "--dataset", "fashion",
+                                       "--no-plot", "--resume", path, "--save", path], capsys)
+    assert code == 0, err
+    assert "resuming at epoch 2" in out
+    code, _, err = call(train.main, [*base, "--epochs", 3, "--dataset", "mnist", "--no-plot",
+                                     "--resume", path], capsys)
+    assert_usage_error(code, err, "--dataset mnist differs from the checkpoint's fashion-mnist")

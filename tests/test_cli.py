@@ -65,6 +65,7 @@ def test_missing_data_exits_1_without_traceback(tmp_path, monkeypatch, capsys):
     assert err.startswith("fastnn: error:") and "npm" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", ["numpy", "numba"])
 def test_short_real_run_json_plot_and_checkpoint(mnist, tmp_path, kernel):
     out, png, ckpt = tmp_path / "run.json", tmp_path / "pred.png", tmp_path / "m.npz"
@@ -93,6 +94,7 @@ def test_short_real_run_json_plot_and_checkpoint(mnist, tmp_path, kernel):
     assert meta["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_default_run_reaches_92_percent_and_kernels_match(mnist, tmp_path):
     """The README's main job: >= 92% test accuracy; numba and numpy within 0.2 points."""
     acc = {}
@@ -106,6 +108,7 @@ def test_default_run_reaches_92_percent_and_kernels_match(mnist, tmp_path):
     assert abs(acc["numba"] - acc["numpy"]) <= 0.002
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_exit_1(mnist, tmp_path):
     ckpt = tmp_path / "m.npz"
     res = run_cli("--lr", "1e30", "--epochs", "2", "--no-plot", "--save", str(ckpt))
@@ -115,6 +118,7 @@ def test_divergence_stops_with_exit_1(mnist, tmp_path):
     assert not ckpt.exists()  # no checkpoint of a broken model
 
 
+@pytest.mark.slow
 def test_same_seed_same_result(mnist):
     args = train.parse_args(["--epochs", "1", "--no-plot", "--quiet"])
     first = train.run(args)
@@ -124,6 +128,7 @@ def test_same_seed_same_result(mnist):
     assert np.isfinite(first["epochs"][0]["loss"])
 
 
+@pytest.mark.slow
 def test_fashion_mnist_trains(fashion, tmp_path):
     """Fashion-MNIST goes through the same pipeline; a 784-10-10 net beats 75% in 2 epochs."""
     out, ckpt = tmp_path / "f.json", tmp_path / "f.npz"

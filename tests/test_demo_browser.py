@@ -21,7 +21,7 @@ import pytest
 from demo_server import ONE, SEVEN, address_of, demo, stop
 from PIL import Image
 
-from fastnn import images, model, predict, train
+from fastnn import files, images, model, predict, train
 from fastnn.kernels import get_kernel
 from fastnn.kernels.numpy_ref import to_float
 
@@ -249,4 +249,4 @@ def save_screenshot(driver, target):
     shot = driver.find_element(By.TAG_NAME, "body").screenshot_as_png
     img = Image.open(io.BytesIO(shot)).convert("RGB")
     img = img.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    model.atomic_write(target, lambda f: img.save(f, format="PNG", optimize=True))
+    files.write_output(target, lambda f: img.save(f, format="PNG", optimize=True))

@@ -15,8 +15,9 @@ logits, a batch of one: no NaN, no overflow, the reference's answer) are
 tests/test_agreement.py::test_all_zero_images, ::test_saturated_images,
 ::test_huge_logits and ::test_batch_of_one.
 
-Synthetic data and helpers come from tests/test_bad_input.py; only the Ctrl-C
-run through a real subprocess uses real MNIST (the `mnist` fixture).
+Synthetic data comes from the `files` and `data_dir` fixtures (tests/conftest.py),
+helpers from tests/helpers.py; only the Ctrl-C run through a real subprocess uses
+real MNIST (the `mnist` fixture).
 """
 
 import errno
@@ -27,36 +28,21 @@ import subprocess
 import sys
 import time
 
+import helpers
 import numpy as np
 import pytest
-import test_bad_input as bi
-import test_data as td
 
 from fastnn import model, train
 from fastnn.kernels import numpy_ref
 
 
-@pytest.fixture
-def files(monkeypatch, tmp_path_factory):
-    bi.go_offline(monkeypatch, tmp_path_factory.mktemp("offline"))
-    files = bi.dataset_files()
-    monkeypatch.setitem(bi.data.SHA256, "mnist", bi.checksums(files))
-    return files
-
-
-@pytest.fixture
-def data_dir(tmp_path_factory, files):
-    folder = tmp_path_factory.mktemp("data")
-    td.write_files(folder, files)
-    return folder
-
-
 def run(capsys, data_dir, *argv):
-    return bi.call(train.main, ["--data-dir", data_dir, *bi.FAST, *argv], capsys)
+    return helpers.call(train.main, ["--data-dir", data_dir, *helpers.FAST, *argv], capsys)
 
 
 def temp_files(folder):
-    """Anything a writer may leave behind: atomic_write's `.tmp-*.part` and the like."""
+    """Anything a writer may leave behind: files.replace_file's `.<name>.*.part` and the
+    like."""
     return sorted(p.name for p in folder.iterdir()
                   if p.name.startswith(".") or p.suffix in (".part", ".tmp"))
 
@@ -118,7 +104,7 @@ def test_fault_while_saving_keeps_the_previous_checkpoint(tmp_path, data_dir, ca
         assert "interrupted" in err and f"--resume {ck}" in err, (
             f"Ctrl-C while saving must say it was interrupted and how to resume; got {err!r}")
     else:
-        bi.assert_clean_error(code, err)
+        helpers.assert_clean_error(code, err)
         assert "No space left on device" in err
         assert str(ck) in err, (
             "a failed checkpoint write must name the checkpoint (and say the previous one is "
@@ -129,7 +115,7 @@ def test_save_path_that_cannot_be_created_exits_1(tmp_path, data_dir, capsys):
     (tmp_path / "afile").write_text("not a directory\n")
     target = tmp_path / "afile" / "ck.npz"
     code, out, err = run(capsys, data_dir, "--save", target)
-    bi.assert_clean_error(code, err)
+    helpers.assert_clean_error(code, err)
     assert str(tmp_path / "afile") in err, err
     assert (tmp_path / "afile").read_text() == "not a directory\n"
     assert temp_files(tmp_path) == []
@@ -137,7 +123,8 @@ def test_save_path_that_cannot_be_created_exits_1(tmp_path, data_dir, capsys):
 
 def test_checkpoint_and_json_get_normal_file_permissions(tmp_path, data_dir, capsys):
     """Atomic writes go through mkstemp (mode 0600); the final file should get the mode a
-    plain open() would give (0666 & ~umask), as fastnn.data's cache files do."""
+    plain open() would give (0666 & ~umask): files.new_file_mode(), the one mode every new
+    file of fastnn gets (the data cache's too: tests/test_files.py)."""
     ck, js = tmp_path / "ck.npz", tmp_path / "run.json"
     code, out, err = run(capsys, data_dir, "--save", ck, "--json", js)
     assert code == 0, err
@@ -163,7 +150,7 @@ def test_diverging_run_leaves_an_existing_checkpoint_untouched(tmp_path, data_di
     epoch 1, exits 1 with the epoch and a smaller --lr to try, and never writes the file."""
     path, before = good_checkpoint(tmp_path, data_dir, capsys)
     code, out, err = run(capsys, data_dir, "--lr", "1e30", "--epochs", "3", "--save", path)
-    bi.assert_clean_error(code, err)
+    helpers.assert_clean_error(code, err)
     assert "diverged in epoch 1" in err and "smaller --lr" in err, err
     assert path.read_bytes() == before
     assert temp_files(tmp_path) == []
@@ -184,7 +171,7 @@ def test_divergence_in_a_later_epoch_names_it_and_keeps_the_last_good_checkpoint
 
     monkeypatch.setattr(numpy_ref, "train_epoch", on_call(2, nan_epoch, numpy_ref.train_epoch))
     code, out, err = run(capsys, data_dir, "--epochs", "4", "--save", ck)
-    bi.assert_clean_error(code, err)
+    helpers.assert_clean_error(code, err)
     assert ck.read_bytes() == seen["ck"] and temp_files(tmp_path) == []
     _, meta = model.load(ck)
     assert meta["epoch"] == 1
@@ -214,7 +201,7 @@ def test_a_checkpoint_never_holds_non_finite_parameters(tmp_path, data_dir, caps
         monkeypatch.setattr(numpy_ref, "train_epoch", on_call(1, poison, numpy_ref_train_epoch))
         argv = ["--epochs", "3", "--save", ck]
     code, out, err = run(capsys, data_dir, *argv)
-    bi.assert_clean_error(code, err)
+    helpers.assert_clean_error(code, err)
     assert "diverged" in err
     if ck.exists():
         params, meta = model.load(ck)
@@ -226,12 +213,13 @@ def test_a_checkpoint_never_holds_non_finite_parameters(tmp_path, data_dir, caps
 def test_divergence_message_is_not_buried_in_numpy_warnings(tmp_path, files, data_dir):
     """Through the real entry point: stderr is the one error line, not NumPy's overflow
     RuntimeWarnings with source lines of fastnn's kernels."""
-    res = bi.synthetic_cli(tmp_path, files, "--data-dir", data_dir, *bi.FAST, "--lr", "1e30")
+    res = helpers.synthetic_cli(tmp_path, files, "--data-dir", data_dir, *helpers.FAST,
+                                "--lr", "1e30")
     assert res.returncode == 1 and "diverged" in res.stderr, res.stderr
     assert "Warning" not in res.stderr, (
         "NumPy's overflow warnings (with fastnn source lines) come before the error; silence "
         f"them (np.errstate) around training:\n{res.stderr}")
-    bi.assert_clean_error(res.returncode, res.stderr)
+    helpers.assert_clean_error(res.returncode, res.stderr)
 
 
 # ===================================================================== 5. Ctrl-C
@@ -264,7 +252,7 @@ def test_ctrl_c_in_the_first_epoch_of_a_resumed_run_names_the_checkpoint(tmp_pat
     assert code == 0, err
     before = ck.read_bytes()
     monkeypatch.setattr(numpy_ref, "train_epoch", raise_(KeyboardInterrupt))
-    code, out, err = bi.call(train.main, ["--data-dir", data_dir, "--kernel", "numpy",
+    code, out, err = helpers.call(train.main, ["--data-dir", data_dir, "--kernel", "numpy",
                                           "--no-plot", "--resume", ck, "--epochs", "3",
                                           "--save", ck], capsys)
     assert code == 130 and "interrupted" in err and "Traceback" not in err, err
@@ -273,13 +261,14 @@ def test_ctrl_c_in_the_first_epoch_of_a_resumed_run_names_the_checkpoint(tmp_pat
         f"{ck} still holds epoch 1 and can be resumed, but the message does not say so: {err!r}")
 
 
+@pytest.mark.slow
 def test_sigint_during_training_exits_130_and_the_checkpoint_resumes(mnist, tmp_path):
     """The real thing: Ctrl-C (SIGINT) to `python -m fastnn.train` after its first
     checkpoint; then --resume that checkpoint for one more epoch.
 
     --threads 1: on a busy 2-core machine a 2-thread epoch can take 100x longer (every
     batch waits for a descheduled worker); one thread keeps the test to a few seconds."""
-    env = bi.subprocess_env()
+    env = helpers.subprocess_env()
     proc = subprocess.Popen([sys.executable, "-m", "fastnn.train", "--epochs", "50", "--save",
                              "ck.npz", "--no-plot", "--threads", "1"], cwd=tmp_path, env=env,
                             text=True,

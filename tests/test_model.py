@@ -291,3 +291,89 @@ def test_save_writes_a_plain_npz(tmp_path):
         assert int(z["format_version"]) == model.FORMAT_VERSION
         assert list(z["sizes"]) == [784, 6, 10]
     assert zipfile.is_zipfile(io.BytesIO(_bytes(path)))
+
+
+# --- reads are bounded: members checked before they are read, never more than asked for
+
+
+def test_members_that_are_not_asked_for_are_never_read(tmp_path, monkeypatch):
+    """A 2 MB .npz holding an extra 2 GiB member was decompressed in full before anything
+    was checked. Here the extra member is 64 MiB of zeros (64 KiB compressed)."""
+    path = _good(tmp_path)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("extra.npy", bytes(64 * 2**20))
+    opened = []
+    real = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open",
+                        lambda self, name, *a, **kw: opened.append(getattr(name, "filename",
+                                                                           name))
+                        or real(self, name, *a, **kw))
+    params, meta = load(path)
+    assert meta == {"epoch": 1} and "extra.npy" not in opened
+    assert set(opened) == {"format_version.npy", "sizes.npy", "dtype.npy", "meta.npy", "W0.npy",
+                           "b0.npy", "W1.npy", "b1.npy"}
+
+
+def test_a_member_larger_than_its_header_allows_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(model, "MAX_META_CHARS", 10)
+    path = _good(tmp_path)  # its meta, {"epoch": 1}, is 12 characters
+    with pytest.raises(ModelError, match=r"meta declares 48 bytes, more than it can hold "
+                                         r"\(40 at most\)") as e:
+        load(path)
+    assert str(e.value).startswith(f"{path}: ")
+
+
+def test_a_net_larger_than_memory_is_refused_before_its_layers_are_read(tmp_path, monkeypatch):
+    from fastnn import memory
+
+    path = tmp_path / "m.npz"
+    save(path, [(np.zeros_like(W), np.zeros_like(b)) for W, b in init_params([784, 6, 10])])
+    with np.load(path) as z:  # compressed, the file is smaller than the net it declares
+        np.savez_compressed(path, **{k: z[k] for k in z.files})
+    assert path.stat().st_size < 10_000
+    monkeypatch.setattr(memory, "available_bytes", lambda: 10_000)
+    with pytest.raises(ModelError, match=r"its 784-6-10 net needs about 19,120 bytes of "
+                                         "memory, more than the 10,000 bytes available"):
+        load(path)
+
+
+@pytest.mark.parametrize("where", ["W0", "b1", "S0_W1"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_refused(tmp_path, where, value):
+    params = init_params([784, 6, 10], seed=1)
+    state = [[(np.zeros_like(W), np.zeros_like(b)) for W, b in params]]
+    path = tmp_path / "m.npz"
+    save(path, params, {"epoch": 1}, state)
+    with np.load(path) as z:
+        arrays = {k: z[k].copy() for k in z.files}
+    arrays[where].flat[3] = value
+    np.savez(path, **arrays)
+    what = {"W0": "layer 0's W", "b1": "layer 1's b",
+            "S0_W1": "optimizer state of layer 1's W"}[where]
+    with pytest.raises(ModelError, match=f"{what} holds 1 NaN or infinite value") as e:
+        model.load_checkpoint(path)
+    assert str(e.value).startswith(f"{path}: ")
+
+
+def test_more_optimizer_state_than_any_optimizer_keeps_is_refused(tmp_path):
+    params = init_params([784, 3, 10])
+    slot = [(np.zeros_like(W), np.zeros_like(b)) for W, b in params]
+    save(tmp_path / "m.npz", params, {}, [slot] * 3)
+    with pytest.raises(ModelError, match="3 optimizer state slots, more than any optimizer "
+                                         r"keeps \(2\)"):
+        load(tmp_path / "m.npz")
+
+
+def test_deeply_nested_metadata_is_an_error_not_a_crash(tmp_path):
+    path = _good(tmp_path)
+    _rewrite(path, path, meta=np.array("[" * 100_000 + "]" * 100_000))
+    with pytest.raises(ModelError, match="its metadata is not valid JSON"):
+        load(path)
+
+
+def test_save_follows_a_symlink(tmp_path):
+    (tmp_path / "real.npz").write_bytes(b"old")
+    (tmp_path / "link.npz").symlink_to("real.npz")
+    save(tmp_path / "link.npz", init_params([784, 3, 10]), {"epoch": 7})
+    assert os.readlink(tmp_path / "link.npz") == "real.npz"
+    assert load(tmp_path / "real.npz")[1] == {"epoch": 7}

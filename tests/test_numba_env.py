@@ -24,10 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
-import test_bad_input as bi
-import test_data as td
 
 from fastnn import config, train
 
@@ -152,7 +151,7 @@ def test_read_only_package_caches_compiled_code_in_the_fallback_dir(tmp_path, or
     imports numba first. Either way the compiled code must be cached in the writable
     fallback dir that fastnn.config chose, and the second run must load it from there."""
     site = read_only_copy(tmp_path)
-    env = bi.subprocess_env(PYTHONPATH=str(site), XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    env = helpers.subprocess_env(PYTHONPATH=str(site), XDG_CACHE_HOME=str(tmp_path / "xdg"))
     env.pop("NUMBA_CACHE_DIR", None)
     env.pop("NUMBA_DISABLE_JIT", None)
     fallback = tmp_path / "xdg" / "fastnn" / "numba"
@@ -210,7 +209,7 @@ for name in ("numba:samples", "numba:rows", "numba:simple"):
 
 def test_numba_kernels_without_jit_train_like_numpy(tmp_path):
     res = subprocess.run([sys.executable, "-c", NOJIT_EPOCH], cwd=tmp_path, text=True,
-                         env=bi.subprocess_env(NUMBA_DISABLE_JIT="1"), capture_output=True,
+                         env=helpers.subprocess_env(NUMBA_DISABLE_JIT="1"), capture_output=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr
     for name in ("numba:samples", "numba:rows", "numba:simple"):
@@ -218,14 +217,9 @@ def test_numba_kernels_without_jit_train_like_numpy(tmp_path):
 
 
 @pytest.fixture
-def synthetic(monkeypatch, tmp_path_factory):
+def synthetic(files, data_dir):
     """(files, data dir) of the synthetic data set, trusted in this process too."""
-    bi.go_offline(monkeypatch, tmp_path_factory.mktemp("offline"))
-    files = bi.dataset_files()
-    monkeypatch.setitem(bi.data.SHA256, "mnist", bi.checksums(files))
-    folder = tmp_path_factory.mktemp("data")
-    td.write_files(folder, files)
-    return files, folder
+    return files, data_dir
 
 
 def test_cli_with_numba_disable_jit(tmp_path, synthetic, capsys):
@@ -234,11 +228,11 @@ def test_cli_with_numba_disable_jit(tmp_path, synthetic, capsys):
     files, folder = synthetic
     args = ["--data-dir", folder, "--epochs", "1", "--hidden", "4", "--batch-size", "16",
             "--no-plot"]
-    res = bi.synthetic_cli(tmp_path, files, *args, "--kernel", "numba", "--json", "nojit.json",
+    res = helpers.synthetic_cli(tmp_path, files, *args, "--kernel", "numba", "--json", "nojit.json",
                            env={"NUMBA_DISABLE_JIT": "1"})
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr and "test accuracy" in res.stdout
-    code, _, err = bi.call(train.main, [*args, "--kernel", "numpy", "--json",
+    code, _, err = helpers.call(train.main, [*args, "--kernel", "numpy", "--json",
                                         tmp_path / "numpy.json"], capsys)
     assert code == 0, err
     nojit = json.loads((tmp_path / "nojit.json").read_text())["epochs"][0]
@@ -253,14 +247,14 @@ def test_cli_with_numba_disable_jit(tmp_path, synthetic, capsys):
 def test_threads_beyond_numba_num_threads_exits_2(tmp_path):
     res = subprocess.run([sys.executable, "-m", "fastnn.train", "--threads", "2", "--no-plot"],
                          cwd=tmp_path, text=True, capture_output=True, timeout=120,
-                         env=bi.subprocess_env(NUMBA_NUM_THREADS="1"))
-    bi.assert_usage_error(res.returncode, res.stderr, r"--threads 2: .*choose 1\.\.1\b")
+                         env=helpers.subprocess_env(NUMBA_NUM_THREADS="1"))
+    helpers.assert_usage_error(res.returncode, res.stderr, r"--threads 2: .*choose 1\.\.1\b")
     assert res.stdout == "" and list(tmp_path.iterdir()) == []
 
 
 def test_training_with_numba_num_threads_1(tmp_path, synthetic):
     files, folder = synthetic
-    res = bi.synthetic_cli(tmp_path, files, "--data-dir", folder, "--kernel", "numba",
+    res = helpers.synthetic_cli(tmp_path, files, "--data-dir", folder, "--kernel", "numba",
                            "--epochs", "1", "--hidden", "4", "--batch-size", "16", "--no-plot",
                            "--threads", "1", "--json", "run.json",
                            env={"NUMBA_NUM_THREADS": "1"})

@@ -106,6 +106,7 @@ def run_cli(*args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", ["numba", "numpy"])
 def test_resume_gives_the_uninterrupted_result(mnist, tmp_path, kernel):
     common = ["--kernel", kernel, "--optimizer", "adam", "--lr", "0.002", "--hidden", "16",
@@ -121,6 +122,7 @@ def test_resume_gives_the_uninterrupted_result(mnist, tmp_path, kernel):
     assert a["test_accuracy"] == b["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings(mnist, tmp_path):
     ck = tmp_path / "ck.npz"
     assert run_cli("--epochs", "1", "--save", str(ck)).returncode == 0

@@ -94,6 +94,61 @@ def test_unreadable_files_raise_a_clear_error(tmp_path):
         images.load_image(tmp_path / "blank.png")
 
 
+def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG was read as blank ("no digit found"): converting it to 8 bits clipped
+    everything above 255. Its 8-bit twin and it must give the same digit."""
+    eight = np.asarray(draw_four())
+    Image.fromarray(eight).save(tmp_path / "8.png")
+    Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / "16.png")
+    assert Image.open(tmp_path / "16.png").mode == "I;16"
+    reference = images.load_image(tmp_path / "8.png").astype(int)
+    assert np.abs(images.load_image(tmp_path / "16.png").astype(int) - reference).max() <= 1
+
+
+@pytest.mark.parametrize("mode, scale", [("I", 1), ("I", 257), ("I", 1000), ("F", 1 / 255),
+                                         ("F", 1.0), ("F", -3.0)])
+def test_32_bit_integer_and_float_images_are_scaled(mode, scale):
+    """Pillow's "I" (32-bit integers: 8-bit, 16-bit or any range of values) and "F"
+    (floats: 0..1, 0..255 or any range) give the digit of the 8-bit picture."""
+    eight = np.asarray(draw_four())
+    reference = images.to_mnist(eight).astype(int)
+    values = (eight.astype(np.int32) * scale if mode == "I"
+              else eight.astype(np.float32) * np.float32(scale))
+    gray = images.grayscale(Image.fromarray(values, mode))
+    assert np.abs(images.to_mnist(gray).astype(int) - reference).max() <= 1
+
+
+@pytest.mark.parametrize("fmt, mode", [("PNG", "L"), ("JPEG", "L"), ("PNG", "1")])
+def test_a_large_picture_is_reduced_and_reads_as_its_small_version(tmp_path, fmt, mode):
+    """A 2000x1600 picture is reduced (while decoding for JPEG, right after for others)
+    before any float copy; the digit it holds is the same. Bilevel ("1") pictures cannot
+    be reduced as they are and are converted first."""
+    small = draw_four()
+    big = small.resize((2000, 1600), Image.Resampling.NEAREST).convert(mode)
+    path = tmp_path / f"big.{fmt.lower()}"
+    big.save(path, fmt)
+    reference = images.to_mnist(np.asarray(small)).astype(float)
+    out = images.load_image(path).astype(float)
+    assert np.corrcoef(out, reference)[0, 1] > 0.95
+
+
+def test_more_pixels_than_pillow_opens_is_a_clear_error(tmp_path):
+    """Above twice its own limit Pillow refuses on open; the message is fastnn's."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body))
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000,
+                                                                          10000, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    with pytest.raises(images.ImageError, match=r"bomb\.png: more pixels than Pillow opens, "
+                                                "more than the 50 megapixels fastnn reads"):
+        images.load_image(path)
+
+
 # --- metrics ------------------------------------------------------------------------------
 
 

@@ -14,11 +14,19 @@ import os
 import sys
 import tempfile
 
-from fastnn import cli, config, model
+from fastnn import cli, config, files, model
 from fastnn.kernels import KERNELS
 from fastnn.peers import PEERS
 
 DEFAULT_NETS = [(10, 32), (10, 128), (128, 128), (800, 128)]  # (hidden, batch size)
+MAX_ROUNDS = 1000  # a round is a full epoch: 1000 of 784-800-10 already take an hour
+
+
+def rounds(text):
+    value = cli.positive_int(text)
+    if value > MAX_ROUNDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_ROUNDS}, got {value}")
+    return value
 
 
 def build_parser():
@@ -37,8 +45,8 @@ def build_parser():
     p.add_argument("--only", nargs="+", metavar="NAME", choices=[*KERNELS, *PEERS],
                    help=f"backends and peers to run (default: all of {', '.join(KERNELS)}, "
                         f"{', '.join(PEERS)})")
-    p.add_argument("--rounds", type=cli.positive_int, default=5,
-                   help="timed epochs per case (default 5)")
+    p.add_argument("--rounds", type=rounds, default=5,
+                   help=f"timed epochs per case, 1..{MAX_ROUNDS} (default 5)")
     p.add_argument("--threads", type=cli.positive_int,
                    help="threads for every backend and peer (default: all)")
     p.add_argument("--data", choices=["auto", "mnist", "synthetic"], default="auto",
@@ -48,7 +56,8 @@ def build_parser():
     p.add_argument("--quick", action="store_true",
                    help="check the machinery: 784-10-10 at batch 128, 1 round, no scaling "
                         "or compile times")
-    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--json", metavar="PATH", type=cli.path,
+                   help="also write the report as JSON")
     return p
 
 
@@ -103,9 +112,10 @@ def main(argv=None):
         parser.error(f"--threads {args.threads}: at most {config.max_threads()} here")
 
     def body():
+        cli.check_paths([("--json", args.json)])  # before the run, not after it
         code, data = run(args)
         if args.json:
-            model.atomic_write_text(args.json, json.dumps(data, indent=2) + "\n")
+            files.write_text(args.json, json.dumps(data, indent=2) + "\n")
             print(f"JSON written to {args.json}")
         return code
 
