@@ -54,34 +54,84 @@ STATS_PAD = 8  # rows of 16 bytes between two threads' stats: one cache line
 
 
 @njit(**config.JIT)
+def _dots_4x4(a0, a1, a2, a3, w0, w1, w2, w3):
+    # a*, w*: (n,) rows -> the 16 dot products a_s . w_u, s-major. Sixteen accumulators:
+    # each loaded value feeds four multiply-adds (8 loads per 16 FMAs once vectorised
+    # along n), enough independent sums to keep both FMA pipes busy.
+    zero = a0.dtype.type(0)
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
+    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
+    for i in range(a0.shape[0]):
+        x0, x1, x2, x3 = a0[i], a1[i], a2[i], a3[i]
+        u0, u1, u2, u3 = w0[i], w1[i], w2[i], w3[i]
+        c00 += x0 * u0
+        c01 += x0 * u1
+        c02 += x0 * u2
+        c03 += x0 * u3
+        c10 += x1 * u0
+        c11 += x1 * u1
+        c12 += x1 * u2
+        c13 += x1 * u3
+        c20 += x2 * u0
+        c21 += x2 * u1
+        c22 += x2 * u2
+        c23 += x2 * u3
+        c30 += x3 * u0
+        c31 += x3 * u1
+        c32 += x3 * u2
+        c33 += x3 * u3
+    return (c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33)
+
+
+@njit(**config.JIT)
+def _dots_4x2(a0, a1, a2, a3, w0, w1):
+    # the two-unit tail of _dots_4x4: a*, w*: (n,) -> the 8 dot products, s-major
+    zero = a0.dtype.type(0)
+    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = zero
+    for i in range(a0.shape[0]):
+        x0, x1, x2, x3 = a0[i], a1[i], a2[i], a3[i]
+        u, v = w0[i], w1[i]
+        c00 += x0 * u
+        c01 += x0 * v
+        c10 += x1 * u
+        c11 += x1 * v
+        c20 += x2 * u
+        c21 += x2 * v
+        c30 += x3 * u
+        c31 += x3 * v
+    return c00, c01, c10, c11, c20, c21, c30, c31
+
+
+@njit(**config.JIT)
 def _tile_forward(A, ns, W, b, Z, relu):
     # A: (TILE, n_in) rows [0, ns) valid; W: (n_out, n_in); b: (n_out,) -> Z: (TILE, n_out)
-    # Z = A W^T + b (+ ReLU), 4 samples x 2 units per sweep over n_in
-    n_out, n_in = W.shape
+    # Z = A W^T + b (+ ReLU): blocks of 4 units x 4 samples, then 2 units x 4 samples for
+    # the units left (a last odd unit is computed twice: same value). Sample indices
+    # past ns are clamped to ns - 1: recomputed, rewritten, identical. Units outside:
+    # a block's weight rows stay in L1 while the tile's rows stream past them.
+    n_out = W.shape[0]
     zero = W.dtype.type(0)
-    for o in range(0, n_out, 2):
-        o1 = min(o + 1, n_out - 1)
-        w0, w1 = W[o], W[o1]
+    o = 0
+    while o < n_out:
+        four = o + 4 <= n_out
+        o1, o2, o3 = min(o + 1, n_out - 1), min(o + 2, n_out - 1), min(o + 3, n_out - 1)
         for s in range(0, ns, 4):
             s1, s2, s3 = min(s + 1, ns - 1), min(s + 2, ns - 1), min(s + 3, ns - 1)
             a0, a1, a2, a3 = A[s], A[s1], A[s2], A[s3]
-            c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = zero
-            for i in range(n_in):
-                x0, x1, x2, x3 = a0[i], a1[i], a2[i], a3[i]
-                u, v = w0[i], w1[i]
-                c00 += x0 * u
-                c01 += x0 * v
-                c10 += x1 * u
-                c11 += x1 * v
-                c20 += x2 * u
-                c21 += x2 * v
-                c30 += x3 * u
-                c31 += x3 * v
-            b0, b1 = b[o], b[o1]
-            Z[s, o], Z[s, o1] = c00 + b0, c01 + b1
-            Z[s1, o], Z[s1, o1] = c10 + b0, c11 + b1
-            Z[s2, o], Z[s2, o1] = c20 + b0, c21 + b1
-            Z[s3, o], Z[s3, o1] = c30 + b0, c31 + b1
+            if four:
+                c = _dots_4x4(a0, a1, a2, a3, W[o], W[o1], W[o2], W[o3])
+                for u, ou in enumerate((o, o1, o2, o3)):
+                    Z[s, ou] = c[u] + b[ou]
+                    Z[s1, ou] = c[4 + u] + b[ou]
+                    Z[s2, ou] = c[8 + u] + b[ou]
+                    Z[s3, ou] = c[12 + u] + b[ou]
+            else:
+                c = _dots_4x2(a0, a1, a2, a3, W[o], W[o1])
+                Z[s, o], Z[s, o1], Z[s1, o], Z[s1, o1] = (c[0] + b[o], c[1] + b[o1],
+                                                          c[2] + b[o], c[3] + b[o1])
+                Z[s2, o], Z[s2, o1], Z[s3, o], Z[s3, o1] = (c[4] + b[o], c[5] + b[o1],
+                                                            c[6] + b[o], c[7] + b[o1])
+        o += 4 if four else 2
     if relu:  # A = ReLU(Z), in place
         for s in range(ns):
             for o in range(n_out):
