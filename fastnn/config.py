@@ -33,6 +33,17 @@ def _ensure_writable_cache() -> None:
 
 _ensure_writable_cache()
 
+# The samples strategy runs a whole epoch in one parallel region whose threads wait
+# for each other at a barrier (kernels/numba_intrinsics.barrier): every iteration of
+# its prange must run at the same time. Numba's omp and workqueue layers give each
+# thread one iteration; TBB's work stealing may run two on one thread, which would
+# wait forever. Unless the user chose otherwise, TBB comes last (Numba wants all
+# three named; workqueue is always there), and numba_epoch runs that strategy on one
+# thread if TBB is chosen anyway.
+THREADING_LAYERS = "omp workqueue tbb"
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    os.environ.setdefault("NUMBA_THREADING_LAYER_PRIORITY", THREADING_LAYERS)
+
 # Cache compiled machine code next to the package (or in the fallback above),
 # so a second run starts in well under a second instead of recompiling.
 CACHE = True

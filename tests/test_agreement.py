@@ -622,3 +622,55 @@ def test_numba_trains_params_in_place_only_when_flat():
     get_kernel("numba").train_epoch(params, images, labels, np.arange(8), 4, 0.1)
     assert not np.array_equal(params.theta, before)
     assert np.shares_memory(params[0][0], params.theta)
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_results_do_not_depend_on_the_thread_count(name):
+    """A batch is cut into as many lanes as the machine has threads, whatever runs:
+    1 thread, all threads, and a run whose pieces switch between them (the Pacer's
+    probes) train bit for bit alike."""
+    from fastnn.kernels.numba_epoch import Pacer
+
+    images, labels = mnist_like_images(N_SYNTHETIC, seed=141)
+    order = np.random.default_rng(142).permutation(N_SYNTHETIC)
+    runs = []
+    for threads, piece in [(1, None), (numba.config.NUMBA_NUM_THREADS, None),
+                           (numba.config.NUMBA_NUM_THREADS, 3)]:
+        backend = get_kernel(name)
+        backend._pacers.clear()
+        if piece:  # pieces of 3 batches: the pacer tries both thread counts in turn
+            Pacer.PIECE_SECONDS, before = 0.0, Pacer.PIECE_SECONDS
+        with numba_threads(threads):
+            params = init_params([784, 12, 7, 10], 143)
+            stats = backend.train_epoch(params, images, labels, order, 17, 0.1)
+        if piece:
+            Pacer.PIECE_SECONDS = before
+        runs.append((stats, params))
+    (s1, p1), *others = runs
+    for s, p in others:
+        assert s == s1
+        for a, b in zip(flat(p), flat(p1)):
+            assert np.array_equal(a, b)
+
+
+def test_pacer_tries_both_and_keeps_the_faster():
+    from fastnn.kernels.numba_epoch import Pacer
+
+    pacer = Pacer(2)
+    assert pacer.threads() == 2 and pacer.samples(100) == 2000
+    pacer.record(2, 1000, 0.01)  # 100k/s
+    assert pacer.threads() == 1
+    pacer.record(1, 1000, 0.005)  # 200k/s: one thread is faster (another busy process)
+    assert pacer.threads() == 1
+    pacer.record(1, 200_000, Pacer.PROBE_FIRST)  # a second of training later...
+    assert pacer.threads() == 2  # ...all threads are tried again
+    pacer.record(2, 1000, 0.002)  # 500k/s: the other process is gone
+    assert pacer.threads() == 2
+    assert pacer.samples(100) == 100 * int(Pacer.PIECE_SECONDS * 500e3 // 100)
+    pacer.record(2, 500_000, Pacer.PROBE_FIRST)
+    assert pacer.threads() == 1  # probe again after a second...
+    pacer.record(1, 1000, 0.005)  # ...one thread still loses: wait twice as long
+    pacer.record(2, 500_000, Pacer.PROBE_FIRST)
+    assert pacer.threads() == 2
+    pacer.record(2, 500_000, Pacer.PROBE_FIRST)
+    assert pacer.threads() == 1

@@ -3,33 +3,41 @@
 Four registry names, one ``Backend`` each, differing only in how a batch is
 shared between threads when training:
 
-* "numba:samples" - numba_tiles.train_epoch_samples: each thread takes a
-  slice of the batch's samples and sums its gradient into its own buffer;
+* "numba:samples" - numba_tiles.train_epoch_samples: each thread takes
+  lanes (slices) of the batch's samples, summing each lane's gradient into
+  its own buffer, in one parallel region for the whole epoch;
 * "numba:rows" - numba_tiles.train_epoch_rows: parallel over samples for
   the forward pass and the deltas, then over weight rows for the gradient
-  and the update (no per-thread gradient copies);
-* "numba:simple" - numba_simple.train_epoch_simple: the same split as
-  "samples", one sample at a time (the readable baseline);
+  and the update (no per-lane gradient copies);
+* "numba:simple" - numba_simple.train_epoch_simple: lanes like "samples",
+  one sample at a time (the readable baseline);
 * "numba" - whichever of "samples" and "rows" ``choose`` picks for the net's
-  size and the thread count.
+  size and the machine's thread count.
+
+A batch is cut into as many lanes as the machine has threads, however many
+actually run, and every sum is taken in lane order: results depend on the
+machine, never on ``--threads`` or on scheduling. So the thread count can
+change between pieces of an epoch (``Pacer``: one thread when another busy
+process makes waiting threads slow) and the numbers stay the same.
 
 Every fused epoch takes ``(net, opt, batches, work, lr, nthreads)``:
 ``net`` the params' ``model.FlatNet`` (the flat vector itself, updated in
 place: no copies in or out), ``opt`` a ``numba_shared.OptState`` (the
 optimizer's own flat state, also in place), ``batches`` a
 ``numba_shared.Batches``, ``work`` the strategy's buffers, ``lr`` of the
-params' dtype and ``nthreads`` Numba's thread count. ``forward``,
+params' dtype and ``nthreads`` the threads to run on. ``forward``,
 ``loss_and_grads``, ``activations`` and ``sgd_step`` are numba_layers'
 per-layer kernels, the same functions under every name.
 """
 
+import contextlib
 import time
 from typing import NamedTuple
 
 import numba
 import numpy as np
 
-from fastnn import model
+from fastnn import config, model
 from fastnn.kernels import numba_layers, numba_simple, numba_tiles
 from fastnn.kernels.numba_shared import Batches, OptState, update_params
 from fastnn.kernels.numpy_ref import PIXEL_SCALE
@@ -60,9 +68,63 @@ STRATEGIES = {
 SPLIT_MAX_FLOATS = 1 << 18
 
 
-def choose(sizes, n_threads):
-    """The strategy "numba" trains a net of these layer sizes with: "samples" or "rows"."""
-    return "samples" if model.n_params(sizes) * n_threads <= SPLIT_MAX_FLOATS else "rows"
+def choose(sizes, lanes):
+    """The strategy "numba" trains a net of these layer sizes with, "samples" or "rows",
+    for batches cut into ``lanes`` (the machine's thread count: numba_shared.Batches)."""
+    return "samples" if model.n_params(sizes) * lanes <= SPLIT_MAX_FLOATS else "rows"
+
+
+class Pacer:
+    """How many threads the next piece of an epoch runs on: all of them, or one.
+
+    Results do not depend on it (every sum is taken in lane order), only speed does:
+    when another busy process shares the cores, threads that wait for each other
+    every batch lose most of their time to it (measured on 2 cores with one busy
+    process: 784-10-10 at batch 32 ran at 0.56M samples/s on 2 threads, 1.05M on 1).
+    So an epoch runs in pieces of about PIECE_SECONDS; the first two pieces try all
+    threads and one, then the faster is kept and the other tried again after
+    PROBE_FIRST seconds of training, twice as long each time it loses again (up to
+    PROBE_MAX): in a quiet run, about one piece in a thousand runs on one thread.
+    """
+
+    PIECE_SECONDS = 0.025
+    FIRST_PIECE = 2048  # samples, before any rate is known (a batch alone would time
+    #                     the threads waking up more than the work)
+    PROBE_FIRST, PROBE_MAX = 1.0, 64.0  # seconds of training between two tries
+
+    def __init__(self, nthreads):
+        self.nthreads = nthreads
+        self.rate = {}  # threads -> samples/s of its latest piece
+        self.clock, self.next_probe, self.interval = 0.0, 0.0, self.PROBE_FIRST
+
+    def _best(self):
+        return max(self.rate, key=self.rate.get) if len(self.rate) == 2 else None
+
+    def threads(self):
+        """The thread count for the next piece."""
+        untried = [n for n in (self.nthreads, 1) if n not in self.rate]
+        if untried:
+            return untried[0]
+        best = self._best()
+        if self.clock >= self.next_probe:
+            return 1 if best != 1 else self.nthreads  # try the other again
+        return best
+
+    def samples(self, batch_size):
+        """How many samples (whole batches) the next piece takes."""
+        want = self.PIECE_SECONDS * max(self.rate.values()) if self.rate else self.FIRST_PIECE
+        return batch_size * max(1, int(want) // batch_size)
+
+    def record(self, threads, samples, seconds):
+        before = self._best()
+        self.rate[threads] = samples / max(seconds, 1e-9)
+        self.clock += seconds
+        if before is None:  # both tried now (or not yet): the first probe in a while
+            self.next_probe = self.clock + self.interval
+        elif threads != before:  # that was a probe
+            kept = self._best() == before
+            self.interval = min(2 * self.interval, self.PROBE_MAX) if kept else self.PROBE_FIRST
+            self.next_probe = self.clock + self.interval
 
 
 def _flat(params):
@@ -98,6 +160,24 @@ def _opt_state(opt, params):
     return OptState(opt.kind, opt.hyper(dtype), opt.buffer, np.array([opt.step], np.int64))
 
 
+@contextlib.contextmanager
+def _threads(n):
+    """Numba's thread count is n inside the block (this Python thread's setting)."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def _barriers_safe():
+    """Whether every iteration of a prange runs at once, as the samples strategy's
+    barrier needs: not under TBB (see config.THREADING_LAYERS), nor without the JIT,
+    where a prange is a plain loop."""
+    return not numba.config.DISABLE_JIT and str(numba.config.THREADING_LAYER).lower() != "tbb"
+
+
 class Backend:
     """The numba backend with train_epoch's strategy fixed (None: ``choose`` per call)."""
 
@@ -111,12 +191,13 @@ class Backend:
             raise ValueError(f"unknown strategy {strategy!r}; choose one of "
                              f"{', '.join(STRATEGIES)}")
         self.strategy = strategy
+        self._pacers = {}  # (kernel, threads, sizes, batch) -> Pacer: it learns across calls
 
     def __repr__(self):
         return f"numba_epoch.Backend({self.strategy!r})"
 
-    def _strategy(self, sizes, n_threads):
-        return STRATEGIES[self.strategy or choose(sizes, n_threads)]
+    def _strategy(self, sizes):
+        return STRATEGIES[self.strategy or choose(sizes, config.max_threads())]
 
     def implementation(self, attr):
         """The kernel behind ``attr``: what tells two registry names' code apart."""
@@ -137,16 +218,31 @@ class Backend:
         """
         net = _flat(params)
         order = np.ascontiguousarray(order, np.int64)
-        dtype = net.theta.dtype.type
-        batches = Batches(_images(images), np.ascontiguousarray(labels, np.int64), order,
-                          _shifts(shifts, order), int(batch_size), dtype(PIXEL_SCALE))
+        shifts = _shifts(shifts, order)
+        dtype, bs, lanes = net.theta.dtype.type, int(batch_size), config.max_threads()
         opt = opt if opt is not None else Optimizer("sgd")
         state = _opt_state(opt, params)
         nthreads = numba.get_num_threads()
-        kernels = self._strategy(net.sizes, nthreads)
-        work = kernels.work(net.theta.size, int(net.sizes.sum()), int(batch_size), nthreads,
+        kernels = self._strategy(net.sizes)
+        if kernels.train is numba_tiles.train_epoch_samples and not _barriers_safe():
+            nthreads = 1
+        work = kernels.work(net.theta.size, int(net.sizes.sum()), bs, nthreads, lanes,
                             net.theta.dtype)
-        kernels.train(net, state, batches, work, dtype(lr), nthreads)
+        pacer = self._pacers.setdefault((kernels.train, nthreads, tuple(net.sizes), bs),
+                                        Pacer(nthreads))
+        images, labels = _images(images), np.ascontiguousarray(labels, np.int64)
+        done = 0
+        while done < len(order):  # in pieces, each on the threads the pacer picks
+            threads = pacer.threads() if nthreads > 1 else 1
+            end = min(len(order), done + pacer.samples(bs))
+            t0 = time.perf_counter()
+            with _threads(threads):
+                kernels.train(net, state, Batches(images, labels, order[done:end],
+                                                  shifts[done:end] if len(shifts) else shifts,
+                                                  bs, dtype(PIXEL_SCALE), lanes),
+                              work, dtype(lr), threads)
+            pacer.record(threads, end - done, time.perf_counter() - t0)
+            done = end
         opt.step = int(state.step[0])
         loss_sum, hits = work.stats.sum(axis=0)
         return float(loss_sum / len(order)), float(hits / len(order))
@@ -155,7 +251,7 @@ class Backend:
         """images (n, 784) uint8 -> predicted labels (n,) int64."""
         params = params if isinstance(params, model.Params) else model.flat_params(params)
         net, nthreads = params.flat, numba.get_num_threads()
-        kernels = self._strategy(net.sizes, nthreads)
+        kernels = self._strategy(net.sizes)
         out = np.empty(len(images), np.int64)
         kernels.predict(net, _images(images), net.theta.dtype.type(PIXEL_SCALE),
                         kernels.predict_work(int(net.sizes.sum()), nthreads, net.theta.dtype),
@@ -171,14 +267,12 @@ class Backend:
 
     def warmup(self, sizes, dtype):
         """Compile (or load from Numba's cache) what training and predict use for a net
-        of these sizes at any thread count; return the seconds it took."""
+        of these sizes (at any thread count: the strategy depends on the machine's, see
+        choose); return the seconds it took."""
         t0 = time.perf_counter()
-        strategies = ({self.strategy} if self.strategy else
-                      {choose(sizes, n) for n in range(1, numba.config.NUMBA_NUM_THREADS + 1)})
         params = model.init_params([sizes[0], 2, sizes[-1]], dtype=dtype)
         images = np.zeros((3, sizes[0]), np.uint8)
-        for name in sorted(strategies):
-            Backend(name).train_epoch(params, images, np.zeros(3, np.int64), np.arange(3), 2,
-                                      0.0)
-            Backend(name).predict(params, images)
+        backend = Backend(self.strategy or choose(sizes, config.max_threads()))
+        backend.train_epoch(params, images, np.zeros(3, np.int64), np.arange(3), 2, 0.0)
+        backend.predict(params, images)
         return time.perf_counter() - t0

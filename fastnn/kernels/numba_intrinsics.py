@@ -22,7 +22,7 @@ prefetch intrinsic); nothing without the JIT.
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
@@ -104,4 +104,118 @@ def prefetch(typingctx, arr, i):
 if numba.config.DISABLE_JIT:  # plain Python (the nojit test session): nothing to hint
 
     def prefetch(arr, i):  # noqa: F811
+        pass
+
+
+# ---------------------------------------------------------------- threads meeting in a loop
+#
+# A barrier between the threads of one prange, so that a whole epoch can run in one
+# parallel region (the threads meet twice a batch) instead of one fork and join per
+# batch. ``sync`` is an int64 array of at least 2 * SYNC_PAD slots shared by the
+# threads: the arrival count at 0 and the generation at SYNC_PAD, a cache line apart.
+
+
+def _element_pointer(context, builder, sig, args):
+    aryty = sig.args[0]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+
+
+@intrinsic
+def atomic_add(typingctx, arr, i, value):
+    """arr[i] += value atomically (sequentially consistent); returns the old arr[i]."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.ndim == 1):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig, args)
+        value = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.atomic_rmw("add", ptr, value, "seq_cst")
+
+    return types.int64(arr, i, value), codegen
+
+
+@intrinsic
+def atomic_load(typingctx, arr, i):
+    """arr[i], read atomically with acquire ordering (int64 1-D arr)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.ndim == 1):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load_atomic(_element_pointer(context, builder, sig, args), "acquire", 8)
+
+    return types.int64(arr, i), codegen
+
+
+@intrinsic
+def atomic_store(typingctx, arr, i, value):
+    """arr[i] = value, written atomically with release ordering (int64 1-D arr)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.ndim == 1):
+        return None
+
+    def codegen(context, builder, sig, args):
+        value = context.cast(builder, args[2], sig.args[2], types.int64)
+        builder.store_atomic(value, _element_pointer(context, builder, sig, args), "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(arr, i, value), codegen
+
+
+@intrinsic
+def cpu_relax(typingctx):
+    """The x86 PAUSE hint inside a spin loop (frees the core's other thread, saves power)."""
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                            "llvm.x86.sse2.pause")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def yield_cpu(typingctx):
+    """sched_yield(): let the OS run another thread here (one of ours that fell behind)."""
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                            "sched_yield")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+SYNC_PAD = 8  # int64 slots per cache line
+# Busy-wait this many rounds (a few microseconds) before yielding the core: a batch of
+# a small net takes tens of microseconds, so the others normally arrive while we spin;
+# when one of our threads was descheduled (another process on its core), yielding lets
+# it run instead of burning the time it needs.
+SPINS = 2000
+
+
+@njit(**config.JIT)
+def barrier(sync, nthreads):
+    # sync: (>= 2 * SYNC_PAD,) int64 shared by the nthreads threads of one prange; returns
+    # once all of them have called it (the count resets for the next barrier)
+    if nthreads == 1:
+        return
+    generation = atomic_load(sync, SYNC_PAD)
+    if atomic_add(sync, 0, 1) == nthreads - 1:  # the last to arrive releases the others
+        atomic_store(sync, 0, 0)
+        atomic_add(sync, SYNC_PAD, 1)
+        return
+    spins = 0
+    while atomic_load(sync, SYNC_PAD) == generation:
+        cpu_relax()
+        spins += 1
+        if spins >= SPINS:
+            yield_cpu()
+            spins = 0
+
+
+if numba.config.DISABLE_JIT:  # plain Python: one thread, nothing to wait for
+
+    def barrier(sync, nthreads):  # noqa: F811
         pass

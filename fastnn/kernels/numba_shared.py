@@ -30,6 +30,10 @@ class Batches(NamedTuple):
     shifts: np.ndarray  # (k, 2) int64 (dy, dx) per order position, or (0, 2) for none
     batch_size: int
     scale: float  # of the params' dtype: 1/255, uint8 -> [0, 1]
+    # How many parts (lanes) a batch is cut into for the threads, each with its own
+    # gradient sum, added up in lane order: fixed for a machine (its thread count), so
+    # that results do not depend on how many threads actually run.
+    lanes: int
 
 
 class OptState(NamedTuple):
@@ -182,7 +186,7 @@ def apply_rule(theta, g, lo, hi, lr, opt, t):
 
 
 @njit(**config.JIT)
-def _sum_and_apply(theta, gbuf, lo, hi, lr, opt, t):
+def sum_and_apply(theta, gbuf, lo, hi, lr, opt, t):
     # gbuf[0, lo:hi] += gbuf[1:, lo:hi] in row order, then the update rule on [lo, hi)
     g = gbuf[0, lo:hi]
     for row in range(1, gbuf.shape[0]):
@@ -199,9 +203,9 @@ def update_params(theta, gbuf, lr, opt):
     opt.step[0] += 1
     P = theta.shape[0]
     if P < PARALLEL_MIN:
-        _sum_and_apply(theta, gbuf, 0, P, lr, opt, opt.step[0])
+        sum_and_apply(theta, gbuf, 0, P, lr, opt, opt.step[0])
         return
     blocks = 64
     for k in prange(blocks):
-        _sum_and_apply(theta, gbuf, (P * k) // blocks, (P * (k + 1)) // blocks, lr, opt,
+        sum_and_apply(theta, gbuf, (P * k) // blocks, (P * (k + 1)) // blocks, lr, opt,
                        opt.step[0])

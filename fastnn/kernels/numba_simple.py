@@ -27,14 +27,14 @@ from fastnn.kernels.numba_shared import (
 
 
 class Work(NamedTuple):
-    grad: np.ndarray  # (T, P) per-thread gradient sums
+    grad: np.ndarray  # (lanes, P) per-lane gradient sums
     buf: np.ndarray  # (T, 2 * sum sizes): one sample's activations, then its deltas
-    stats: np.ndarray  # (T, 2) float64 per-thread loss sum and hits
+    stats: np.ndarray  # (lanes, 2) float64 per-lane loss sum and hits
 
 
-def work(P, width, batch_size, nthreads, dtype):
-    return Work(np.empty((nthreads, P), dtype), np.empty((nthreads, 2 * width), dtype),
-                np.zeros((nthreads, 2)))
+def work(P, width, batch_size, nthreads, lanes, dtype):
+    return Work(np.empty((lanes, P), dtype), np.empty((nthreads, 2 * width), dtype),
+                np.zeros((lanes, 2)))
 
 
 @njit(**config.JIT)
@@ -90,11 +90,12 @@ def _backward_sample(net, a, d, aoff, g):
 
 @njit(**config.JIT_PARALLEL)
 def train_epoch_simple(net, opt, batches, work, lr, nthreads):
-    # Each batch split into one contiguous slice of samples per thread; each thread
-    # sums its samples' gradients into its own work.grad row, update_params adds the
-    # rows in thread order and applies the optimizer. T = nthreads rows everywhere.
+    # Each batch cut into batches.lanes contiguous lanes (see numba_shared.Batches);
+    # thread t runs lanes t, t + nthreads, ..., one sample at a time, summing each
+    # lane's gradient into its own work.grad row; update_params adds the rows up in
+    # lane order and applies the optimizer.
     gbuf, scratch, stats = work
-    T = nthreads
+    lanes = batches.lanes
     k, batch_size = batches.order.shape[0], batches.batch_size
     n_layers = net.sizes.shape[0] - 1
     n_in0, n_cls = net.sizes[0], net.sizes[n_layers]
@@ -104,18 +105,20 @@ def train_epoch_simple(net, opt, batches, work, lr, nthreads):
     for start in range(0, k, batch_size):
         m = min(batch_size, k - start)
         inv_m = net.theta.dtype.type(1) / net.theta.dtype.type(m)
-        for t in prange(T):
-            g, a, d = gbuf[t], scratch[t, :width], scratch[t, width:]
-            g[:] = zero
-            for s in range(start + (m * t) // T, start + (m * (t + 1)) // T):
-                gather_row(batches, s, a[:n_in0])
-                _forward_sample(net, a, aoff)
-                z = a[aoff[n_layers] : aoff[n_layers] + n_cls]
-                loss, hit = softmax_xent_row(z, batches.labels[batches.order[s]], inv_m,
-                                             d[aoff[n_layers] : aoff[n_layers] + n_cls])
-                stats[t, 0] += loss
-                stats[t, 1] += hit
-                _backward_sample(net, a, d, aoff, g)
+        for t in prange(nthreads):
+            a, d = scratch[t, :width], scratch[t, width:]
+            for lane in range(t, lanes, nthreads):
+                g = gbuf[lane]
+                g[:] = zero
+                for s in range(start + (m * lane) // lanes, start + (m * (lane + 1)) // lanes):
+                    gather_row(batches, s, a[:n_in0])
+                    _forward_sample(net, a, aoff)
+                    z = a[aoff[n_layers] : aoff[n_layers] + n_cls]
+                    loss, hit = softmax_xent_row(z, batches.labels[batches.order[s]], inv_m,
+                                                 d[aoff[n_layers] : aoff[n_layers] + n_cls])
+                    stats[lane, 0] += loss
+                    stats[lane, 1] += hit
+                    _backward_sample(net, a, d, aoff, g)
         update_params(net.theta, gbuf, lr, opt)
 
 

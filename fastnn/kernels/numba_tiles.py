@@ -36,6 +36,7 @@ import numpy as np
 from numba import njit, prange
 
 from fastnn import config
+from fastnn.kernels.numba_intrinsics import SYNC_PAD, barrier
 from fastnn.kernels.numba_shared import (
     apply_rule,
     argmax,
@@ -45,7 +46,7 @@ from fastnn.kernels.numba_shared import (
     layer_params,
     prefetch_samples,
     softmax_xent_row,
-    update_params,
+    sum_and_apply,
 )
 
 TILE = 32  # samples per tile: a tile's activations stay in L2 while a layer runs
@@ -234,21 +235,22 @@ def _tile_grad_input(D, W, A, ns, DA):
 class Work(NamedTuple):
     """Buffers of a tiled epoch: see samples_work and rows_work."""
 
-    grad: np.ndarray  # gradients: rows (P,), samples (T, P) one row per thread
+    grad: np.ndarray  # gradients: rows (P,), samples (lanes, P) one row per lane
     buf: np.ndarray  # activations then deltas: rows (2 * chunk * width,),
     #                  samples (T, 2 * TILE * width); width = sum(sizes)
     stats: np.ndarray  # float64 (rows, 2): column sums are (loss sum, hits)
+    sync: np.ndarray  # int64 (2 * SYNC_PAD,): the samples strategy's barrier (rows: unused)
 
 
-def rows_work(P, width, batch_size, nthreads, dtype):
+def rows_work(P, width, batch_size, nthreads, lanes, dtype):
     chunk = min(batch_size, CHUNK)
     return Work(np.empty(P, dtype), np.empty(2 * chunk * width, dtype),
-                np.zeros((STATS_PAD * (chunk // 4 + 1) + 1, 2)))
+                np.zeros((STATS_PAD * (chunk // 4 + 1) + 1, 2)), np.zeros(0, np.int64))
 
 
-def samples_work(P, width, batch_size, nthreads, dtype):
-    return Work(np.empty((nthreads, P), dtype), np.empty((nthreads, 2 * TILE * width), dtype),
-                np.zeros((STATS_PAD * nthreads, 2)))
+def samples_work(P, width, batch_size, nthreads, lanes, dtype):
+    return Work(np.empty((lanes, P), dtype), np.empty((nthreads, 2 * TILE * width), dtype),
+                np.zeros((STATS_PAD * lanes, 2)), np.zeros(2 * SYNC_PAD, np.int64))
 
 
 @njit(**config.JIT_EXACT)
@@ -312,7 +314,7 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
     #     hits) in row STATS_PAD * t (rows apart so that threads do not share a cache
     #     line), folded into the last row after each chunk
     theta, sizes, woff, boff = net
-    grad, buf, stats = work
+    grad, buf, stats, _ = work
     k, batch_size = batches.order.shape[0], batches.batch_size
     L = sizes.shape[0] - 1
     aoff = layer_offsets(sizes)
@@ -324,8 +326,9 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
         opt.step[0] += 1
         for c0 in range(start, start + m, chunk):
             cn = min(chunk, start + m - c0)
-            # tiles of up to TILE samples, small enough that every thread gets one
-            tsize = min(TILE, max(4, (cn + nthreads - 1) // nthreads))
+            # tiles of up to TILE samples, small enough that every lane (thread) gets
+            # one; cut by lanes, not threads, so that the sums' order stays put
+            tsize = min(TILE, max(4, (cn + batches.lanes - 1) // batches.lanes))
             n_tiles = (cn + tsize - 1) // tsize
             # phase 1: forward and deltas of every tile (independent samples)
             for tile in prange(n_tiles):
@@ -356,63 +359,81 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
 
 
 @njit(**config.JIT)
-def _split_slice(start, k, batch_size, nthreads, t):
-    # thread t's order positions [lo, hi) in the batch at start, and the threads used
+def _lane(start, k, batch_size, lanes, lane):
+    # order positions [lo, hi) of lane ``lane`` of the batch at ``start``, and how many
+    # lanes that batch has: at most ``lanes``, at least 4 samples each
     m = min(batch_size, k - start)
-    T = min(nthreads, (m + 3) // 4)  # at least 4 samples per thread
-    return start + (m * t) // T, start + (m * (t + 1)) // T, T
+    n = min(lanes, (m + 3) // 4)
+    return start + (m * lane) // n, start + (m * (lane + 1)) // n, n
 
 
 @njit(**config.JIT)
-def _next_tile(lo, hi, t, next_start, k, batch_size, nthreads):
-    # order positions of the tile thread t runs after the one ending at lo (its
-    # slice ends at hi): the rest of its slice, else its slice of the next batch
-    if lo < hi:
+def _next_tile(after, hi, lane, t, start, k, batch_size, lanes, nthreads):
+    # order positions of the tile thread t runs after the one ending at ``after`` in its
+    # lane (which ends at hi): the rest of the lane, else its next lane of this batch,
+    # else its first lane of the next batch; (0, 0) at the end of the epoch
+    if after < hi:
+        return after, min(after + TILE, hi)
+    lo, hi, n = _lane(start, k, batch_size, lanes, lane + nthreads)
+    if lane + nthreads < n:
         return lo, min(lo + TILE, hi)
-    if next_start >= k:
-        return 0, 0
-    lo, hi, T = _split_slice(next_start, k, batch_size, nthreads, t)
-    if t >= T:
-        return 0, 0
-    return lo, min(lo + TILE, hi)
+    if start + batch_size < k:
+        lo, hi, n = _lane(start + batch_size, k, batch_size, lanes, t)
+        if t < n:
+            return lo, min(lo + TILE, hi)
+    return 0, 0
 
 
 @njit(**config.JIT_PARALLEL)
 def train_epoch_samples(net, opt, batches, work, lr, nthreads):
-    # The same epoch, parallel over samples only: one parallel region per batch.
-    # Each thread runs its contiguous slice of the batch, TILE samples at a time,
-    # through _tile_pass and sums the slice's gradients into its own work.grad row;
-    # update_params then adds the rows in thread order and applies the optimizer.
-    # For small layers this beats train_epoch_rows: one fork/join per batch instead
-    # of 1 + L, and no thread reads activations another core wrote.
-    # work.grad: (T, P) per-thread gradients; work.buf: (T, 2 * TILE * sum sizes)
-    # work.stats: (STATS_PAD * T, 2) float64, thread t's (loss sum, hits) in row
-    # STATS_PAD * t; T = nthreads
-    gbuf, tbuf, stats = work
-    k, batch_size = batches.order.shape[0], batches.batch_size
+    # The same epoch, parallel over samples only, in one parallel region. A batch is
+    # cut into batches.lanes contiguous lanes (fewer for a small batch), whatever the
+    # number of threads: thread t runs lanes t, t + nthreads, ..., TILE samples at a
+    # time, through _tile_pass and sums each lane's gradient into that lane's
+    # work.grad row. Then the threads meet (a spin barrier, ~0.1 us, where a fork and
+    # join costs ~1.2 us), each adds the rows up, in lane order, over its own share of
+    # the parameters and applies the optimizer to it, and they meet again before the
+    # next batch reads the weights. Every sum has the same order for any thread count.
+    # For small layers this beats train_epoch_rows: no thread reads activations
+    # another core wrote.
+    # work.grad: (lanes, P) per-lane gradients; work.buf: (nthreads, 2 * TILE * sum sizes)
+    # work.stats: (STATS_PAD * lanes, 2) float64, lane l's (loss sum, hits) in row
+    # STATS_PAD * l; work.sync: (2 * SYNC_PAD,) int64 for the barrier. Every one of the
+    # nthreads iterations of the prange must run at once (Numba's omp and workqueue
+    # layers give each thread one: see config.THREADING_LAYERS).
+    gbuf, tbuf, stats, sync = work
+    k, batch_size, lanes = batches.order.shape[0], batches.batch_size, batches.lanes
     L = net.sizes.shape[0] - 1
+    P = net.theta.shape[0]
     aoff = layer_offsets(net.sizes)
-    for start in range(0, k, batch_size):
-        m = min(batch_size, k - start)
-        inv_m = net.theta.dtype.type(1) / net.theta.dtype.type(m)
-        T = _split_slice(start, k, batch_size, nthreads, 0)[2]
-        for t in prange(T):
-            g = gbuf[t]
-            lo, hi, _ = _split_slice(start, k, batch_size, nthreads, t)
-            if start == 0:
-                prefetch_samples(batches, lo, min(lo + TILE, hi))
-            buf = tbuf[t]
-            for first in range(lo, hi, TILE):
-                ns = min(TILE, hi - first)
-                pf_lo, pf_hi = _next_tile(first + ns, hi, t, start + m, k, batch_size, nthreads)
-                _tile_pass(net, aoff, buf, TILE, 0, ns, batches, first, inv_m,
-                           stats[STATS_PAD * t], pf_lo, pf_hi)
-                for layer in range(L):
-                    A, D = _input_and_deltas(buf, TILE, aoff, net.sizes, layer, 0, ns)
-                    gW, gb = layer_params(g, net, layer)
-                    # the slice's first tile overwrites, the others add
-                    _grad_rows(D, A, ns, gW, gb, 0, net.sizes[layer + 1], first > lo)
-        update_params(net.theta, gbuf[:T], lr, opt)
+    step0 = opt.step[0]
+    for t in prange(nthreads):
+        buf = tbuf[t]
+        for start in range(0, k, batch_size):
+            m = min(batch_size, k - start)
+            inv_m = net.theta.dtype.type(1) / net.theta.dtype.type(m)
+            n = _lane(start, k, batch_size, lanes, 0)[2]
+            for lane in range(t, n, nthreads):
+                lo, hi, _ = _lane(start, k, batch_size, lanes, lane)
+                if start == 0 and lane == t:
+                    prefetch_samples(batches, lo, min(lo + TILE, hi))
+                g = gbuf[lane]
+                for first in range(lo, hi, TILE):
+                    ns = min(TILE, hi - first)
+                    pf_lo, pf_hi = _next_tile(first + ns, hi, lane, t, start, k, batch_size,
+                                              lanes, nthreads)
+                    _tile_pass(net, aoff, buf, TILE, 0, ns, batches, first, inv_m,
+                               stats[STATS_PAD * lane], pf_lo, pf_hi)
+                    for layer in range(L):
+                        A, D = _input_and_deltas(buf, TILE, aoff, net.sizes, layer, 0, ns)
+                        gW, gb = layer_params(g, net, layer)
+                        # the lane's first tile overwrites, the others add
+                        _grad_rows(D, A, ns, gW, gb, 0, net.sizes[layer + 1], first > lo)
+            barrier(sync, nthreads)
+            sum_and_apply(net.theta, gbuf[:n], (P * t) // nthreads, (P * (t + 1)) // nthreads,
+                          lr, opt, step0 + start // batch_size + 1)
+            barrier(sync, nthreads)
+    opt.step[0] = step0 + (k + batch_size - 1) // batch_size
 
 
 def predict_work(width, nthreads, dtype):
