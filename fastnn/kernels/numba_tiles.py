@@ -50,6 +50,9 @@ from fastnn.kernels.numba_shared import (
 )
 
 TILE = 32  # samples per tile: a tile's activations stay in L2 while a layer runs
+# the rows strategy's tiles, up to this many samples: its layers are wide, and each
+# tile streams every weight row through the core that runs it
+ROWS_TILE = 64
 CHUNK = 1024  # samples whose activations and deltas are kept at once
 STATS_PAD = 8  # rows of 16 bytes between two threads' stats: one cache line
 
@@ -326,16 +329,18 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
         opt.step[0] += 1
         for c0 in range(start, start + m, chunk):
             cn = min(chunk, start + m - c0)
-            # tiles of up to TILE samples, small enough that every lane (thread) gets
-            # one; cut by lanes, not threads, so that the sums' order stays put
-            tsize = min(TILE, max(4, (cn + batches.lanes - 1) // batches.lanes))
+            # one tile per lane (so per thread), of at most ROWS_TILE samples: each
+            # thread streams the weights once per batch; cut by lanes, not threads, so
+            # that the sums' order stays put
+            tsize = min(ROWS_TILE, max(4, (cn + batches.lanes - 1) // batches.lanes))
             n_tiles = (cn + tsize - 1) // tsize
-            # phase 1: forward and deltas of every tile (independent samples)
+            # phase 1: forward and deltas of every tile (independent samples); each
+            # prefetches the same tile of the next chunk, which its thread runs next
             for tile in prange(n_tiles):
                 f = tile * tsize
                 _tile_pass(net, aoff, buf, chunk, f, min(tsize, cn - f), batches, c0 + f, inv_m,
-                           stats[STATS_PAD * tile], c0 + f + tsize,
-                           min(c0 + f + 2 * tsize, c0 + cn))
+                           stats[STATS_PAD * tile], min(c0 + cn + f, k),
+                           min(c0 + cn + f + tsize, k))
             # phase 2: each block of weight rows is owned by one thread
             last = c0 + cn >= start + m
             for layer in range(L):
@@ -344,13 +349,16 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
                 gW, gb = layer_params(grad, net, layer)
                 blocks = min(n_out, nthreads)
                 for blk in prange(blocks):
-                    o_lo, o_hi = (n_out * blk) // blocks, (n_out * (blk + 1)) // blocks
-                    _grad_rows(D, A, cn, gW, gb, o_lo, o_hi, c0 > start)
-                    if last:
-                        apply_rule(theta, grad, woff[layer] + o_lo * n_in,
-                                   woff[layer] + o_hi * n_in, lr, opt, opt.step[0])
-                        apply_rule(theta, grad, boff[layer] + o_lo, boff[layer] + o_hi, lr,
-                                   opt, opt.step[0])
+                    # four rows at a time, each updated right after its gradient, while
+                    # both are in L1 (a thread's whole block of rows is not even in L2)
+                    for o in range((n_out * blk) // blocks, (n_out * (blk + 1)) // blocks, 4):
+                        o_hi = min(o + 4, (n_out * (blk + 1)) // blocks)
+                        _grad_rows(D, A, cn, gW, gb, o, o_hi, c0 > start)
+                        if last:
+                            apply_rule(theta, grad, woff[layer] + o * n_in,
+                                       woff[layer] + o_hi * n_in, lr, opt, opt.step[0])
+                            apply_rule(theta, grad, boff[layer] + o, boff[layer] + o_hi, lr,
+                                       opt, opt.step[0])
             for tile in range(n_tiles):  # fold the tiles' stats in, in tile order
                 row = STATS_PAD * tile
                 stats[total, 0] += stats[row, 0]
