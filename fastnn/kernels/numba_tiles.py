@@ -444,32 +444,39 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
     opt.step[0] = step0 + (k + batch_size - 1) // batch_size
 
 
-def predict_work(width, nthreads, dtype):
-    return np.empty((nthreads, TILE * width), dtype)
+# Inference has no batches: tiles this large stream each weight row through a core
+# once per 128 images (measured on 2 cores, Zen 4: 2-4% faster than 32 at every width)
+PREDICT_TILE = 128
+
+
+def predict_work(width, nthreads, dtype, tile=PREDICT_TILE):
+    """Per-thread tile buffers of predict_tiles: tiles of ``tile`` samples."""
+    return np.empty((nthreads, tile * width), dtype)
 
 
 @njit(**config.JIT_PARALLEL)
 def predict_tiles(net, images, scale, tbuf, out):
     # images: (n, 784) uint8 -> out: (n,) int64 argmax of the logits
-    # tbuf: (T, TILE * sum sizes) per-thread tile activations (predict_work)
+    # tbuf: (T, tile * sum sizes) per-thread tile activations (predict_work)
     sizes = net.sizes
     T = tbuf.shape[0]
     n = images.shape[0]
     L = sizes.shape[0] - 1
-    aoff = layer_offsets(sizes)  # layer l's (TILE, sizes[l]) block starts at TILE * aoff[l]
+    aoff = layer_offsets(sizes)  # layer l's (tile, sizes[l]) block starts at tile * aoff[l]
+    tile = tbuf.shape[1] // aoff[L + 1]
     for t in prange(T):
         buf = tbuf[t]
         hi = (n * (t + 1)) // T
-        for first in range((n * t) // T, hi, TILE):
-            ns = min(TILE, hi - first)
-            X = _rows(buf, TILE, 0, 0, TILE, sizes[0])
+        for first in range((n * t) // T, hi, tile):
+            ns = min(tile, hi - first)
+            X = _rows(buf, tile, 0, 0, tile, sizes[0])
             for s in range(ns):
                 gather_image(images, first + s, scale, X[s])
             for layer in range(L):
                 W, b = layer_params(net.theta, net, layer)
-                _tile_forward(_rows(buf, TILE, aoff[layer], 0, TILE, sizes[layer]), ns, W, b,
-                              _rows(buf, TILE, aoff[layer + 1], 0, TILE, sizes[layer + 1]),
+                _tile_forward(_rows(buf, tile, aoff[layer], 0, tile, sizes[layer]), ns, W, b,
+                              _rows(buf, tile, aoff[layer + 1], 0, tile, sizes[layer + 1]),
                               layer < L - 1)
-            Z = _rows(buf, TILE, aoff[L], 0, TILE, sizes[L])
+            Z = _rows(buf, tile, aoff[L], 0, tile, sizes[L])
             for s in range(ns):
                 out[first + s] = argmax(Z[s])
