@@ -198,8 +198,8 @@ def sum_and_apply(theta, gbuf, lo, hi, lr, opt, t):
 
 @njit(**config.JIT_PARALLEL)
 def update_params(theta, gbuf, lr, opt):
-    # theta: (P,) updated in place; gbuf: (T, P) per-thread gradient sums, added up in
-    # thread order into row 0; opt.step += 1
+    # theta: (P,) updated in place; gbuf: (lanes, P) per-lane gradient sums, added up
+    # in lane order into row 0; opt.step += 1
     opt.step[0] += 1
     P = theta.shape[0]
     if P < PARALLEL_MIN:

@@ -1,25 +1,26 @@
 """Register-blocked tile kernels: the fast fused epoch and inference of "numba".
 
 Every layer of a tile of samples is a small matrix product written as loops
-that keep several accumulators in registers (4 samples x 2 units per sweep
-over the inputs for the forward pass, 4 units x 4 samples for the weight
-gradient), so each loaded value feeds several multiply-adds. Two ways to
-share a batch between threads, the "numba:samples" and "numba:rows"
-backends ("numba" picks one per net: numba_epoch.choose):
+that keep several accumulators in registers (4 units x 4 samples per sweep
+over the inputs, forward and for the weight gradient), so each loaded value
+feeds several multiply-adds. A batch is cut into lanes (numba_shared.Batches),
+each summed on its own and added in lane order. Two ways to share the lanes
+between threads, the "numba:samples" and "numba:rows" backends ("numba"
+picks one per net: numba_epoch.choose):
 
-* ``train_epoch_samples`` (small nets): one parallel region per
-  batch. Each thread gathers, runs forward and backward and sums the
-  gradient of its own slice of the batch into its own buffer; the buffers
-  are then added in thread order and the optimizer applied. Activations and
-  weights stay in the cache of the core that uses them.
+* ``train_epoch_samples`` (small nets): one parallel region for the whole
+  epoch. Each thread gathers, runs forward and backward and sums the
+  gradient of each of its lanes into the lane's buffer; at a barrier the
+  threads meet, add the buffers up in lane order, each over its share of
+  the parameters, and apply the optimizer. Activations and weights stay in
+  the cache of the core that uses them.
 * ``train_epoch_rows`` (large nets), in chunks of up to CHUNK samples:
-  1. forward and backward *deltas*, parallel over tiles of samples;
+  1. forward and backward *deltas*, parallel over one tile per lane;
   2. weight gradients and the update, parallel over blocks of weight rows:
      the thread that owns rows o..o+k sums D[:, o]^T A over the whole batch
-     and applies the optimizer to those rows while they are still in cache.
-     No per-thread gradient copies to add up, and each gradient row is one
-     thread's sum in sample order, so the result does not depend on the
-     number of threads.
+     and applies the optimizer to four rows at a time while they are in L1.
+     No gradient copies to add up: each gradient row is one thread's sum in
+     sample order.
 
 While one tile computes, the images and labels of the next are prefetched
 (a random training sample is in no cache). Compare ``numba_simple``, the
