@@ -174,7 +174,7 @@ def settings_problem(args):
     from fastnn.data import MAX_ITEMS
 
     sizes = model.layer_sizes(args.hidden)
-    n_params = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+    n_params = model.n_params(sizes)
     batch = min(args.batch_size or MAX_ITEMS, MAX_ITEMS)
     # parameters, gradients and optimizer state (one set per backend for --compare),
     # the float64 draw that initialises them, and a batch's inputs, activations and deltas

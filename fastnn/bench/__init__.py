@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 
-from fastnn import cli, config, files, model
+from fastnn import cli, config, files, memory, model
 from fastnn.kernels import KERNELS
 from fastnn.peers import PEERS
 
@@ -110,6 +110,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads and args.threads > config.max_threads():
         parser.error(f"--threads {args.threads}: at most {config.max_threads()} here")
+    for hidden in sorted(set(settings(args)["hidden"])):
+        sizes = model.layer_sizes([hidden])
+        # float64 draw, params, a gradient per lane, peers' copies: about 16 floats each
+        too_big = memory.too_large(model.n_params(sizes) * 16 * 8,
+                                   f"benchmarking a {'-'.join(map(str, sizes))} net")
+        if too_big:
+            parser.error(f"--hidden {hidden}: {too_big}; choose smaller widths")
 
     def body():
         cli.check_paths([("--json", args.json)])  # before the run, not after it
