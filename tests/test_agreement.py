@@ -656,21 +656,29 @@ def test_results_do_not_depend_on_the_thread_count(name):
 def test_pacer_tries_both_and_keeps_the_faster():
     from fastnn.kernels.numba_epoch import Pacer
 
+    def piece(threads, rate, seconds=0.01, compiled=False):
+        pacer.record(threads, int(rate * seconds), seconds, compiled)
+
     pacer = Pacer(2)
     assert pacer.threads() == 2 and pacer.samples(100) == 2000
-    pacer.record(2, 1000, 0.01)  # 100k/s
+    piece(2, 1e3, 30.0, compiled=True)  # compiling: tells nothing
+    pacer.record(2, 2000, 0.001)  # too short to tell anything: not counted...
+    assert pacer.threads() == 2 and pacer.samples(100) == 8000  # ...a longer piece next
+    piece(2, 100e3)
     assert pacer.threads() == 1
-    pacer.record(1, 1000, 0.005)  # 200k/s: one thread is faster (another busy process)
+    piece(1, 105e3)  # within the noise: all threads are kept
+    assert pacer.threads() == 2
+    piece(1, 200e3)  # one thread is faster (another busy process)
     assert pacer.threads() == 1
-    pacer.record(1, 200_000, Pacer.PROBE_FIRST)  # a second of training later...
+    piece(1, 200e3, Pacer.PROBE_FIRST)  # after PROBE_FIRST seconds of training...
     assert pacer.threads() == 2  # ...all threads are tried again
-    pacer.record(2, 1000, 0.002)  # 500k/s: the other process is gone
+    piece(2, 500e3)  # the other process is gone
     assert pacer.threads() == 2
     assert pacer.samples(100) == 100 * int(Pacer.PIECE_SECONDS * 500e3 // 100)
-    pacer.record(2, 500_000, Pacer.PROBE_FIRST)
-    assert pacer.threads() == 1  # probe again after a second...
-    pacer.record(1, 1000, 0.005)  # ...one thread still loses: wait twice as long
-    pacer.record(2, 500_000, Pacer.PROBE_FIRST)
+    piece(2, 500e3, Pacer.PROBE_FIRST)
+    assert pacer.threads() == 1  # tried again after PROBE_FIRST...
+    piece(1, 200e3)  # ...one thread still loses: wait twice as long
+    piece(2, 500e3, Pacer.PROBE_FIRST)
     assert pacer.threads() == 2
-    pacer.record(2, 500_000, Pacer.PROBE_FIRST)
+    piece(2, 500e3, Pacer.PROBE_FIRST)
     assert pacer.threads() == 1

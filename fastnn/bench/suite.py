@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -38,6 +39,7 @@ SETTINGS = dict(hidden=[10, 10, 128, 800], batch_size=[32, 128, 128, 128], dtype
 SETTINGS.update(json.loads(os.environ.get("FASTNN_BENCH", "{}")))
 THREADS = SETTINGS["threads"] or config.max_threads()
 LR = train.DEFAULTS["lr"]
+SETTLE_SECONDS = 0.25
 # XLA's thread pool is sized when JAX starts: its cases run at the full count only
 FIXED_THREADS = ("jax-step", "jax-scan")
 
@@ -57,8 +59,6 @@ def _id(case):
 
 
 def _seconds(fn, *args):
-    import time
-
     t0 = time.perf_counter()
     fn(*args)
     return time.perf_counter() - t0
@@ -148,6 +148,9 @@ def checked(name, hidden, batch_size, dtype, data):
                                         batch_size, LR, test_images[:2000])
         tolerances.assert_rows(rows, f"{name} 784-{hidden}-10 {dtype}")
         _checked[key] = max(r["max_rel"] for r in rows if r["rtol"] > 0)
+        # NumPy's BLAS threads spin for ~0.1 s after the reference's last product: a
+        # multi-threaded run started inside that window shares its cores with them
+        time.sleep(SETTLE_SECONDS)
     return kernel, params, _checked[key]
 
 

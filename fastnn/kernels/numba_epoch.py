@@ -84,21 +84,30 @@ class Pacer:
     So an epoch runs in pieces of about PIECE_SECONDS; the first two pieces try all
     threads and one, then the faster is kept and the other tried again after
     PROBE_FIRST seconds of training, twice as long each time it loses again (up to
-    PROBE_MAX): in a quiet run, about one piece in a thousand runs on one thread.
+    PROBE_MAX): in a quiet run of a minute, 9 pieces of 25 ms run on one thread.
     """
 
     PIECE_SECONDS = 0.025
-    FIRST_PIECE = 2048  # samples, before any rate is known (a batch alone would time
-    #                     the threads waking up more than the work)
-    PROBE_FIRST, PROBE_MAX = 1.0, 64.0  # seconds of training between two tries
+    FIRST_PIECE = 2048  # samples, before any rate is known
+    # A piece shorter than this says more about threads waking up than about the work
+    # (a call with a few batches): not taken into account, and the next piece is
+    # four times larger, until one is long enough.
+    MIN_SECONDS = 0.005
+    MARGIN = 1.1  # one thread must be this much faster to be kept (timings are noisy)
+    # seconds of training between two tries: soon at first (a first try may have met a
+    # passing slow spell: NumPy's BLAS threads spin for ~0.1 s after its last product)
+    PROBE_FIRST, PROBE_MAX = 0.2, 60.0
 
     def __init__(self, nthreads):
         self.nthreads = nthreads
         self.rate = {}  # threads -> samples/s of its latest piece
+        self.piece = self.FIRST_PIECE  # samples in the next piece
         self.clock, self.next_probe, self.interval = 0.0, 0.0, self.PROBE_FIRST
 
     def _best(self):
-        return max(self.rate, key=self.rate.get) if len(self.rate) == 2 else None
+        if len(self.rate) < 2:
+            return None
+        return 1 if self.rate[1] > self.MARGIN * self.rate[self.nthreads] else self.nthreads
 
     def threads(self):
         """The thread count for the next piece."""
@@ -112,12 +121,19 @@ class Pacer:
 
     def samples(self, batch_size):
         """How many samples (whole batches) the next piece takes."""
-        want = self.PIECE_SECONDS * max(self.rate.values()) if self.rate else self.FIRST_PIECE
-        return batch_size * max(1, int(want) // batch_size)
+        return batch_size * max(1, self.piece // batch_size)
 
-    def record(self, threads, samples, seconds):
+    def record(self, threads, samples, seconds, compiled=False):
+        """A piece ran ``samples`` on ``threads`` in ``seconds`` (``compiled``: its time
+        includes compiling the kernel, so it tells nothing)."""
+        if compiled:
+            return
+        if seconds < self.MIN_SECONDS:
+            self.piece = max(self.piece, 4 * samples)
+            return
         before = self._best()
-        self.rate[threads] = samples / max(seconds, 1e-9)
+        self.rate[threads] = samples / seconds
+        self.piece = int(self.PIECE_SECONDS * max(self.rate.values()))
         self.clock += seconds
         if before is None:  # both tried now (or not yet): the first probe in a while
             self.next_probe = self.clock + self.interval
@@ -158,6 +174,11 @@ def _opt_state(opt, params):
     dtype = params[0][0].dtype
     opt.ensure_state(params)
     return OptState(opt.kind, opt.hyper(dtype), opt.buffer, np.array([opt.step], np.int64))
+
+
+def _compiled(kernel):
+    """How many signatures the jitted kernel has compiled (0 without the JIT)."""
+    return len(getattr(kernel, "signatures", ()))
 
 
 @contextlib.contextmanager
@@ -235,13 +256,15 @@ class Backend:
         while done < len(order):  # in pieces, each on the threads the pacer picks
             threads = pacer.threads() if nthreads > 1 else 1
             end = min(len(order), done + pacer.samples(bs))
+            compiled = _compiled(kernels.train)
             t0 = time.perf_counter()
             with _threads(threads):
                 kernels.train(net, state, Batches(images, labels, order[done:end],
                                                   shifts[done:end] if len(shifts) else shifts,
                                                   bs, dtype(PIXEL_SCALE), lanes),
                               work, dtype(lr), threads)
-            pacer.record(threads, end - done, time.perf_counter() - t0)
+            pacer.record(threads, end - done, time.perf_counter() - t0,
+                         compiled=_compiled(kernels.train) != compiled)
             done = end
         opt.step = int(state.step[0])
         loss_sum, hits = work.stats.sum(axis=0)
