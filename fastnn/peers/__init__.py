@@ -36,6 +36,7 @@ class PeerUnavailable(ImportError):
 
 
 def get_peer(name):
+    """Peer ``name``: a module or an object with the API above."""
     try:
         target, libraries, hint = PEERS[name]
     except (KeyError, TypeError):

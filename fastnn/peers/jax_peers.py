@@ -129,9 +129,9 @@ class JaxStep:
             for fn, idx in self.calls(order, batch_size):
                 p, results = fn(p, *data, idx, lr)
                 out.append(results)
-            for (W, b), (new_W, new_b) in zip(params, jax.device_get(p)):
+            p, out = jax.device_get((p, out))  # the epoch's only wait for the device
+            for (W, b), (new_W, new_b) in zip(params, p):
                 W[...], b[...] = new_W, new_b
-            out = jax.device_get(out)  # the epoch's only wait for the device
             losses = np.concatenate([np.ravel(loss) for loss, _ in out]).astype(np.float64)
             sizes = np.diff(np.r_[0 : len(order) : batch_size, len(order)])
             correct = sum(int(np.sum(c)) for _, c in out)

@@ -56,7 +56,7 @@ def _labels(net, U):
 
 
 class Torch:
-    missing = None
+    missing = None  # why it cannot run here (get_peer raises it)
 
     def functions(self, params):
         """(loss_logits, probs, labels), each called as f(net, inputs)."""
