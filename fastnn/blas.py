@@ -1,25 +1,18 @@
 """Which BLAS the benchmarks ran on, whether its kernel was forced, and its sgemm ceiling.
 
-The NumPy reference, the numpy-fast peer and PyTorch spend most of their
-time in BLAS matrix products, so a report must say which library ran, with
-how many threads, and which of its kernels: OpenBLAS picks a kernel for the
-CPU at load time (threadpoolctl's ``architecture``: "Haswell", "SkylakeX",
-"Zen", ...), unless OPENBLAS_CORETYPE forces one. Forced to Haswell on an
-AVX-512 CPU, sgemm runs at about half its speed: ``forced_kernel_warning``
-says so when the variable is set. ``sgemm_gflops`` measures the machine's
-float32 matrix-product rate, the ceiling a report can quote next to its
-training figures.
-
-Needs threadpoolctl (in the test, bench and peers extras), imported on first
-use. Never imports torch: torch's BLAS is reported when torch is already
-imported.
+The NumPy reference, numpy-fast and PyTorch spend most of their time in BLAS.
+OpenBLAS picks a kernel for the CPU when it loads (threadpoolctl's
+``architecture``: "Haswell", "SkylakeX", "Zen", ...) unless OPENBLAS_CORETYPE
+forces one; forced to Haswell on an AVX-512 CPU, sgemm runs at about half its
+speed. Needs threadpoolctl (test, bench and peers extras). Never imports torch:
+torch's BLAS is reported when torch is already imported.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
+import timeit
 
 import numpy as np
 
@@ -46,18 +39,17 @@ def _user(filepath):
 
 
 def _torch_static_blas():
-    """torch's BLAS when torch is imported and links it statically (its CPU wheels link
-    MKL into libtorch, where threadpoolctl cannot see it), else None."""
+    """torch's BLAS when torch is imported and links MKL statically into libtorch (its CPU
+    wheels do), where threadpoolctl cannot see it; else None."""
     torch = sys.modules.get("torch")
     if torch is None or not torch.backends.mkl.is_available():
         return None
-    config = torch.__config__.show()
-    marker = "Math Kernel Library Version "
+    config, marker = torch.__config__.show(), "Math Kernel Library Version "
     # "... Version 2024.2-Product Build 20240605 ..." -> "2024.2"
     version = config.split(marker, 1)[1].split()[0].split("-")[0] if marker in config else None
     parallel = torch.__config__.parallel_info()
-    layer = "openmp" if "parallel backend: OpenMP" in parallel else "native"
-    return dict(user="torch", library="mkl", version=version, threading_layer=layer,
+    return dict(user="torch", library="mkl", version=version,
+                threading_layer="openmp" if "parallel backend: OpenMP" in parallel else "native",
                 num_threads=torch.get_num_threads(),
                 # ATen's vector ISA; MKL picks its own kernel for the CPU
                 architecture=torch.backends.cpu.get_cpu_capability(), file="libtorch (static)")
@@ -65,12 +57,9 @@ def _torch_static_blas():
 
 def libraries():
     """[{user, library, version, threading_layer, num_threads, architecture, file}] for
-    every BLAS library loaded in this process (NumPy's, and torch's once imported).
-
-    library: "openblas", "mkl" or "blis"; architecture: the kernel OpenBLAS or BLIS
-    runs (None for MKL as seen by threadpoolctl; for torch's static MKL, ATen's CPU
-    capability, e.g. "AVX512").
-    """
+    every BLAS library loaded (NumPy's, and torch's once imported). library: "openblas",
+    "mkl" or "blis"; architecture: the kernel OpenBLAS or BLIS runs (None for MKL as seen by
+    threadpoolctl; for torch's static MKL, ATen's CPU capability, e.g. "AVX512")."""
     libs = [dict(user=_user(info.get("filepath")), library=info["internal_api"],
                  version=info.get("version"), threading_layer=info.get("threading_layer"),
                  num_threads=info.get("num_threads"), architecture=info.get("architecture"),
@@ -87,10 +76,9 @@ def summary(libs=None) -> str:
     parts = []
     for lib in libraries() if libs is None else libs:
         details = [lib["threading_layer"], f"{lib['num_threads']} threads"]
-        if lib["architecture"] and lib["library"] in ("openblas", "blis"):
-            details.append(f"{lib['architecture']} kernel")
-        elif lib["architecture"]:
-            details.append(f"CPU capability {lib['architecture']}")
+        if lib["architecture"]:
+            details.append(f"{lib['architecture']} kernel" if lib["library"] in ("openblas", "blis")
+                           else f"CPU capability {lib['architecture']}")
         parts.append(f"{lib['user']}: {lib['library']} {lib['version'] or '(version unknown)'} "
                      f"({', '.join(d for d in details if d)})")
     return "; ".join(parts) or "no BLAS library loaded"
@@ -100,12 +88,10 @@ def _cpu_has_avx512():
     """True/False from /proc/cpuinfo's flags, None where it cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "avx512f" in line.split()
+            return next(("avx512f" in line.split() for line in f if line.startswith("flags")),
+                        None)
     except OSError:
-        pass
-    return None
+        return None
 
 
 def forced_kernel_warning(environ=None, libs=None) -> str | None:
@@ -115,10 +101,10 @@ def forced_kernel_warning(environ=None, libs=None) -> str | None:
     forced = [f"{k}={environ[k]}" for k in FORCING_VARIABLES if k in environ]
     if not forced:
         return None
-    libs = libraries() if libs is None else libs
     ran = ", ".join(f"{lib['user']}'s OpenBLAS {lib['version']} ran its "
                     f"{lib['architecture'] or 'unknown'} kernel"
-                    for lib in libs if lib["library"] == "openblas") or "no OpenBLAS is loaded"
+                    for lib in (libraries() if libs is None else libs)
+                    if lib["library"] == "openblas") or "no OpenBLAS is loaded"
     cpu = " (which has AVX-512)" if _cpu_has_avx512() else ""
     return (f"WARNING: {' and '.join(forced)} set in the environment: {ran}, not necessarily "
             f"the kernel OpenBLAS picks for this CPU{cpu}. These variables force a kernel (and "
@@ -129,8 +115,9 @@ def forced_kernel_warning(environ=None, libs=None) -> str | None:
 
 
 def sgemm_gflops(n=2048, repeats=3, seed=0):
-    """{threads: GFLOP/s} of a float32 (n, n) @ (n, n) NumPy product at 1 thread and at
-    all of BLAS's threads, best of ``repeats`` after one untimed call."""
+    """{threads: GFLOP/s} of a float32 (n, n) @ (n, n) NumPy product at 1 thread and at all
+    of BLAS's threads, best of ``repeats`` after one untimed call: the ceiling a report
+    quotes next to its training figures."""
     threadpoolctl = _threadpoolctl()
     rng = np.random.default_rng(seed)
     A, B = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
@@ -141,10 +128,6 @@ def sgemm_gflops(n=2048, repeats=3, seed=0):
     for threads in counts:
         with threadpoolctl.threadpool_limits(limits=threads, user_api="blas"):
             np.matmul(A, B, out=C)
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                np.matmul(A, B, out=C)
-                best = min(best, time.perf_counter() - t0)
+            best = min(timeit.repeat(lambda: np.matmul(A, B, out=C), number=1, repeat=repeats))
         rates[threads] = 2.0 * n**3 / best / 1e9
     return rates

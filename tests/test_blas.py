@@ -31,12 +31,9 @@ def test_numpy_blas_is_reported():
     assert "numpy: " in blas.summary(libs)
 
 
-def test_no_warning_without_the_variables():
+def test_warning_names_the_kernel_and_the_native_command():
     assert blas.forced_kernel_warning({}) is None
     assert blas.forced_kernel_warning({"OPENBLAS_NUM_THREADS": "1"}) is None
-
-
-def test_warning_names_the_kernel_and_the_native_command():
     libs = [dict(user="numpy", library="openblas", version="0.3.31", threading_layer="pthreads",
                  num_threads=2, architecture="Haswell", file="libopenblas.so")]
     text = blas.forced_kernel_warning({"OPENBLAS_L2_SIZE": "1048576"}, libs)
@@ -44,24 +41,22 @@ def test_warning_names_the_kernel_and_the_native_command():
     assert blas.NATIVE_COMMAND in text and "\n" not in text
 
 
-def _subprocess_report(**env_vars):
-    code = ("import json; from fastnn import blas; "
-            "print(json.dumps([blas.libraries(), blas.forced_kernel_warning()]))")
-    env = {k: v for k, v in os.environ.items() if k not in blas.FORCING_VARIABLES}
-    run = subprocess.run([sys.executable, "-c", code], env=dict(env, **env_vars),
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout.strip().splitlines()[-1])
-
-
 def test_forced_haswell_kernel_is_reported_and_warned():
     if not any(lib["library"] == "openblas" for lib in blas.libraries()):
         pytest.skip("NumPy's BLAS is not OpenBLAS: OPENBLAS_CORETYPE does not apply")
-    libs, warning = _subprocess_report(OPENBLAS_CORETYPE="Haswell")
+    code = ("import json; from fastnn import blas; "
+            "print(json.dumps([blas.libraries(), blas.forced_kernel_warning()]))")
+    env = {k: v for k, v in os.environ.items() if k not in blas.FORCING_VARIABLES}
+    reports = []
+    for extra in ({"OPENBLAS_CORETYPE": "Haswell"}, {}):
+        run = subprocess.run([sys.executable, "-c", code], env=dict(env, **extra),
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        reports.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    (libs, warning), (_, unforced) = reports
     assert [lib["architecture"] for lib in libs if lib["library"] == "openblas"][0] == "Haswell"
     assert "OPENBLAS_CORETYPE=Haswell" in warning and "ran its Haswell kernel" in warning
     assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m fastnn.bench" in warning
-    _, unforced = _subprocess_report()
     assert unforced is None
 
 

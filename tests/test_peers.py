@@ -1,15 +1,9 @@
-"""Every peer (fastnn.peers) against the reference, through fastnn.tolerances.check_backend.
-
-The peers are what the benchmark report times next to fastnn's kernels, so
-each must compute what numpy_ref computes, to fastnn.tolerances, before its
-speed means anything: forward, loss and gradients, several train_epoch steps
-(trajectory tolerance) including a last, shorter batch, and predict, in
-float32 and float64, for nets of one and two hidden layers.
-
-PyTorch and JAX are optional: a peer whose library is missing skips with the
-install command, except under FASTNN_REQUIRE_PEERS=1, where it fails (an
-environment meant to have the peers must not pass by skipping them). The
-wrong peers at the end show that the checker catches the usual mistakes.
+"""Every peer (fastnn.peers) against the reference, through tolerances.check_backend: its
+speed means nothing unless it computes what numpy_ref computes (forward, loss and gradients,
+train_epoch steps including a last, shorter batch, predict; float32 and float64; one and two
+hidden layers). A peer whose library is missing skips with the install command, except under
+FASTNN_REQUIRE_PEERS=1, where it fails (an environment meant to have the peers must not pass
+by skipping them). The wrong peers at the end show the checker catching the usual mistakes.
 """
 
 import gc
@@ -24,45 +18,36 @@ from fastnn import model, peers, tolerances
 from fastnn.kernels import numpy_ref as ref
 from fastnn.peers import numpy_fast
 
-REQUIRE_ENV = "FASTNN_REQUIRE_PEERS"
 DTYPES = ["float32", "float64"]
-# (layer sizes, batch size, full batches, samples in a last, shorter batch)
-CASES = [
-    ([784, 16, 10], 32, 3, 7),
-    ([784, 23, 11, 10], 17, 4, 5),
-    ([784, 9, 10], 64, 0, 20),  # one batch, shorter than batch_size
-]
-CASE_IDS = ["784-16-10-b32", "784-23-11-10-b17", "784-9-10-b64"]
 N_IMAGES, N_TEST = 400, 600
 
 
-def load_peer(name):
-    """The peer's module; a missing library skips (fails under FASTNN_REQUIRE_PEERS=1)."""
+@pytest.fixture(params=list(peers.PEERS))
+def name(request):
+    return request.param
+
+
+@pytest.fixture
+def peer(name):
     try:
         return peers.get_peer(name)
     except peers.PeerUnavailable as e:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{REQUIRE_ENV}=1 but {e}", pytrace=False)
+        if os.environ.get("FASTNN_REQUIRE_PEERS") == "1":
+            pytest.fail(f"FASTNN_REQUIRE_PEERS=1 but {e}", pytrace=False)
         pytest.skip(str(e))
-
-
-@pytest.fixture(params=list(peers.PEERS))
-def peer(request):
-    return load_peer(request.param)
 
 
 @pytest.fixture(scope="module")
 def data():
-    """Synthetic MNIST-like data: train images (400, 784) uint8 (70% zeros), labels
-    (400,) int64, test images (600, 784) uint8."""
+    """Train images (400, 784) uint8 (70% zeros), labels (400,) int64, test images (600, 784)."""
     rng = np.random.default_rng(5)
     images = rng.integers(0, 256, (N_IMAGES + N_TEST, 784)).astype(np.uint8)
     images[rng.random(images.shape) < 0.7] = 0
     return images[:N_IMAGES], rng.integers(0, 10, N_IMAGES), images[N_IMAGES:]
 
 
-def _params(sizes, dtype, seed=0):
-    return model.init_params(sizes, seed=seed, dtype=np.dtype(dtype))
+def _params(sizes, dtype):
+    return model.init_params(sizes, seed=0, dtype=np.dtype(dtype))
 
 
 def _rows(backend, params, data, batch_size, n_order):
@@ -73,22 +58,24 @@ def _rows(backend, params, data, batch_size, n_order):
                                     order, batch_size, 0.05, test_images)
 
 
-# ---------------------------------------------------------------- agreement
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("sizes, batch_size, steps, tail", CASES, ids=CASE_IDS)
-def test_agrees_with_reference(peer, data, dtype, sizes, batch_size, steps, tail):
+@pytest.mark.parametrize("sizes, batch_size, steps, tail", [
+    ([784, 16, 10], 32, 3, 7),  # (layer sizes, batch size, full batches, a last batch of)
+    ([784, 23, 11, 10], 17, 4, 5),
+    ([784, 9, 10], 64, 0, 20),  # one batch, shorter than batch_size
+], ids=["784-16-10-b32", "784-23-11-10-b17", "784-9-10-b64"])
+def test_agrees_with_reference(name, peer, data, dtype, sizes, batch_size, steps, tail):
     rows = _rows(peer, _params(sizes, dtype), data, batch_size, steps * batch_size + tail)
-    tolerances.assert_rows(rows, peer.__name__)
+    tolerances.assert_rows(rows, name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_train_epoch_contract(peer, data, dtype):
-    """Params updated in place (same arrays, same dtype), the return value a float mean
-    loss and the accuracy of the samples seen (within one sample of the reference's: a
-    near-tie may flip), the inputs untouched."""
-    images, labels, _ = data
+def test_contract(peer, data, dtype):
+    """train_epoch updates the params in place (same arrays, same dtype) and returns a float
+    mean loss and the accuracy of the samples seen (within one sample of the reference's:
+    a near-tie may flip), the inputs untouched; a sample index past the data raises like
+    numpy_ref (a JAX gather would clamp); predict returns int64 labels."""
+    images, labels, test_images = data
     order = np.random.default_rng(2).permutation(N_IMAGES)[:3 * 32 + 9]  # last batch of 9
     params, ref_params = _params([784, 12, 10], dtype), _params([784, 12, 10], dtype)
     arrays = [a for pair in params for a in pair]
@@ -103,21 +90,11 @@ def test_train_epoch_contract(peer, data, dtype):
     for new, old in zip((images, labels, order), before):
         np.testing.assert_array_equal(new, old)
     assert not np.array_equal(params[0][0], _params([784, 12, 10], dtype)[0][0])
-
-
-def test_predict_returns_int64_labels(peer, data):
-    _, _, test_images = data
-    labels = peer.predict(_params([784, 7, 10], "float32"), test_images)
-    assert labels.dtype == np.int64 and labels.shape == (N_TEST,)
-    assert labels.min() >= 0 and labels.max() < 10
-
-
-def test_out_of_range_index_raises(peer, data):
-    """A sample index past the data raises like numpy_ref (a JAX gather would clamp)."""
-    images, labels, _ = data
-    order = np.array([0, 1, N_IMAGES], np.int64)
     with pytest.raises(IndexError):
-        peer.train_epoch(_params([784, 4, 10], "float32"), images, labels, order, 2, 0.1)
+        peer.train_epoch(params, images, labels, np.array([0, 1, N_IMAGES]), 2, 0.1)
+    predicted = peer.predict(params, test_images)
+    assert predicted.dtype == np.int64 and predicted.shape == (N_TEST,)
+    assert predicted.min() >= 0 and predicted.max() < 10
 
 
 def test_warmup_and_version(peer):
@@ -125,17 +102,13 @@ def test_warmup_and_version(peer):
     assert isinstance(peer.version(), str) and peer.version()
 
 
-# ---------------------------------------------------------------- JAX's x64 mode
-
-
 @pytest.mark.parametrize("name", ["jax-step", "jax-scan"])
-def test_jax_float64_leaves_float32_alone(name, data):
+def test_jax_float64_leaves_float32_alone(peer, data):
     """float64 calls turn x64 on only inside themselves: the flag is off after them and
     float32 results are bit-identical before and after."""
-    peer = load_peer(name)
     import jax
 
-    images, labels, test_images = data
+    images, labels, _ = data
     X = ref.to_float(images[:16], np.float32)
     p32 = _params([784, 8, 10], "float32")
     before = peer.forward(p32, X)
@@ -145,9 +118,6 @@ def test_jax_float64_leaves_float32_alone(name, data):
     after = peer.forward(p32, X)
     assert after.dtype == np.float32
     np.testing.assert_array_equal(after, before)
-
-
-# ---------------------------------------------------------------- registry
 
 
 def test_registry_names_and_lookup():
@@ -160,18 +130,15 @@ def test_registry_names_and_lookup():
     assert all(v is None or "pip install" in v for v in status.values())
 
 
-@pytest.mark.parametrize("name, library, hint", [
-    ("torch", "torch", "pip install torch==2.13.0"),
-    ("torch-compile", "torch", "pip install torch==2.13.0"),
-    ("jax-step", "jax", "pip install jax==0.10.2 jaxlib==0.10.2"),
-    ("jax-scan", "jax", "pip install jax==0.10.2 jaxlib==0.10.2"),
-])
-def test_missing_library_gives_reason_and_hint(monkeypatch, name, library, hint):
+@pytest.mark.parametrize("name", ["torch", "torch-compile", "jax-step", "jax-scan"])
+def test_missing_library_gives_reason_and_hint(monkeypatch, name):
     """With the library unimportable (None in sys.modules), the peer is reported
     unavailable with the install command, not an ImportError traceback."""
+    library = name.split("-")[0]
+    hint = {"torch": "pip install torch==2.13.0",
+            "jax": "pip install jax==0.10.2 jaxlib==0.10.2"}[library]
     monkeypatch.setitem(sys.modules, library, None)
-    for module in [m for m in sys.modules if m.startswith("fastnn.peers.")
-                   and m != "fastnn.peers._data"]:
+    for module in [m for m in sys.modules if m.startswith("fastnn.peers.")]:
         monkeypatch.delitem(sys.modules, module)
     with pytest.raises(peers.PeerUnavailable, match=hint):
         peers.get_peer(name)
@@ -181,13 +148,19 @@ def test_missing_library_gives_reason_and_hint(monkeypatch, name, library, hint)
 def test_other_import_errors_are_not_hidden(monkeypatch):
     """An ImportError that is not the peer's library missing is a bug: it propagates
     instead of becoming "unavailable" (and a skipped test)."""
-    monkeypatch.setitem(peers.PEERS, "jax-step", "fastnn.peers.no_such_module")
+    monkeypatch.setitem(peers.PEERS, "jax-step", ("fastnn.peers.no_such_module", ("jax",), ""))
     with pytest.raises(ImportError) as info:
         peers.get_peer("jax-step")
     assert not isinstance(info.value, peers.PeerUnavailable)
 
 
-# ---------------------------------------------------------------- numpy-fast's cache
+def test_torch_compile_alone_needs_a_compiler(monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setenv("CXX", "no-such-c++")
+    monkeypatch.delitem(sys.modules, "fastnn.peers.torch_peers", raising=False)
+    with pytest.raises(peers.PeerUnavailable, match="'no-such-c\\+\\+' was not found"):
+        peers.get_peer("torch-compile")
+    assert peers.available(["torch"]) == {"torch": None}
 
 
 def test_numpy_fast_converts_each_data_set_once():
@@ -197,10 +170,10 @@ def test_numpy_fast_converts_each_data_set_once():
     np.testing.assert_array_equal(X, ref.to_float(images, np.float32))
     assert numpy_fast.as_float(images, np.float64).dtype == np.float64  # one per dtype
     assert numpy_fast.as_float(images.copy(), np.float32) is not X  # another array
-    entries = len(numpy_fast._floats)
+    entries = len(peers._per_data_set)
     del images, X
     gc.collect()
-    assert len(numpy_fast._floats) <= entries - 2  # freed with its array
+    assert len(peers._per_data_set) <= entries - 2  # freed with its array
 
 
 # ---------------------------------------------------------------- wrong peers
@@ -235,7 +208,7 @@ def _shifted_labels(params, images):
     return (numpy_fast.predict(params, images) + 1) % 10
 
 
-WRONG = {  # bug -> (the function it replaces, the dtype, the quantities that must fail)
+WRONG = {  # bug -> (the function it replaces, the wrong one, the dtype, what must fail)
     "none (control)": (None, None, "float32", set()),
     "drops the last, shorter batch": ("train_epoch", _drops_last_batch, "float32",
                                       {"W1 after 4 steps"}),

@@ -1,1 +1,1 @@
-"""asv benchmarks for fastnn: one bench_*.py per subject, shared pieces in common.py."""
+"""asv benchmarks for fastnn (bench_train.py); settings in ../asv.conf.json."""

@@ -1,13 +1,12 @@
 """asv: fastnn's speed across commits, timed by asv itself.
 
-The same cases as `python -m fastnn.bench` (fastnn.bench.suite): a full
-epoch over the 60,000 shuffled training images the way a user runs it,
-predict over the 10,000 test images, each backend or peer checked against
-the reference before anything is timed (a disagreement raises, failing the
-benchmark). Short grid by default, FASTNN_BENCH_GRID=full for all of it;
-peers that are not installed are skipped.
+The cases of `python -m fastnn.bench` (fastnn.bench.suite), each backend or
+peer checked against the reference before anything is timed (a disagreement
+raises, failing the benchmark). Short grid by default, FASTNN_BENCH_GRID=full
+for all of it; peers that are not installed are skipped.
 """
 
+import functools
 import os
 
 import numpy as np
@@ -20,13 +19,7 @@ FULL = os.environ.get("FASTNN_BENCH_GRID") == "full"
 NAMES = [*KERNELS, *peers.PEERS]
 HIDDEN = [10, 128, 800] if FULL else [10, 128]
 BATCH_SIZES = [32, 128] if FULL else [128]
-_data = []
-
-
-def data():
-    if not _data:
-        _data.append(suite.load_data())
-    return _data[0]
+data = functools.cache(suite.load_data)
 
 
 def _setup(self, name, hidden, batch_size, dtype):

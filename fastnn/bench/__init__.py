@@ -1,11 +1,5 @@
-"""`python -m fastnn.bench`: does every backend and peer agree, and how fast is it?
-
-Runs the pytest-benchmark suite in fastnn/bench/suite.py (every case checked
-against the reference before it is timed) and renders its JSON as markdown
-tables (fastnn/bench/report.py): training samples/s over full epochs,
-inference, thread scaling, GFLOP/s against the machine's sgemm, compile
-time. ``--json PATH`` writes the report's numbers, every round included.
-"""
+"""`python -m fastnn.bench`: the pytest-benchmark suite of fastnn/bench/suite.py (every
+case checked against the reference before it is timed), rendered by fastnn/bench/report.py."""
 
 import argparse
 import contextlib
@@ -62,7 +56,7 @@ def build_parser():
 
 
 def settings(args):
-    """The suite's settings (fastnn.bench.suite.SETTINGS) the flags ask for."""
+    """fastnn.bench.suite.SETTINGS as the flags ask for them."""
     if args.hidden or args.batch_size:
         nets = [(h, b) for h in args.hidden or [10, 128, 800] for b in args.batch_size or [128]]
     else:
@@ -87,7 +81,7 @@ def run(args, out=sys.stdout):
             f.write("[pytest]\n")
         # pytest's progress goes to stderr; stdout is the report
         with contextlib.redirect_stdout(sys.stderr):
-            code = pytest.main(["--pyargs", "fastnn.bench.suite", "-p", "fastnn.bench.plugin",
+            code = pytest.main(["--pyargs", "fastnn.bench.suite", "-p", "fastnn.bench.report",
                                 "-p", "no:cacheprovider", "--benchmark-enable",
                                 "--benchmark-json", raw, "--benchmark-save-data",
                                 "--benchmark-columns=median,min,max,rounds", "-q", "-rfs",

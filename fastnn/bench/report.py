@@ -1,9 +1,12 @@
-"""Markdown tables and the JSON report, from pytest-benchmark's JSON: no timing here.
+"""The report of `python -m fastnn.bench`: its lines about the machine (this module is the
+suite's pytest plugin), then tables and JSON from pytest-benchmark's JSON; no timing here.
 
-A training figure is samples/s over a full epoch (60,000 images / one
-round's seconds): the median round, and the spread of all rounds as
-+-(max - min) / 2 of the median. Every round's figure is kept in the JSON.
+A figure is samples/s: the median round, ±(max - min) / 2 of the rounds as the
+spread; the JSON keeps every round's figure.
 """
+
+import datetime
+from statistics import median
 
 from fastnn.kernels import KERNELS, REFERENCE
 from fastnn.peers import PEERS
@@ -12,37 +15,57 @@ ORDER = [*KERNELS, *PEERS]
 FAST, BASELINE = "numba", "numpy-fast"
 
 
-def _runs(bench):
-    """samples/s of every round of one benchmark."""
-    samples = bench["extra_info"]["samples"]
-    return [samples / t for t in bench["stats"]["data"]]
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Besides the CPU, Python and commit: the vector ISA, the BLAS and its kernel (a forced
+    one warned about), the sgemm GFLOP/s at 1 and all threads (the ceiling), the versions."""
+    import numba
+    import numpy as np
 
+    from fastnn import blas, peers
+    from fastnn.bench.suite import SETTINGS, THREADS
 
-def _median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return (xs[n // 2] + xs[(n - 1) // 2]) / 2
+    cpu = machine_info.get("cpu", {})
+    versions = {"numpy": np.__version__, "numba": numba.__version__}
+    for name in SETTINGS["names"]:
+        if name in PEERS and not peers.available([name])[name]:
+            versions[name] = peers.get_peer(name).version()
+    warning = blas.forced_kernel_warning()
+    gflops = blas.sgemm_gflops()
+    isa = next((isa for isa, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("AVX", "avx"))
+                if flag in cpu.get("flags", [])), "SSE or other")
+    machine_info.update(
+        isa=isa, blas=blas.libraries(), blas_warning=warning,
+        sgemm_gflops={str(k): v for k, v in gflops.items()}, versions=versions,
+        threads=THREADS, date=datetime.datetime.now().astimezone().isoformat(timespec="minutes"))
+    machine_info["fastnn_lines"] = [
+        f"Machine: {cpu.get('brand_raw', machine_info.get('processor'))} (family "
+        f"{cpu.get('family')}, model {cpu.get('model')}; {isa}), {cpu.get('count')} cores, "
+        f"{machine_info['system']} {machine_info['machine']}, Python "
+        f"{machine_info['python_version']}, " + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + f"; {machine_info['date']}",
+        f"BLAS: {blas.summary()}.",
+        "sgemm ceiling: " + ", ".join(f"{v:.0f} GFLOP/s on {k} thread{'s' * (k > 1)}"
+                                      for k, v in gflops.items()) + "."
+    ] + ([warning] if warning else [])
 
 
 def _rows(benchmarks, test, key):
-    """{row key: {"runs": {name: [samples/s]}, ...}} for one test function's benchmarks."""
+    """A row per value of the ``key`` fields among one test function's benchmarks."""
     rows = {}
     for b in benchmarks:
+        info = b["extra_info"]
         if b["name"].split("[")[0] != test:
             continue
-        info = b["extra_info"]
         row = rows.setdefault(tuple(info[k] for k in key), dict(
             {k: info[k] for k in key}, runs={}, compile_seconds={}, train_flop=info["train_flop"],
             predict_flop=info["predict_flop"]))
-        row["runs"][info["name"]] = _runs(b)
+        row["runs"][info["name"]] = [info["samples"] / t for t in b["stats"]["data"]]
         row["compile_seconds"][info["name"]] = info["compile_seconds"]
     for row in rows.values():
-        row["samples_per_second"] = {n: _median(r) for n, r in row["runs"].items()}
-        rate = row["samples_per_second"]
+        rate = row["samples_per_second"] = {n: median(r) for n, r in row["runs"].items()}
         peers = {n: v for n, v in rate.items() if n in PEERS}
         if FAST in rate and peers:
-            best = max(peers, key=peers.get)
-            row["best_peer"] = best
+            best = row["best_peer"] = max(peers, key=peers.get)
             row["ratios"] = {f"{FAST} / {best}": rate[FAST] / peers[best]}
             if BASELINE in rate:
                 row["ratios"][f"{FAST} / {BASELINE}"] = rate[FAST] / rate[BASELINE]
@@ -50,54 +73,27 @@ def _rows(benchmarks, test, key):
 
 
 def _cell(runs):
-    med = _median(runs)
+    med = median(runs)
     spread = (max(runs) - min(runs)) / 2 / med if med else 0.0
     text = f"{med / 1e6:.2f}M" if med >= 1e6 else f"{med / 1e3:.1f}k"
     return f"{text} ±{100 * spread:.0f}%" if len(runs) > 1 else text
 
 
-def _table(head, body):
-    return (["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1))
-             + "|"] + ["| " + " | ".join(map(str, r)) + " |" for r in body])
+def _table(title, head, body, *notes):
+    """A titled markdown table, any notes between the title and the table."""
+    return [title, "", *notes, "| " + " | ".join(head) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+            *("| " + " | ".join(map(str, r)) + " |" for r in body), ""]
 
 
-def _throughput(rows, first_cols, title):
+def _throughput(title, rows, cols):
     names = [n for n in ORDER if any(n in r["runs"] for r in rows)]
     ratios = list(dict.fromkeys(k for r in rows for k in r.get("ratios", {})))
-    body = [[*(r[c] for c, _ in first_cols),
+    body = [[*(r[c] for c, _ in cols),
              *(_cell(r["runs"][n]) if n in r["runs"] else "-" for n in names),
              *(f"{r['ratios'][k]:.2f}" if k in r.get("ratios", {}) else "-" for k in ratios)]
             for r in rows]
-    return [title, "", *_table([h for _, h in first_cols] + names + ratios, body), ""]
-
-
-def render(bench_json):
-    """(markdown lines, report dict) from a pytest-benchmark JSON document."""
-    benches = bench_json["benchmarks"]
-    train = _rows(benches, "test_train_epoch", ("net", "batch_size", "dtype", "threads"))
-    infer = _rows(benches, "test_predict", ("net", "dtype", "threads"))
-    compiled = [dict(name=b["extra_info"]["name"], dtype=b["extra_info"]["dtype"],
-                     cold_seconds=b["extra_info"]["cold_seconds"],
-                     warm_seconds=b["extra_info"]["warm_seconds"])
-                for b in benches if b["name"].startswith("test_compile")]
-    machine = bench_json["machine_info"]
-    report = dict(machine=machine, commit=bench_json.get("commit_info"),
-                  datetime=bench_json.get("datetime"), reference=REFERENCE, train=train,
-                  inference=infer, compile=compiled)
-    lines = ["# fastnn benchmark report", "", *machine.get("fastnn_lines", []), ""]
-    cols = [("net", "net"), ("batch_size", "batch"), ("dtype", "dtype"), ("threads", "threads")]
-    lines += _throughput(train, cols, "## Training: samples/s over full 60,000-image epochs "
-                         "(median of the rounds, ±half their range)")
-    lines += _throughput(infer, [c for c in cols if c[0] != "batch_size"],
-                         "## Inference: samples/s, predict over the 10,000 test images")
-    lines += _scaling(train) + _gflops(train, machine)
-    if compiled:
-        lines += ["## Compile time (seconds): warmup() in a fresh interpreter, empty and then "
-                  "filled Numba cache", "", *_table(
-                      ["backend", "dtype", "cold", "warm"],
-                      [[c["name"], c["dtype"], f"{c['cold_seconds']:.1f}",
-                        f"{c['warm_seconds']:.2f}"] for c in compiled]), ""]
-    return lines, report
+    return _table(title, [h for _, h in cols] + names + ratios, body)
 
 
 def _scaling(train):
@@ -109,21 +105,42 @@ def _scaling(train):
             a, b = base["samples_per_second"][FAST], r["samples_per_second"][FAST]
             body.append([r["net"], r["batch_size"], r["dtype"], _cell(base["runs"][FAST]),
                          f"{_cell(r['runs'][FAST])} ({r['threads']})", f"{b / a:.2f}"])
-    if not body:
-        return []
-    return [f"## Thread scaling of {FAST}", "", *_table(
-        ["net", "batch", "dtype", "1 thread", "all threads", "ratio"], body), ""]
+    return body
 
 
-def _gflops(train, machine):
+def render(bench_json):
+    """(markdown lines, report dict) from a pytest-benchmark JSON document."""
+    benches, machine = bench_json["benchmarks"], bench_json["machine_info"]
+    train = _rows(benches, "test_train_epoch", ("net", "batch_size", "dtype", "threads"))
+    infer = _rows(benches, "test_predict", ("net", "dtype", "threads"))
+    compiled = [{k: b["extra_info"][k] for k in ("name", "dtype", "cold_seconds",
+                                                 "warm_seconds")}
+                for b in benches if b["name"].startswith("test_compile")]
+    report = dict(machine=machine, commit=bench_json.get("commit_info"),
+                  datetime=bench_json.get("datetime"), reference=REFERENCE, train=train,
+                  inference=infer, compile=compiled)
+    cols = [("net", "net"), ("batch_size", "batch"), ("dtype", "dtype"), ("threads", "threads")]
+    lines = ["# fastnn benchmark report", "", *machine.get("fastnn_lines", []), ""]
+    lines += _throughput("## Training: samples/s over full 60,000-image epochs (median of "
+                         "the rounds, ±half their range)", train, cols)
+    lines += _throughput("## Inference: samples/s, predict over the 10,000 test images",
+                         infer, [c for c in cols if c[0] != "batch_size"])
+    if scaling := _scaling(train):
+        lines += _table(f"## Thread scaling of {FAST}",
+                        ["net", "batch", "dtype", "1 thread", "all threads", "ratio"], scaling)
     ceiling = machine.get("sgemm_gflops") or {}
-    body = [[r["net"], r["batch_size"], r["threads"],
-             f"{r['train_flop'] * r['samples_per_second'][FAST] / 1e9:.0f}",
-             f"{ceiling.get(str(r['threads']), float('nan')):.0f}"]
-            for r in train if FAST in r["samples_per_second"]]
-    if not body:
-        return []
-    return [f"## {FAST}'s training GFLOP/s against the machine's sgemm", "",
-            "FLOPs per sample: 2 n_in n_out per layer forward, as much for the weight "
-            "gradient, and again for the input gradient of every layer but the first.", "",
-            *_table(["net", "batch", "threads", "GFLOP/s", "sgemm GFLOP/s"], body), ""]
+    if gflops := [[r["net"], r["batch_size"], r["threads"],
+                   f"{r['train_flop'] * r['samples_per_second'][FAST] / 1e9:.0f}",
+                   f"{ceiling.get(str(r['threads']), float('nan')):.0f}"]
+                  for r in train if FAST in r["samples_per_second"]]:
+        lines += _table(f"## {FAST}'s training GFLOP/s against the machine's sgemm",
+                        ["net", "batch", "threads", "GFLOP/s", "sgemm GFLOP/s"], gflops,
+                        "FLOPs per sample: 2 n_in n_out per layer forward, as much for the "
+                        "weight gradient, and again for the input gradient of every layer but "
+                        "the first.", "")
+    if compiled:
+        lines += _table("## Compile time (seconds): warmup() in a fresh interpreter, empty and "
+                        "then filled Numba cache", ["backend", "dtype", "cold", "warm"],
+                        [[c["name"], c["dtype"], f"{c['cold_seconds']:.1f}",
+                          f"{c['warm_seconds']:.2f}"] for c in compiled])
+    return lines, report

@@ -1,24 +1,11 @@
-"""The benchmarks behind `python -m fastnn.bench`, timed by pytest-benchmark alone.
+"""The benchmarks of `python -m fastnn.bench` (README: Benchmarks), timed by pytest-benchmark.
 
-Every case checks its backend (or peer) against the reference
-(fastnn.tolerances.check_backend) before timing it, and fails instead of
-timing a wrong kernel. Compilation is never timed: ``warmup`` and one
-untimed warm-up call come first (their seconds go into extra_info).
-
-* test_train_epoch: a round is one full epoch over the 60,000 shuffled
-  training images, through the call `python -m fastnn.train` makes
-  (fastnn.train.train_one_epoch; a peer's own train_epoch), plain SGD at the
-  default learning rate, a fresh shuffle per round drawn untimed; the
-  params keep training from round to round, as a user's epochs do.
-* test_predict: a round is ``predict`` over the 10,000 test images.
-* test_compile: the numba backends' ``warmup`` in fresh interpreters, with
-  an empty and then a filled Numba cache.
-
-The grid comes from $FASTNN_BENCH (JSON, written by fastnn.bench.main):
-hidden widths, batch sizes, dtypes, names, rounds, data, whether to time
-thread scaling (numba at 1 thread too) and compilation.
+Every case is checked against the reference before it is timed, and fails
+instead of timing a wrong kernel; ``warmup`` and one untimed call come first,
+so compilation is never timed. The grid comes from $FASTNN_BENCH (JSON).
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -30,21 +17,19 @@ import numpy as np
 import pytest
 
 from fastnn import config, model, peers, tolerances, train
+from fastnn.bench import build_parser, settings
 from fastnn.kernels import KERNELS, get_kernel
 from fastnn.kernels.numpy_ref import to_float
 
-SETTINGS = dict(hidden=[10, 10, 128, 800], batch_size=[32, 128, 128, 128], dtype=["float32"],
-                names=[*KERNELS, *peers.PEERS], rounds=5, data="auto", scaling=True,
-                compile=True, threads=None)
+SETTINGS = settings(build_parser().parse_args([]))  # the command's defaults
 SETTINGS.update(json.loads(os.environ.get("FASTNN_BENCH", "{}")))
 THREADS = SETTINGS["threads"] or config.max_threads()
 LR = train.DEFAULTS["lr"]
 SETTLE_SECONDS = 0.25
-# XLA's thread pool is sized when JAX starts: its cases run at the full count only
-FIXED_THREADS = ("jax-step", "jax-scan")
 
 
 def _cases():
+    """(name, hidden, batch size, dtype, threads), numba again at 1 thread for scaling."""
     nets = list(zip(SETTINGS["hidden"], SETTINGS["batch_size"]))
     cases = [(name, h, b, d, THREADS) for d in SETTINGS["dtype"] for h, b in nets
              for name in SETTINGS["names"]]
@@ -53,9 +38,8 @@ def _cases():
     return cases
 
 
-def _id(case):
-    name, hidden, batch, dtype, threads = case
-    return f"{name}-784-{hidden}-10-b{batch}-{dtype}-t{threads}"
+def _id(case):  # (name, hidden, batch size, dtype, threads)
+    return "{}-784-{}-10-b{}-{}-t{}".format(*case)
 
 
 def _seconds(fn, *args):
@@ -65,9 +49,8 @@ def _seconds(fn, *args):
 
 
 def load_data(source="auto"):
-    """(train images, train labels, test images, test labels, source): real MNIST, or
-    synthetic arrays of the same shape when MNIST is not to be had (or source is
-    "synthetic")."""
+    """(train images, labels, test images, labels, source): MNIST, or synthetic arrays of
+    the same shape when it is not to be had (or source is "synthetic")."""
     if source != "synthetic":
         from fastnn.data import DataError, load_mnist
 
@@ -102,44 +85,16 @@ def epoch(name, kernel, params, data, batch_size):
     return lambda order: kernel.train_epoch(params, images, labels, order, batch_size, LR)
 
 
-class _Threads:
-    """Run a case at n threads: Numba's, BLAS's (threadpoolctl) or PyTorch's count."""
-
-    def __init__(self, name, n):
-        self.name, self.n = name, n
-
-    def __enter__(self):
-        from threadpoolctl import threadpool_limits
-
-        self.numba = config.set_threads(None)
-        config.set_threads(self.n)
-        self.blas = threadpool_limits(self.n)
-        if self.name.startswith("torch"):
-            import torch
-
-            self.torch = torch.get_num_threads()
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        config.set_threads(self.numba)
-        self.blas.unregister()
-        if self.name.startswith("torch"):
-            import torch
-
-            torch.set_num_threads(self.torch)
-
-
 _checked = {}
 
 
 def checked(name, hidden, batch_size, dtype, data):
-    """(backend, its params, the worst difference from the reference): the backend
-    checked against the reference once per case, and compiled."""
-    images, labels, test_images = data[0], data[1], data[2]
+    """(backend, its params, the worst difference from the reference), checked once per case."""
     kernel = backend(name)
     params = model.init_params(model.layer_sizes([hidden]), seed=0, dtype=np.dtype(dtype))
     key = (name, hidden, batch_size, dtype)
     if key not in _checked:
+        images, labels, test_images = data[:3]
         rng = np.random.default_rng(1)
         idx = rng.permutation(len(images))[:batch_size]
         rows = tolerances.check_backend(kernel, params, to_float(images[idx], dtype),
@@ -154,62 +109,70 @@ def checked(name, hidden, batch_size, dtype, data):
     return kernel, params, _checked[key]
 
 
-def _prepared(name, hidden, batch_size, dtype, data, benchmark):
-    """checked(...) (a peer that is not installed: skipped, saying how to install it),
-    its compile time and the case's description in extra_info."""
+@contextlib.contextmanager
+def _case(benchmark, data, name, hidden, batch_size, dtype, threads):
+    """(backend, params), checked, warmed up and described in extra_info, at ``threads``
+    Numba, BLAS and PyTorch threads (XLA sizes its pool when JAX starts: the JAX peers run
+    at the full count only). A peer that is not installed skips, saying how to install it."""
+    from threadpoolctl import threadpool_limits
+
     try:
-        kernel, params, worst = checked(name, hidden, batch_size, dtype, data)
+        backend(name)
     except peers.PeerUnavailable as e:
         pytest.skip(str(e))
-    sizes = model.sizes_of(params)
-    flops = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-    benchmark.extra_info.update(
-        name=name, kind="backend" if name in KERNELS else "peer", hidden=hidden,
-        net="-".join(map(str, sizes)), batch_size=batch_size, dtype=dtype,
-        compile_seconds=kernel.warmup(sizes, np.dtype(dtype)), worst_difference=worst,
-        # forward 2 n_in n_out per layer, the weight gradient as much, the input gradient
-        # as much again for every layer but the first
-        train_flop=2 * (3 * flops - sizes[0] * sizes[1]), predict_flop=2 * flops,
-        data=data[4])
-    return kernel, params
+    numba_threads = config.set_threads(None)
+    config.set_threads(threads)
+    torch = sys.modules["torch"] if name.startswith("torch") else None
+    if torch:
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            kernel, params, worst = checked(name, hidden, batch_size, dtype, data)
+            sizes = model.sizes_of(params)
+            flops = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+            benchmark.extra_info.update(
+                name=name, kind="backend" if name in KERNELS else "peer", hidden=hidden,
+                net="-".join(map(str, sizes)), batch_size=batch_size, dtype=dtype,
+                compile_seconds=kernel.warmup(sizes, np.dtype(dtype)), worst_difference=worst,
+                # forward 2 n_in n_out per layer, the weight gradient as much, the input
+                # gradient as much again for every layer but the first
+                train_flop=2 * (3 * flops - sizes[0] * sizes[1]), predict_flop=2 * flops,
+                data=data[4], threads=threads)
+            yield kernel, params
+    finally:
+        config.set_threads(numba_threads)
+        if torch:
+            torch.set_num_threads(torch_threads)
 
 
 @pytest.mark.parametrize("case", _cases(), ids=_id)
 def test_train_epoch(benchmark, data, case):
-    name, hidden, batch_size, dtype, threads = case
-    images = data[0]
-    rng = np.random.default_rng(2)
-    with _Threads(name, threads):
-        run = epoch(name, *_prepared(name, hidden, batch_size, dtype, data, benchmark), data,
-                    batch_size)
-        benchmark.extra_info.update(threads=threads, samples=len(images))
-        # the first epoch compiles what warmup could not (XLA: per shape): untimed
-        benchmark.extra_info["warmup_epoch_seconds"] = _seconds(run, rng.permutation(len(images)))
+    images, rng = data[0], np.random.default_rng(2)
+    with _case(benchmark, data, *case) as (kernel, params):
+        run = epoch(case[0], kernel, params, data, case[2])
+        # untimed: the first epoch compiles what warmup could not (XLA: per shape); a round
+        # is an epoch over a fresh shuffle (drawn untimed), the params training on
+        benchmark.extra_info.update(samples=len(images), warmup_epoch_seconds=_seconds(
+            run, rng.permutation(len(images))))
         loss, _ = benchmark.pedantic(run, setup=lambda: ((rng.permutation(len(images)),), {}),
                                      rounds=SETTINGS["rounds"], iterations=1)
     assert np.isfinite(loss)
 
 
-def _predict_cases():
-    """One per name, net and dtype, at the full thread count (batch: the check's)."""
-    return list(dict.fromkeys((name, h, 128, d, THREADS) for name, h, _, d, t in _cases()
-                              if t == THREADS))
-
-
-@pytest.mark.parametrize("case", _predict_cases(), ids=_id)
+# one case per name, net and dtype, at the full thread count (batch 128: the check's)
+@pytest.mark.parametrize("case", list(dict.fromkeys(
+    (n, h, 128, d, THREADS) for n, h, _, d, t in _cases() if t == THREADS)), ids=_id)
 def test_predict(benchmark, data, case):
-    name, hidden, batch_size, dtype, threads = case
-    test_images, test_labels = data[2], data[3]
-    with _Threads(name, threads):
-        backend, params = _prepared(name, hidden, batch_size, dtype, data, benchmark)
-        first = _seconds(backend.predict, params, test_images)
+    test_images = data[2]
+    with _case(benchmark, data, *case) as (kernel, params):
+        first = _seconds(kernel.predict, params, test_images)
         # rounds of a few ms: enough of them to last about a second
         rounds = max(SETTINGS["rounds"], min(1000, int(1.0 / max(first, 1e-4))))
-        benchmark.extra_info.update(threads=threads, samples=len(test_images),
-                                    warmup_epoch_seconds=first)
-        labels = benchmark.pedantic(backend.predict, (params, test_images), rounds=rounds,
+        benchmark.extra_info.update(samples=len(test_images), warmup_epoch_seconds=first)
+        labels = benchmark.pedantic(kernel.predict, (params, test_images), rounds=rounds,
                                     iterations=1)
-    assert labels.shape == test_labels.shape
+    assert labels.shape == data[3].shape
 
 
 _WARMUP = """import sys, numpy as np

@@ -1,55 +1,33 @@
-"""Peers: the implementations a user would pick instead of fastnn, for the benchmarks.
+"""Peers: what a user would pick instead of fastnn, for the benchmarks.
 
-Each peer is a module with the benchmark subset of the backend API, with
-numpy_ref's semantics (see fastnn/kernels/numpy_ref.py):
-
-* ``forward(params, X) -> P (m, 10)``,
-* ``loss_and_grads(params, X, y) -> (loss, [(dW, db), ...])``,
-* ``train_epoch(params, images, labels, order, batch_size, lr) -> (mean loss,
-  accuracy)``: plain SGD, params updated in place, the last batch may be
-  shorter, each batch's loss and accuracy measured before its update,
-* ``predict(params, images) -> labels (n,) int64``,
-* ``warmup(sizes, dtype) -> seconds`` and ``version() -> str``,
-
-so fastnn.tolerances.check_backend checks a peer exactly as it checks a
-backend. PyTorch and JAX are optional extras, never dependencies
-of fastnn: importing this package imports neither; ``get_peer(name)`` imports
-the peer's module (and its library) on first use, and raises PeerUnavailable,
-with the reason and the install command, when that library is missing.
+A peer has the backends' ``forward``, ``loss_and_grads``, ``train_epoch``
+(plain SGD: ``(params, images, labels, order, batch_size, lr)``), ``predict``,
+``warmup`` and ``version``, with numpy_ref's semantics, so
+tolerances.check_backend checks it as it checks a backend. PyTorch and JAX are
+optional, never dependencies: ``get_peer`` imports a peer on first use and
+raises PeerUnavailable, saying how to install what is missing.
 """
 
 from __future__ import annotations
 
 import importlib
+import time
+import weakref
 
-# name -> module, in the order the report shows them
-PEERS = {
-    "numpy-fast": "fastnn.peers.numpy_fast",
-    "torch": "fastnn.peers.torch_eager",
-    "torch-compile": "fastnn.peers.torch_compile",
-    "jax-step": "fastnn.peers.jax_step",
-    "jax-scan": "fastnn.peers.jax_scan",
-}
+import numpy as np
 
 # Pinned like the ``peers`` extra: an unpinned torch pulls a multi-GB CUDA build.
-TORCH_HINT = "install it with pip install torch==2.13.0, or fastnn's peers extra"
-JAX_HINT = "install it with pip install jax==0.10.2 jaxlib==0.10.2, or fastnn's peers extra"
-INSTALL_HINTS = {
-    "numpy-fast": "",
-    "torch": TORCH_HINT,
-    "torch-compile": TORCH_HINT + "; torch.compile also needs a C++ compiler (g++)",
-    "jax-step": JAX_HINT,
-    "jax-scan": JAX_HINT,
-}
-
-
-# the libraries each peer imports: a missing one makes the peer unavailable
-REQUIRES = {
-    "numpy-fast": (),
-    "torch": ("torch",),
-    "torch-compile": ("torch",),
-    "jax-step": ("jax", "jaxlib"),
-    "jax-scan": ("jax", "jaxlib"),
+_TORCH = ("torch",), "install it with pip install torch==2.13.0, or fastnn's peers extra"
+_JAX = (("jax", "jaxlib"),
+        "install it with pip install jax==0.10.2 jaxlib==0.10.2, or fastnn's peers extra")
+# name -> (module[:object], the libraries it imports, how to install them), in report order
+PEERS = {
+    "numpy-fast": ("fastnn.peers.numpy_fast", (), ""),
+    "torch": ("fastnn.peers.torch_peers:eager", *_TORCH),
+    "torch-compile": ("fastnn.peers.torch_peers:compiled", _TORCH[0],
+                      _TORCH[1] + "; torch.compile also needs a C++ compiler (g++)"),
+    "jax-step": ("fastnn.peers.jax_peers:step", *_JAX),
+    "jax-scan": ("fastnn.peers.jax_peers:scan", *_JAX),
 }
 
 
@@ -58,33 +36,71 @@ class PeerUnavailable(ImportError):
 
 
 def get_peer(name):
-    """The module of peer ``name``; PeerUnavailable if its library cannot be imported."""
+    """Peer ``name``: a module or an object with the API above."""
     try:
-        module = PEERS[name]
+        target, libraries, hint = PEERS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown peer {name!r}; known peers: {', '.join(PEERS)}") from None
+    module, _, attr = target.partition(":")
     try:
-        return importlib.import_module(module)
-    except PeerUnavailable:
-        raise
+        module = importlib.import_module(module)
     except ImportError as e:
         # Only the peer's own library missing (or broken) makes it unavailable; any other
         # ImportError is a bug in fastnn and must not turn into a skipped test.
-        if (e.name or "").split(".")[0] not in REQUIRES[name]:
+        if (e.name or "").split(".")[0] not in libraries:
             raise
-        raise PeerUnavailable(f"{name}: {e}; {INSTALL_HINTS[name]}") from e
-
-
-def reason(name) -> str | None:
-    """None if peer ``name`` is usable here, else why not and how to install it."""
-    try:
-        get_peer(name)
-    except PeerUnavailable as e:
-        return str(e)
-    return None
+        raise PeerUnavailable(f"{name}: {e}; {hint}") from e
+    peer = getattr(module, attr) if attr else module
+    if getattr(peer, "missing", None):  # a toolchain (torch-compile: a C++ compiler)
+        raise PeerUnavailable(peer.missing)
+    return peer
 
 
 def available(names=None) -> dict[str, str | None]:
-    """{name: None if importable else the reason and install hint}, for ``names``
-    (default: every peer, in PEERS order). Imports each peer's library."""
-    return {name: reason(name) for name in (PEERS if names is None else names)}
+    """{name: None if usable here, else why not and how to fix it}; imports the libraries."""
+    status = {}
+    for name in PEERS if names is None else names:
+        try:
+            get_peer(name)
+            status[name] = None
+        except PeerUnavailable as e:
+            status[name] = str(e)
+    return status
+
+
+_per_data_set = {}  # (id(array), key) -> (weak reference to the array, value)
+
+
+def per_data_set(array, key, make):
+    """make(), once per (array, key) while the array lives: a benchmark passes the same
+    images again and again, and a peer converts them (to float, onto a device) once, as a
+    user would. By identity, not content: a data set is read-only; a copy is a new one."""
+    slot = (id(array), key)
+    entry = _per_data_set.get(slot)
+    if entry is None or entry[0]() is not array:
+        # The callback runs when the array is freed, before its id can be reused.
+        ref = weakref.ref(array, lambda _, slot=slot: _per_data_set.pop(slot, None))
+        entry = _per_data_set[slot] = (ref, make())
+    return entry[1]
+
+
+def checked_order(order, n, dtype=np.intp):
+    """order as ``dtype``, checked to lie in [-n, n) (a gather that clips or wraps would not
+    raise on its own)."""
+    order = np.asarray(order)
+    if order.size and (order.min() < -n or order.max() >= n):
+        raise IndexError(f"sample index out of range for {n} images")
+    return order.astype(dtype, copy=False)
+
+
+def warmup_run(train_epoch, predict, sizes, dtype):
+    """A peer's warmup: an epoch (a batch of 2, a last batch of 1) and predict on a tiny net;
+    seconds. Other shapes compile on their first call."""
+    from fastnn.model import init_params
+
+    t0 = time.perf_counter()
+    params = init_params([sizes[0], 2, sizes[-1]], dtype=dtype)
+    images = np.zeros((3, sizes[0]), np.uint8)
+    train_epoch(params, images, np.zeros(3, np.int64), np.arange(3), 2, 0.0)
+    predict(params, images)
+    return time.perf_counter() - t0
