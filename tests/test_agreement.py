@@ -660,10 +660,10 @@ def test_pacer_tries_both_and_keeps_the_faster():
         pacer.record(threads, int(rate * seconds), seconds, compiled)
 
     pacer = Pacer(2)
-    assert pacer.threads() == 2 and pacer.samples(100) == 2000
+    assert pacer.threads() == 2 and pacer.samples(100, 2) == 2000
     piece(2, 1e3, 30.0, compiled=True)  # compiling: tells nothing
     pacer.record(2, 2000, 0.001)  # too short to tell anything: not counted...
-    assert pacer.threads() == 2 and pacer.samples(100) == 8000  # ...a longer piece next
+    assert pacer.threads() == 2 and pacer.samples(100, 2) == 8000  # ...a longer piece next
     piece(2, 100e3)
     assert pacer.threads() == 1
     piece(1, 105e3)  # within the noise: all threads are kept
@@ -674,7 +674,8 @@ def test_pacer_tries_both_and_keeps_the_faster():
     assert pacer.threads() == 2  # ...all threads are tried again
     piece(2, 500e3)  # the other process is gone
     assert pacer.threads() == 2
-    assert pacer.samples(100) == 100 * int(Pacer.PIECE_SECONDS * 500e3 // 100)
+    assert pacer.samples(100, 2) == 100 * int(Pacer.PIECE_SECONDS * 500e3 // 100)
+    assert pacer.samples(100, 1) == 100 * int(Pacer.PIECE_SECONDS * 200e3 // 100)
     piece(2, 500e3, Pacer.PROBE_FIRST)
     assert pacer.threads() == 1  # tried again after PROBE_FIRST...
     piece(1, 200e3)  # ...one thread still loses: wait twice as long

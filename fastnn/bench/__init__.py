@@ -47,6 +47,8 @@ def build_parser():
                    help="MNIST (downloaded if needed), or synthetic images of the same shape")
     p.add_argument("--no-scaling", action="store_true", help="skip numba at 1 thread")
     p.add_argument("--no-compile", action="store_true", help="skip cold compile times")
+    p.add_argument("--no-contention", action="store_true",
+                   help="skip numba's epochs with another busy process running")
     p.add_argument("--quick", action="store_true",
                    help="check the machinery: 784-10-10 at batch 128, 1 round, no scaling "
                         "or compile times")
@@ -65,7 +67,8 @@ def settings(args):
                 dtype=args.dtype, names=args.only or [*KERNELS, *PEERS],
                 rounds=1 if args.quick else args.rounds, data=args.data,
                 scaling=not (args.quick or args.no_scaling),
-                compile=not (args.quick or args.no_compile), threads=args.threads)
+                compile=not (args.quick or args.no_compile),
+                contention=not (args.quick or args.no_contention), threads=args.threads)
 
 
 def run(args, out=sys.stdout):

@@ -116,9 +116,11 @@ def render(bench_json):
     compiled = [{k: b["extra_info"][k] for k in ("name", "dtype", "cold_seconds",
                                                  "warm_seconds")}
                 for b in benches if b["name"].startswith("test_compile")]
+    contended = _rows(benches, "test_train_epoch_contended",
+                      ("net", "batch_size", "dtype", "threads"))
     report = dict(machine=machine, commit=bench_json.get("commit_info"),
                   datetime=bench_json.get("datetime"), reference=REFERENCE, train=train,
-                  inference=infer, compile=compiled)
+                  inference=infer, contended=contended, compile=compiled)
     cols = [("net", "net"), ("batch_size", "batch"), ("dtype", "dtype"), ("threads", "threads")]
     lines = ["# fastnn benchmark report", "", *machine.get("fastnn_lines", []), ""]
     lines += _throughput("## Training: samples/s over full 60,000-image epochs (median of "
@@ -128,6 +130,11 @@ def render(bench_json):
     if scaling := _scaling(train):
         lines += _table(f"## Thread scaling of {FAST}",
                         ["net", "batch", "dtype", "1 thread", "all threads", "ratio"], scaling)
+    if busy := _scaling(contended):
+        lines += _table(f"## {FAST} with another busy process (a Python loop) running",
+                        ["net", "batch", "dtype", "1 thread", "all threads", "ratio"], busy,
+                        "All threads: the default, whose pieces of an epoch run on all "
+                        "threads or on one, whichever is faster (numba_epoch.Pacer).", "")
     ceiling = machine.get("sgemm_gflops") or {}
     if gflops := [[r["net"], r["batch_size"], r["threads"],
                    f"{r['train_flop'] * r['samples_per_second'][FAST] / 1e9:.0f}",

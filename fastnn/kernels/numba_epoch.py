@@ -84,7 +84,7 @@ class Pacer:
     So an epoch runs in pieces of about PIECE_SECONDS; the first two pieces try all
     threads and one, then the faster is kept and the other tried again after
     PROBE_FIRST seconds of training, twice as long each time it loses again (up to
-    PROBE_MAX): in a quiet run of a minute, 9 pieces of 25 ms run on one thread.
+    PROBE_MAX): in a quiet run of a minute, 7 pieces of 25 ms run on one thread.
     """
 
     PIECE_SECONDS = 0.025
@@ -96,7 +96,7 @@ class Pacer:
     MARGIN = 1.1  # one thread must be this much faster to be kept (timings are noisy)
     # seconds of training between two tries: soon at first (a first try may have met a
     # passing slow spell: NumPy's BLAS threads spin for ~0.1 s after its last product)
-    PROBE_FIRST, PROBE_MAX = 0.2, 60.0
+    PROBE_FIRST, PROBE_MAX = 0.5, 60.0
 
     def __init__(self, nthreads):
         self.nthreads = nthreads
@@ -119,9 +119,13 @@ class Pacer:
             return 1 if best != 1 else self.nthreads  # try the other again
         return best
 
-    def samples(self, batch_size):
-        """How many samples (whole batches) the next piece takes."""
-        return batch_size * max(1, self.piece // batch_size)
+    def samples(self, batch_size, threads):
+        """How many samples (whole batches) the next piece, on ``threads``, takes: about
+        PIECE_SECONDS at that thread count's last rate (a try of the slower one must not
+        last longer than a piece), FIRST_PIECE growing until one lasts MIN_SECONDS."""
+        rate = self.rate.get(threads)
+        want = self.piece if rate is None else int(self.PIECE_SECONDS * rate)
+        return batch_size * max(1, want // batch_size)
 
     def record(self, threads, samples, seconds, compiled=False):
         """A piece ran ``samples`` on ``threads`` in ``seconds`` (``compiled``: its time
@@ -255,7 +259,7 @@ class Backend:
         done = 0
         while done < len(order):  # in pieces, each on the threads the pacer picks
             threads = pacer.threads() if nthreads > 1 else 1
-            end = min(len(order), done + pacer.samples(bs))
+            end = min(len(order), done + pacer.samples(bs, threads))
             compiled = _compiled(kernels.train)
             t0 = time.perf_counter()
             with _threads(threads):
