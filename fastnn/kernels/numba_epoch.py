@@ -46,7 +46,7 @@ from fastnn.optim import Optimizer
 
 class Strategy(NamedTuple):
     train: object  # the fused epoch kernel
-    work: object  # (P, width, batch_size, nthreads, dtype) -> its buffers
+    work: object  # (P, width, batch_size, nthreads, lanes, dtype) -> its buffers
     predict: object  # the fused inference kernel
     predict_work: object  # (width, nthreads, dtype) -> its buffers
 
@@ -60,11 +60,11 @@ STRATEGIES = {
                        numba_simple.predict_simple, numba_simple.predict_work),
 }
 
-# Per-thread gradient buffers up to this many floats in all (1 MiB of float32):
+# Per-lane gradient buffers up to this many floats in all (1 MiB of float32):
 # below it, adding them up costs less than train_epoch_rows's extra parallel
 # regions and its reading of activations written by other cores (measured on
-# 2 cores: "samples" faster at 784-10-10 and 784-32-10, equal at 784-128-10,
-# slower at 784-800-10).
+# 2 cores, Zen 4: "samples" faster from 784-10-10 to 784-64-10, about equal at
+# 784-128-10, slower at 784-800-10).
 SPLIT_MAX_FLOATS = 1 << 18
 
 
