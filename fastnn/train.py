@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from fastnn import cli, config, model, optim
+from fastnn import augment, cli, config, model, optim
 from fastnn.kernels import KERNELS, get_kernel
 
 # Every flag's value when neither a preset nor the command line sets it.
@@ -23,7 +23,12 @@ DEFAULTS = dict(
     kernel="numba", hidden=[10], epochs=10, batch_size=32, lr=0.05, seed=0,
     dtype="float32", init="he", dataset="mnist", optimizer="sgd", momentum=0.9, beta1=0.9,
     beta2=0.999, eps=1e-8, weight_decay=0.0, schedule="constant", warmup=0, shift=0,
+    elastic=0.0, elastic_sigma=4.0, rotate=0.0, scale=0.0, shear=0.0,
 )
+# The distortion settings, in augment.Distortion's order after its key
+DISTORTION = ("elastic", "elastic_sigma", "rotate", "scale", "shear")
+# --elastic with no value: Simard et al.'s MNIST setting (alpha 34, sigma 4)
+SIMARD_ALPHA = 34.0
 PRESETS = {
     "default": {},
     # The original script: 784-10-10, U(-0.5, 0.5) init, full-batch gradient
@@ -78,6 +83,20 @@ def build_parser():
     p.add_argument("--shift", type=cli.non_negative_int, metavar="PX",
                    help="augment: move each training image by a random (dy, dx) in "
                         "[-PX, PX] pixels, drawn per epoch (default: 0 = off)")
+    p.add_argument("--elastic", type=distortion_type("alpha"), nargs="?", const=SIMARD_ALPHA,
+                   metavar="ALPHA",
+                   help="augment: elastic distortion (Simard 2003), displacements of up to "
+                        f"about ALPHA/25 pixels, drawn per sample and epoch (alone: "
+                        f"{SIMARD_ALPHA:g}; default: 0 = off)")
+    p.add_argument("--elastic-sigma", type=distortion_type("sigma"), metavar="SIGMA",
+                   help="smoothness of the elastic field: the Gaussian's standard deviation "
+                        "in pixels (default: 4)")
+    p.add_argument("--rotate", type=distortion_type("rotate"), metavar="DEG",
+                   help="augment: random rotation within [-DEG, DEG] degrees (default: 0)")
+    p.add_argument("--scale", type=distortion_type("scale"), metavar="X",
+                   help="augment: random scaling by a factor within [1-X, 1+X] (default: 0)")
+    p.add_argument("--shear", type=distortion_type("shear"), metavar="X",
+                   help="augment: random horizontal shear within [-X, X] (default: 0)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="where the IDX files live or are cached (default: $FASTNN_DATA or "
                         "a per-user cache dir)")
@@ -106,6 +125,34 @@ def build_parser():
     p.add_argument("--compare-steps", type=cli.positive_int, default=300, metavar="N",
                    help="training steps per backend with --compare (default: 300)")
     return p
+
+
+def distortion_type(name):
+    """An argparse type for a distortion setting: a number in augment.RANGES[name]."""
+    ok, allowed = augment.RANGES[name]
+
+    def parse(text):
+        value = cli.number(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be in {allowed}, got {text}")
+        return value
+
+    return parse
+
+
+def distorting(args):
+    """Whether the run distorts its training images (elastic or affine)."""
+    return any(getattr(args, k) > 0 for k in ("elastic", "rotate", "scale", "shear"))
+
+
+def augmentation_text(args):
+    """The run's augmentation for the header line: '' when there is none."""
+    parts = [f"shift {args.shift} px"] if args.shift else []
+    if args.elastic:
+        parts.append(f"elastic alpha {args.elastic:g} sigma {args.elastic_sigma:g}")
+    parts += [f"{k} {getattr(args, k):g}{unit}" for k, unit in
+              (("rotate", " deg"), ("scale", ""), ("shear", "")) if getattr(args, k)]
+    return "".join(", " + p for p in parts)
 
 
 def parse_args(argv=None):
@@ -144,7 +191,7 @@ def make_optimizer(args):
 # continue the same run.
 RESUME_FIXED = ("hidden", "dtype", "init", "seed", "batch_size", "lr", "optimizer", "momentum",
                 "beta1", "beta2", "eps", "weight_decay", "schedule", "warmup", "shift",
-                "dataset")
+                *DISTORTION, "dataset")
 
 
 def resume_from(args):
@@ -198,18 +245,26 @@ def _progress(epoch, epochs, done, total, stream=sys.stderr):
     stream.flush()
 
 
-def draw_epoch(rng, n, shift):
-    """The epoch's sample order and, when augmenting, each sample's (dy, dx) shift."""
+def draw_epoch(rng, n, args):
+    """The epoch's sample order and, when augmenting, each sample's (dy, dx) shift and
+    the epoch's distortion (its key drawn here; the kernels derive every sample's
+    random field from it)."""
     order = rng.permutation(n)
-    shifts = rng.integers(-shift, shift + 1, size=(n, 2)) if shift else None
-    return order, shifts
+    shifts = rng.integers(-args.shift, args.shift + 1, size=(n, 2)) if args.shift else None
+    distort = None
+    if distorting(args):
+        key = int(rng.integers(0, 2**64, dtype=np.uint64))
+        distort = augment.Distortion(key, *(getattr(args, k) for k in DISTORTION))
+    return order, shifts, distort
 
 
-def train_one_epoch(kernel, params, images, labels, order, shifts, batch_size, lr, opt,
-                    progress):
-    """Run one epoch; in pieces of whole batches when a progress bar is shown."""
+def train_one_epoch(kernel, params, images, labels, order, shifts, distort, batch_size, lr,
+                    opt, progress):
+    """Run one epoch; in pieces of whole batches when a progress bar is shown (a
+    sample's distortion depends on the epoch's key and the sample, not on the piece)."""
     if progress is None:
-        return kernel.train_epoch(params, images, labels, order, batch_size, lr, opt, shifts)
+        return kernel.train_epoch(params, images, labels, order, batch_size, lr, opt, shifts,
+                                  distort)
     n_batches = -(-len(order) // batch_size)
     pieces = min(n_batches, 40)
     loss_sum = correct = 0.0
@@ -217,7 +272,7 @@ def train_one_epoch(kernel, params, images, labels, order, shifts, batch_size, l
         lo = (n_batches * i // pieces) * batch_size
         hi = min(len(order), (n_batches * (i + 1) // pieces) * batch_size)
         loss, acc = kernel.train_epoch(params, images, labels, order[lo:hi], batch_size, lr, opt,
-                                       None if shifts is None else shifts[lo:hi])
+                                       None if shifts is None else shifts[lo:hi], distort)
         loss_sum += loss * (hi - lo)
         correct += acc * (hi - lo)
         progress(hi, len(order))
@@ -231,12 +286,12 @@ class Diverged(Exception):
 def run_epoch(args, kernel, params, opt, rng, epoch, train_x, train_y, test_x, test_y, bs,
               show_bar):
     """Train one epoch and evaluate; its row of the history. Raises Diverged."""
-    order, shifts = draw_epoch(rng, len(train_x), args.shift)
+    order, shifts, distort = draw_epoch(rng, len(train_x), args)
     lr = optim.learning_rate(epoch, args.lr, args.epochs, args.schedule, args.warmup)
     bar = (lambda d, t: _progress(epoch, args.epochs, d, t)) if show_bar else None
     t0 = time.perf_counter()
-    loss, train_acc = train_one_epoch(kernel, params, train_x, train_y, order, shifts, bs, lr,
-                                      opt, bar)
+    loss, train_acc = train_one_epoch(kernel, params, train_x, train_y, order, shifts, distort,
+                                      bs, lr, opt, bar)
     seconds = time.perf_counter() - t0
     if bar:
         sys.stderr.write("\r" + " " * 60 + "\r")
@@ -266,11 +321,12 @@ def run(args, out=None):
     bs = cfg["batch_size"]
     say(f"fastnn: {'-'.join(map(str, cfg['sizes']))} net, {args.kernel} kernel, {args.dtype}, "
         f"{args.optimizer} lr {args.lr} ({args.schedule}), batch {bs}, {args.epochs} epochs, "
-        f"{cfg['threads']} threads" + (f", resuming at epoch {first_epoch}" if args.resume else ""))
+        f"{cfg['threads']} threads{augmentation_text(args)}"
+        + (f", resuming at epoch {first_epoch}" if args.resume else ""))
 
     rng = np.random.default_rng(args.seed)
     for _ in range(1, first_epoch):  # replay the draws of the epochs already done
-        draw_epoch(rng, len(train_x), args.shift)
+        draw_epoch(rng, len(train_x), args)
     show_bar = not args.quiet and sys.stderr.isatty()
     log_every = max(1, args.epochs // 25)
     train_seconds = sum(row["seconds"] for row in history)

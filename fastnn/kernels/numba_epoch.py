@@ -20,7 +20,8 @@ optimizer's own flat state, also in place), ``batches`` a
 ``numba_shared.Batches``, ``work`` the strategy's buffers, ``lr`` of the
 params' dtype and ``nthreads`` Numba's thread count. ``forward``,
 ``loss_and_grads``, ``activations`` and ``sgd_step`` are numba_layers'
-per-layer kernels, the same functions under every name.
+per-layer kernels, the same functions under every name; so is ``gather``
+(numba_shared.gather_batch: the batches as every fused epoch sees them).
 """
 
 import time
@@ -30,8 +31,8 @@ import numba
 import numpy as np
 
 from fastnn import model
-from fastnn.kernels import numba_layers, numba_simple, numba_tiles
-from fastnn.kernels.numba_shared import Batches, OptState, update_params
+from fastnn.kernels import numba_distort, numba_layers, numba_simple, numba_tiles
+from fastnn.kernels.numba_shared import Batches, OptState, gather_batch, update_params
 from fastnn.kernels.numpy_ref import PIXEL_SCALE
 from fastnn.optim import Optimizer
 
@@ -91,6 +92,17 @@ def _shifts(shifts, order):
     return shifts
 
 
+def _batches(images, labels, order, batch_size, dtype, shifts, distort):
+    """The fused kernels' Batches; order: (k,) int64, dtype: the params' float type."""
+    dt = np.dtype(dtype).type
+    images = _images(images)
+    if distort is not None and images.shape[1] != numba_distort.N_PIXELS:
+        raise ValueError(f"distortion needs 28x28 images, (n, 784); got {images.shape}")
+    return Batches(images, np.ascontiguousarray(labels, np.int64), order,
+                   _shifts(shifts, order), int(batch_size), dt(PIXEL_SCALE),
+                   *numba_distort.kernel_args(distort, dt))
+
+
 def _opt_state(opt, params):
     """opt as the kernels' OptState: its own flat state, a fresh step counter."""
     dtype = params[0][0].dtype
@@ -128,18 +140,18 @@ class Backend:
         return getattr(Backend, attr)
 
     def train_epoch(self, params, images, labels, order, batch_size, lr, opt=None,
-                    shifts=None):
+                    shifts=None, distort=None):
         """Minibatch training over ``order``, updating params (and ``opt``) in place.
 
         Same semantics as numpy_ref.train_epoch: ``opt`` a fastnn.optim.Optimizer (None
-        = plain SGD), ``shifts`` (len(order), 2) moves each sample by (dy, dx) pixels;
-        returns (mean loss, accuracy), each sample measured before its batch's update.
+        = plain SGD), ``shifts`` (len(order), 2) moves each sample by (dy, dx) pixels,
+        ``distort`` a fastnn.augment.Distortion; returns (mean loss, accuracy), each
+        sample measured before its batch's update.
         """
         net = _flat(params)
         order = np.ascontiguousarray(order, np.int64)
         dtype = net.theta.dtype.type
-        batches = Batches(_images(images), np.ascontiguousarray(labels, np.int64), order,
-                          _shifts(shifts, order), int(batch_size), dtype(PIXEL_SCALE))
+        batches = _batches(images, labels, order, batch_size, dtype, shifts, distort)
         opt = opt if opt is not None else Optimizer("sgd")
         state = _opt_state(opt, params)
         nthreads = numba.get_num_threads()
@@ -150,6 +162,16 @@ class Backend:
         opt.step = int(state.step[0])
         loss_sum, hits = work.stats.sum(axis=0)
         return float(loss_sum / len(order)), float(hits / len(order))
+
+    @staticmethod
+    def gather(images, order, dtype, shifts=None, distort=None):
+        """images[order] as train_epoch's kernels see them: (len(order), 784) of dtype,
+        scaled to [0, 1], shifted and distorted as asked (numpy_ref.gather's twin)."""
+        order = np.ascontiguousarray(order, np.int64)
+        out = np.empty((len(order), _images(images).shape[1]), dtype)
+        gather_batch(_batches(images, np.zeros(0, np.int64), order, 1, dtype, shifts, distort),
+                     out)
+        return out
 
     def predict(self, params, images):
         """images (n, 784) uint8 -> predicted labels (n,) int64."""
