@@ -41,8 +41,8 @@ def bench(session):
     session.install("-e", ".[test]")
     session.run(
         "pytest", "tests/test_bench_forward.py", "tests/test_bench_train.py",
-        "tests/test_bench_inference.py", "--benchmark-enable", "--benchmark-autosave",
-        "--benchmark-group-by=group", *session.posargs,
+        "tests/test_bench_inference.py", "tests/test_bench_distort.py", "--benchmark-enable",
+        "--benchmark-autosave", "--benchmark-group-by=group", *session.posargs,
     )
 
 

@@ -251,11 +251,15 @@ def draw_epoch(rng, n, args):
     random field from it)."""
     order = rng.permutation(n)
     shifts = rng.integers(-args.shift, args.shift + 1, size=(n, 2)) if args.shift else None
-    distort = None
-    if distorting(args):
-        key = int(rng.integers(0, 2**64, dtype=np.uint64))
-        distort = augment.Distortion(key, *(getattr(args, k) for k in DISTORTION))
-    return order, shifts, distort
+    return order, shifts, draw_distortion(rng, args)
+
+
+def draw_distortion(rng, args):
+    """An epoch's augment.Distortion, its key drawn from rng; None when not distorting."""
+    if not distorting(args):
+        return None
+    key = int(rng.integers(0, 2**64, dtype=np.uint64))
+    return augment.Distortion(key, *(getattr(args, k) for k in DISTORTION))
 
 
 def train_one_epoch(kernel, params, images, labels, order, shifts, distort, batch_size, lr,
@@ -381,11 +385,26 @@ def run(args, out=None):
     if args.json:
         model.atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     if args.plot or args.plots_dir:
-        write_pictures(args, history, params, kernel.predict(params, test_x), test_x, test_y, say)
+        write_pictures(args, history, params, kernel.predict(params, test_x), test_x, test_y, say,
+                       kernel, train_x)
     return result
 
 
-def write_pictures(args, history, params, preds, test_x, test_y, say):
+DISTORTION_DRAWS = 23  # the picture's distorted versions of one digit (with it: 3 rows of 8)
+
+
+def distortion_examples(args, kernel, train_x, dtype):
+    """The first training digit as --plots-dir's distortions.png shows it: (original,
+    DISTORTION_DRAWS distorted versions), each drawn as a training epoch would draw it."""
+    rng = np.random.default_rng(args.seed)
+    versions = []
+    for _ in range(DISTORTION_DRAWS):
+        _, shifts, distort = draw_epoch(rng, 1, args)
+        versions.append(kernel.gather(train_x, np.zeros(1, np.int64), dtype, shifts, distort)[0])
+    return kernel.gather(train_x, np.zeros(1, np.int64), dtype)[0], np.array(versions)
+
+
+def write_pictures(args, history, params, preds, test_x, test_y, say, kernel, train_x):
     from fastnn import evaluate, plots
     from fastnn.data import class_names
 
@@ -402,6 +421,10 @@ def write_pictures(args, history, params, preds, test_x, test_y, say):
         plots.training_curves(history, paths[0], paths[1])
         plots.confusion(evaluate.confusion_matrix(test_y, preds), paths[2])
         plots.first_layer_weights(params[0][0], paths[3])
+        if distorting(args):
+            paths.append(os.path.join(d, "distortions.png"))
+            original, versions = distortion_examples(args, kernel, train_x, params[0][0].dtype)
+            plots.distortion_grid(original, versions, paths[-1], augmentation_text(args)[2:])
         written += paths
     say(f"wrote {', '.join(written)}")
 
