@@ -85,9 +85,10 @@ def build_parser():
                         "[-PX, PX] pixels, drawn per epoch (default: 0 = off)")
     p.add_argument("--elastic", type=distortion_type("alpha"), nargs="?", const=SIMARD_ALPHA,
                    metavar="ALPHA",
-                   help="augment: elastic distortion (Simard 2003), displacements of up to "
-                        f"about ALPHA/25 pixels, drawn per sample and epoch (alone: "
-                        f"{SIMARD_ALPHA:g}; default: 0 = off)")
+                   help="augment: elastic distortion (Simard 2003), a smooth random "
+                        "displacement field drawn per sample and epoch, about ALPHA/(6 SIGMA) "
+                        f"pixels rms (alone: {SIMARD_ALPHA:g}, 1.4 px at sigma 4; default: 0 = "
+                        "off)")
     p.add_argument("--elastic-sigma", type=distortion_type("sigma"), metavar="SIGMA",
                    help="smoothness of the elastic field: the Gaussian's standard deviation "
                         "in pixels (default: 4)")

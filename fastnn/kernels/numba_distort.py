@@ -42,7 +42,7 @@ class Distort(NamedTuple):
     taps: np.ndarray  # (2R + 1,) Gaussian taps of the params' dtype; (0,) = no distortion
     alpha: float  # of the params' dtype
     ranges: np.ndarray  # (3,) float64: largest rotation (radians), scale change, shear
-    scratch: np.ndarray  # (T, scratch_size(R)) params' dtype, zeros: a row per Numba thread
+    scratch: np.ndarray  # (T, scratch_layout(R)[-1]) params' dtype, zeros: a row per thread
 
 
 @njit(**config.JIT)

@@ -38,7 +38,7 @@ class Batches(NamedTuple):
     taps: np.ndarray  # (2R + 1,) Gaussian taps, params' dtype; (0,) = no distortion
     alpha: float  # of the params' dtype
     ranges: np.ndarray  # (3,) float64: largest rotation (radians), scale change, shear
-    scratch: np.ndarray  # (T, 3, 784) params' dtype, a block per Numba thread, or (0, 3, 784)
+    scratch: np.ndarray  # (T, n) params' dtype, a row per Numba thread (numba_distort)
 
 
 class OptState(NamedTuple):
