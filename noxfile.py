@@ -3,8 +3,8 @@
     nox                  tests + nojit (what CI runs)
     nox -- -m "not slow" the same without the tests that train on real MNIST for seconds
     nox -s tests         the full pytest suite, JIT enabled, benchmarks run once untimed
-    nox -s nojit         agreement tests on small shapes with NUMBA_DISABLE_JIT=1, so the
-                         loop bodies are also checked as plain Python
+    nox -s nojit         agreement and distortion tests on small shapes with
+                         NUMBA_DISABLE_JIT=1, so the loop bodies are also checked as plain Python
     nox -s lint          ruff
     nox -s bench         python -m fastnn.bench with the peers installed (the report)
     nox -s asv           asv quick run + HTML report in benchmarks/html (`nox -s asv -- full`)
@@ -26,7 +26,7 @@ def tests(session):
 def nojit(session):
     session.install("-e", ".[test]")
     session.run(
-        "pytest", "tests/test_agreement.py", "-q", *session.posargs,
+        "pytest", "tests/test_agreement.py", "tests/test_distort.py", "-q", *session.posargs,
         env={"NUMBA_DISABLE_JIT": "1", "FASTNN_SMALL": "1"},
     )
 

@@ -1,9 +1,11 @@
 """`python -m fastnn.train --compare`: every backend, same start, same batches.
 
 Checks each backend against the reference on one batch (probabilities, loss,
-every gradient), then trains each from the same initial parameters through
-the same ``--compare-steps`` batches and compares the parameters, test
-accuracy and speed. Exit code 1 when any difference exceeds tolerances.py.
+every gradient, and the batch's images as shifted and distorted when the run
+asks for that), then trains each from the same initial parameters through
+the same ``--compare-steps`` batches (augmented likewise) and compares the
+parameters, test accuracy and speed. Exit code 1 when any difference
+exceeds tolerances.py.
 """
 
 import json
@@ -13,6 +15,7 @@ import time
 import numpy as np
 
 from fastnn import config, files, model, tolerances
+from fastnn import train as train_cli
 from fastnn.kernels import KERNELS, REFERENCE, get_kernel, numpy_ref
 from fastnn.kernels.numpy_ref import to_float
 
@@ -25,10 +28,12 @@ def _flat(params_or_grads):
     return [a for pair in params_or_grads for a in pair]
 
 
-def sample_order(seed, n, n_samples, batch_size):
-    """The sample indices of the --compare batches: permutations of range(n), one after
-    another, cut to n_samples. Yielded in pieces of whole batches (about one permutation
-    each), so memory stays O(n) however many --compare-steps are asked for."""
+def sample_order(seed, n, n_samples, batch_size, shift=0):
+    """The --compare batches: (order, shifts) pieces, order the sample indices,
+    permutations of range(n) one after another cut to n_samples, and shifts each
+    position's (dy, dx) within +-shift (None without). In pieces of whole batches
+    (about one permutation each), so memory stays O(n) however many --compare-steps
+    are asked for."""
     rng = np.random.default_rng(seed)
     piece = batch_size * -(-n // batch_size)
     pending = np.empty(0, dtype=np.int64)
@@ -36,30 +41,37 @@ def sample_order(seed, n, n_samples, batch_size):
         take = min(piece, n_samples)
         while len(pending) < take:
             pending = np.concatenate([pending, rng.permutation(n)])
-        yield pending[:take]
+        shifts = rng.integers(-shift, shift + 1, size=(take, 2)) if shift else None
+        yield pending[:take], shifts
         pending, n_samples = pending[take:], n_samples - take
 
 
-def measure(name, params0, train, test, orders, batch_size, lr):
+def measure(name, params0, train, test, pieces, batch_size, lr, distort=None):
     """Everything --compare needs from one backend, from a fresh copy of params0;
-    ``orders()`` yields the sample order in pieces (sample_order)."""
+    ``pieces()`` yields the batches' (order, shifts) in pieces (sample_order)."""
     kernel = get_kernel(name)
     dtype = params0[0][0].dtype
     compile_seconds = kernel.warmup(model.sizes_of(params0), dtype)
-    idx = next(orders())[:batch_size]
+    order, shifts = next(pieces())
+    idx = order[:batch_size]
     X, y = to_float(train[0][idx], dtype), train[1][idx]
     P = kernel.forward(params0, X)
     loss, grads = kernel.loss_and_grads(params0, X, y)
+    # augmentation arguments only when asked: a backend without augmentation still compares
+    augmenting = shifts is not None or distort is not None
+    images = (kernel.gather(train[0], idx, dtype, None if shifts is None else
+                            shifts[:batch_size], distort) if augmenting else None)
     params = model.copy_params(params0)
     seconds = samples = 0
-    for order in orders():
+    for order, shifts in pieces():
         t0 = time.perf_counter()
-        kernel.train_epoch(params, train[0], train[1], order, batch_size, lr)
+        augmented = dict(shifts=shifts, distort=distort) if augmenting else {}
+        kernel.train_epoch(params, train[0], train[1], order, batch_size, lr, **augmented)
         seconds += time.perf_counter() - t0
         samples += len(order)
     accuracy = float(np.mean(kernel.predict(params, test[0]) == test[1]))
     return dict(probabilities=P, loss=np.array(loss), grads=_flat(grads), params=_flat(params),
-                test_accuracy=accuracy, seconds=seconds,
+                test_accuracy=accuracy, seconds=seconds, images=images,
                 samples_per_second=samples / seconds, compile_seconds=compile_seconds)
 
 
@@ -72,15 +84,18 @@ def run(args, data, out=None):
     bs = args.batch_size or len(train[0])
     params0 = model.init_params(sizes, seed=args.seed, dtype=dtype, init=args.init)
 
-    def orders():
-        return sample_order(args.seed, len(train[0]), args.compare_steps * bs, bs)
+    def pieces():
+        return sample_order(args.seed, len(train[0]), args.compare_steps * bs, bs, args.shift)
 
-    results = {name: measure(name, params0, train, test, orders, bs, args.lr)
+    # the distortion's key from a generator of its own: the batches stay those of an
+    # unaugmented run
+    distort = train_cli.draw_distortion(np.random.default_rng(args.seed), args)
+    results = {name: measure(name, params0, train, test, pieces, bs, args.lr, distort)
                for name in KERNELS}
     ref = results[REFERENCE]
     names = _names(params0)
     # softmax outputs and the loss get tolerances scaled by the logits' size
-    first = next(orders())[:bs]
+    first = next(pieces())[0][:bs]
     zscale = tolerances.logit_scale(numpy_ref.logits(params0, to_float(train[0][first], dtype)))
     checks = [("probabilities", "probabilities", None, False, zscale),
               ("loss", "loss", None, False, zscale)]
@@ -90,21 +105,35 @@ def run(args, data, out=None):
 
     report, ok = {"config": dict(sizes=sizes, dtype=args.dtype, batch_size=bs, lr=args.lr,
                                  steps=args.compare_steps, seed=args.seed,
-                                 threads=config.set_threads(None)), "backends": {}}, True
+                                 threads=config.set_threads(None),
+                                 augmentation=train_cli.augmentation_text(args)[2:] or None),
+                   "backends": {}}, True
     lines = [f"fastnn --compare: {'-'.join(map(str, sizes))}, {args.dtype}, batch {bs}, "
-             f"{args.compare_steps} steps, reference = {REFERENCE}", ""]
+             f"{args.compare_steps} steps{train_cli.augmentation_text(args)}, "
+             f"reference = {REFERENCE}", ""]
     for name, res in results.items():
         if name == REFERENCE:
             continue
         lines += [f"{name} vs {REFERENCE}", f"  {'quantity':<24} {'max abs diff':>13} "
                   f"{'max rel diff':>13} {'rtol':>10}  ok"]
-        rows = [tolerances.row(label, res[key] if i is None else res[key][i],
-                               ref[key] if i is None else ref[key][i], dtype, traj, scale)
-                for label, key, i, traj, scale in checks]
+        rows = []
+        if res["images"] is not None:
+            # an absolute bound for intensities in [0, 1] (tolerances.distortion_atol; an
+            # integer shift alone is exact)
+            atol = (tolerances.distortion_atol(dtype, distort.alpha, distort.sigma)
+                    if distort is not None else 0.0)
+            abs_diff, rel_diff = tolerances.differences(res["images"], ref["images"])
+            rows.append(dict(quantity="augmented images", max_abs=abs_diff,
+                             max_rel=rel_diff, atol=atol, ok=bool(abs_diff <= atol)))
+        rows += [tolerances.row(label, res[key] if i is None else res[key][i],
+                                ref[key] if i is None else ref[key][i], dtype, traj, scale)
+                 for label, key, i, traj, scale in checks]
         for r in rows:
             ok &= r["ok"]
-            lines.append(f"  {r['quantity']:<24} {r['max_abs']:13.3e} {r['max_rel']:13.3e} "
-                         f"{r['rtol']:10.1e}  {'yes' if r['ok'] else 'NO'}")
+            label, bound = ((r["quantity"] + " (atol)", r["atol"]) if "atol" in r
+                            else (r["quantity"], r["rtol"]))
+            lines.append(f"  {label:<24} {r['max_abs']:13.3e} {r['max_rel']:13.3e} "
+                         f"{bound:10.1e}  {'yes' if r['ok'] else 'NO'}")
         report["backends"][name] = dict(agreement=rows)
         lines.append("")
     lines.append(f"  {'backend':<12} {'test acc':>9} {'samples/s':>12} {'speed-up':>9} "

@@ -3,7 +3,8 @@
 ``predictions_grid`` shows test digits beside the network's predictions;
 ``training_curves`` the loss and accuracies per epoch (plus a CSV of them);
 ``confusion`` an annotated confusion matrix; ``first_layer_weights`` what
-each hidden unit responds to.
+each hidden unit responds to; ``distortion_grid`` one training digit as the
+elastic and affine distortions present it, epoch after epoch.
 
 matplotlib runs on the Agg backend (no display needed) unless ``show`` asks
 for a window. Files are written like every other output (fastnn.files.write_output:
@@ -179,4 +180,31 @@ def first_layer_weights(W, png_path, max_units=64, show=False):
     fig.suptitle(f"What each hidden unit looks for: its first-layer weights ({shown} units)\n"
                  "red: ink here excites the unit, blue: ink here inhibits it",
                  fontsize=10)
+    _finish(plt, fig, png_path, show)
+
+
+def distortion_grid(original, distorted, png_path, settings, show=False, cols=8):
+    """One digit as the network sees it in training: the original (float (784,) in [0, 1])
+    first, then its distorted versions (float (n, 784)), one per epoch key.
+
+    settings: the distortion's description for the title (e.g. "elastic alpha 34 sigma 4").
+    """
+    distorted = np.asarray(distorted)
+    if distorted.ndim != 2 or distorted.shape[1] != 28 * 28 or np.size(original) != 28 * 28:
+        raise ValueError(f"expected 784-pixel images, got {np.shape(original)} and "
+                         f"{distorted.shape}")
+    plt = _pyplot(show)
+    count = 1 + len(distorted)
+    rows = -(-count // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.3 + 0.6), squeeze=False)
+    for k, ax in enumerate(np.ravel(axes)):
+        ax.axis("off")
+        if k >= count:
+            continue
+        image = original if k == 0 else distorted[k - 1]
+        ax.imshow(np.reshape(image, (28, 28)), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title("original" if k == 0 else f"draw {k}", fontsize=8,
+                     fontweight="bold" if k == 0 else "normal", y=1.0)
+    fig.suptitle(f"What the network trains on: one digit, distorted afresh each epoch\n"
+                 f"({settings})", fontsize=10)
     _finish(plt, fig, png_path, show)

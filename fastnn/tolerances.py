@@ -30,6 +30,8 @@ and a predicted label may differ at a near-tie of the two largest logits.
 
 import numpy as np
 
+from fastnn.augment import radius
+
 KERNEL_RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
 # Parameters after a few hundred SGD steps through identical batches.
 TRAJECTORY_RTOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-4}
@@ -187,3 +189,25 @@ def assert_rows(rows, what):
         raise AssertionError(f"{what} disagrees with the reference: " + "; ".join(
             f"{r['quantity']} max |a - r| = {r['max_abs']:.3g} ({r['max_rel']:.3g} of "
             f"max|r|, rtol {r['rtol']:g})" for r in bad))
+
+
+def distortion_atol(dtype, alpha, sigma):
+    """Largest |a - r| allowed between two backends' distorted images (fastnn.augment),
+    whose pixels are intensities in [0, 1].
+
+    Both draw bit-identical noise and use identical taps, so they differ only by
+    rounding (unit roundoff u of dtype), bounded to first order per backend:
+    the field, two passes of 2R + 1 taps (summing to 1) over noise in [-1, 1),
+    errs by <= 2 (2R + 2) u, times alpha; the affine part (entries within a few
+    u, applied to offsets up to 27 px) and the ~6 roundings of the position sum
+    (magnitudes up to 30 + alpha + a 28-px shift) add <= (alpha + 480) u more.
+    The bilinear sample is continuous and 1-Lipschitz in each coordinate for
+    intensities in [0, 1], so a position error e moves it by <= 2 e, plus ~9
+    roundings of its own. Two backends: twice that. For alpha 34, sigma 4 this
+    is 5.9e-4 in float32 and 1.1e-12 in float64; differences seen are ~100x
+    smaller (4e-6 and 7e-15), while any wrong tap, hash bit or coordinate
+    moves pixels by 1e-2 or more.
+    """
+    u = float(np.finfo(dtype).eps) / 2
+    e_pos = (alpha * (4 * radius(sigma) + 11) + 480) * u
+    return 2 * (2 * e_pos + 9 * u)

@@ -155,3 +155,61 @@ def train_epoch_one_sample_at_a_time(params, images, labels, order, batch_size, 
             W -= lr * gW / m
             b -= lr * gb / m
     return loss_sum / len(order), correct / len(order)
+
+
+# ---------------------------------------------------------------- distortions (fastnn/augment.py)
+
+MASK64 = 2**64 - 1
+
+
+def splitmix64_mix(z):
+    """SplitMix64's output function on a Python int, mod 2^64 (Steele, Lea, Flood 2014)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def distort_one(image, key, j, alpha, sigma, rotate=0.0, scale=0.0, shear=0.0, shift=(0, 0)):
+    """Training sample j's image (784,) in [0, 1], distorted as the README's equations say:
+    Python ints for the hashes, a direct 2-D double sum for the Gaussian, math.cos and
+    math.sin, the textbook bilinear formula; float64 throughout, one pixel at a time."""
+    golden, key, j = 0x9E3779B97F4A7C15, int(key), int(j)  # Python ints: no overflow
+    k = splitmix64_mix((key + (j + 1) * golden) & MASK64)
+    h = [splitmix64_mix((k + (c + 1) * golden) & MASK64) for c in range(786)]
+
+    def u(bits):
+        return bits * 2.0**-23 - 1.0
+
+    ux = [[u(h[28 * y + x] >> 40) for x in range(28)] for y in range(28)]
+    uy = [[u((h[28 * y + x] >> 16) & 0xFFFFFF) for x in range(28)] for y in range(28)]
+    R = math.ceil(3 * sigma)
+    g = [math.exp(-(a * a) / (2 * sigma * sigma)) for a in range(-R, R + 1)]
+    norm = math.fsum(g)
+    g = [v / norm for v in g]
+
+    def smoothed(field, y, x):  # sum over the square of taps, zeros outside the frame
+        return math.fsum(g[a + R] * g[b + R] * field[y + a][x + b]
+                         for a in range(-R, R + 1) for b in range(-R, R + 1)
+                         if 0 <= y + a < 28 and 0 <= x + b < 28)
+
+    angle = math.radians(rotate) * u(h[784] >> 40)
+    s = 1 + scale * u((h[784] >> 16) & 0xFFFFFF)
+    e = shear * u(h[785] >> 40)
+    c, sn = math.cos(angle), math.sin(angle)
+    M = [[s * c, s * (c * e - sn)], [s * sn, s * (sn * e + c)]]
+    img = np.asarray(image, np.float64).reshape(28, 28)
+
+    def pixel(y, x):
+        return img[y, x] if 0 <= y < 28 and 0 <= x < 28 else 0.0
+
+    out = np.zeros((28, 28))
+    for y in range(28):
+        for x in range(28):
+            X = 13.5 + M[0][0] * (x - 13.5) + M[0][1] * (y - 13.5) + alpha * smoothed(ux, y, x)
+            Y = 13.5 + M[1][0] * (x - 13.5) + M[1][1] * (y - 13.5) + alpha * smoothed(uy, y, x)
+            X, Y = X - shift[1], Y - shift[0]
+            x0, y0 = math.floor(X), math.floor(Y)
+            fx, fy = X - x0, Y - y0
+            out[y, x] = ((1 - fy) * ((1 - fx) * pixel(y0, x0) + fx * pixel(y0, x0 + 1))
+                         + fy * ((1 - fx) * pixel(y0 + 1, x0) + fx * pixel(y0 + 1, x0 + 1)))
+    return out.reshape(784)

@@ -570,8 +570,8 @@ def test_unknown_kernel_lists_known_names():
 @pytest.mark.parametrize("name", list(KERNELS))
 def test_backend_exposes_the_contract(name):
     kernel = get_kernel(name)
-    for attr in ("forward", "loss_and_grads", "activations", "train_epoch", "predict",
-                 "sgd_step", "apply_update", "warmup"):
+    for attr in ("forward", "loss_and_grads", "activations", "train_epoch", "gather",
+                 "predict", "sgd_step", "apply_update", "warmup"):
         assert callable(getattr(kernel, attr, None)), f"{name} lacks {attr}"
     assert kernel.warmup([784, 3, 10], np.float32) >= 0.0
 

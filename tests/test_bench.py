@@ -37,8 +37,8 @@ def test_quick_report_end_to_end(tmp_path):
     assert {"numpy", "numba"} <= set(data["machine"]["versions"])
 
 
-def _bench(name, hidden, rounds_seconds, samples=60000, **info):
-    return dict(name=f"test_train_epoch[{name}-{hidden}]", stats=dict(data=rounds_seconds),
+def _bench(name, hidden, rounds_seconds, samples=60000, test="test_train_epoch", **info):
+    return dict(name=f"{test}[{name}-{hidden}]", stats=dict(data=rounds_seconds),
                 extra_info=dict(name=name, net=f"784-{hidden}-10", batch_size=128,
                                 dtype="float32", threads=2, samples=samples, train_flop=100,
                                 predict_flop=50, compile_seconds=0.0, **info))
@@ -61,6 +61,30 @@ def test_report_takes_medians_ratios_and_keeps_every_round():
     table = "\n".join(lines)
     assert "| 784-10-10 | 128 | float32 | 2 | 10.0k | 120.0k ±21% |" in table
     assert "| 784-10-10 | 128 | 2 | 0 | 400 |" in table  # 100 FLOP x 120k/s = 0.012 GFLOP/s
+
+
+def test_report_shows_the_distortions_share_of_an_epoch():
+    doc = dict(machine_info={}, benchmarks=[
+        _bench("numba", 800, [1.0, 1.0]),  # 60k/s plain
+        _bench("numba", 800, [1.2], test="test_train_epoch_distorted", distortion="elastic 34"),
+    ])
+    lines, data = report.render(doc)
+    (row,) = data["distorted"]
+    assert row["samples_per_second"]["numba"] == pytest.approx(50e3)
+    assert "| 784-800-10 | 128 | float32 | 2 | 60.0k ±0% | 50.0k | 17% |" in "\n".join(lines)
+
+
+def test_distorted_epochs_are_timed_after_their_check(tmp_path):
+    """The suite's distortion case (not in --quick) runs, checked, and reaches the report."""
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "fastnn.bench", "--data", "synthetic",
+                          "--only", "numba", "--hidden", "10", "--rounds", "1", "--no-scaling",
+                          "--no-compile", "--no-contention", "--json", str(out)],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "--preset record's distortion (elastic alpha 34 sigma 4, rotate 10 deg" in run.stdout
+    (row,) = json.loads(out.read_text())["distorted"]
+    assert row["net"] == "784-10-10" and len(row["runs"]["numba"]) == 1
 
 
 class _Broken:

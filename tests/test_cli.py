@@ -44,6 +44,14 @@ def test_presets_resolve_and_flags_override():
     assert (override.epochs, override.lr, override.init) == (3, 0.5, "uniform")
     default = train.parse_args([])
     assert (default.kernel, default.hidden, default.dtype) == ("numba", [10], "float32")
+    assert not train.distorting(default)
+    record = train.parse_args(["--preset", "record"])
+    assert train.distorting(record) and (record.hidden, record.elastic, record.elastic_sigma) == (
+        [800], 34.0, 4.0)
+    undistorted = train.parse_args(["--preset", "record", "--elastic", "0", "--rotate", "0",
+                                    "--scale", "0", "--shear", "0"])
+    assert not train.distorting(undistorted) and undistorted.epochs == record.epochs
+    assert train.parse_args(["--elastic"]).elastic == train.SIMARD_ALPHA  # the flag alone
 
 
 def test_batch_larger_than_dataset_exits_2(mnist):

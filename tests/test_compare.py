@@ -135,3 +135,37 @@ def test_compare_deep_float64_agrees_in_process(mnist, monkeypatch, tmp_path):
             rows = _rows(report, name)
             assert "dW3" in rows and f"b3 after {STEPS} steps" in rows
             assert all(row["ok"] for row in rows.values())
+
+
+AUGMENTED = ["--hidden", "12", "--batch-size", "16", "--elastic", "--rotate", "10", "--shift",
+             "1"]
+
+
+@pytest.mark.slow
+def test_compare_covers_distortion(mnist, monkeypatch, tmp_path):
+    """Elastic + affine distortion and shifts: the batch's images are compared, and every
+    backend trains through the same distorted batches."""
+    code, text, report = _run_in_process(monkeypatch, tmp_path, *AUGMENTED)
+    assert code == 0, text
+    assert report["agree"] is True and "elastic alpha 34" in report["config"]["augmentation"]
+    for name in KERNELS:
+        if name != REFERENCE:
+            row = _rows(report, name)["augmented images"]
+            assert row["ok"] and 0 < row["atol"] < 1e-3 and row["max_abs"] <= row["atol"]
+
+
+@pytest.mark.slow
+def test_compare_catches_a_broken_distortion(mnist, monkeypatch, tmp_path):
+    numba = get_kernel("numba")  # a gather that moves one pixel's intensity
+    real = numba.gather
+
+    def gather(images, order, dtype, shifts=None, distort=None):
+        out = real(images, order, dtype, shifts, distort)
+        out[0, 400] += 0.01
+        return out
+
+    monkeypatch.setattr(numba, "gather", gather)
+    code, text, report = _run_in_process(monkeypatch, tmp_path, *AUGMENTED)
+    assert code == 1 and "DISAGREEMENT" in text
+    assert [q for q, row in _rows(report, "numba").items() if not row["ok"]] == [
+        "augmented images"]

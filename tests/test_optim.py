@@ -107,10 +107,13 @@ def run_cli(*args):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kernel", ["numba", "numpy"])
-def test_resume_gives_the_uninterrupted_result(mnist, tmp_path, kernel):
+@pytest.mark.parametrize(("kernel", "augment"), [("numba", []), ("numpy", []),
+                                                  ("numba", ["--elastic", "--rotate", "5"])],
+                         ids=["numba", "numpy", "numba-distorted"])
+def test_resume_gives_the_uninterrupted_result(mnist, tmp_path, kernel, augment):
+    """A resumed run replays the finished epochs' draws (order, shifts, distortion keys)."""
     common = ["--kernel", kernel, "--optimizer", "adam", "--lr", "0.002", "--hidden", "16",
-              "--batch-size", "256"]
+              "--batch-size", "256", *augment]
     full, part, resumed = tmp_path / "full.json", tmp_path / "ck.npz", tmp_path / "res.json"
     assert run_cli(*common, "--epochs", "3", "--json", str(full)).returncode == 0
     assert run_cli(*common, "--epochs", "1", "--save", str(part)).returncode == 0

@@ -370,9 +370,12 @@ def test_huge_compare_steps_stream_their_sample_order():
 
     pieces = sample_order(0, 1000, 10**9 * 32, 32)
     for _ in range(3):
-        piece = next(pieces)
-        assert len(piece) == 1024 and len(piece) % 32 == 0
+        piece, shifts = next(pieces)
+        assert len(piece) == 1024 and len(piece) % 32 == 0 and shifts is None
     rng = np.random.default_rng(0)
     expected = np.concatenate([rng.permutation(1000) for _ in range(4)])
-    got = np.concatenate(list(sample_order(0, 1000, 3200, 32)))
+    got = np.concatenate([order for order, _ in sample_order(0, 1000, 3200, 32)])
     np.testing.assert_array_equal(got, expected[:3200])  # the order it always was
+    shifted = list(sample_order(0, 1000, 3200, 32, shift=2))  # a shift per position
+    assert [s.shape for _, s in shifted] == [(len(o), 2) for o, _ in shifted]
+    assert all(np.abs(s).max() <= 2 for _, s in shifted)

@@ -5,8 +5,9 @@ import csv
 import matplotlib.figure
 import numpy as np
 import pytest
+from helpers import FAST, call
 
-from fastnn import plots
+from fastnn import plots, train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -159,3 +160,34 @@ def test_predictions_grid_marks_mistakes_and_names_classes(tmp_path, figures):
     assert titles[3] == "pred class9\ntrue class3"
     colors = [ax.title.get_color() for ax in figures[-1].axes]
     assert colors[3] == "red" and colors.count("red") == 1
+
+
+def test_distortion_grid_shows_the_original_then_each_draw(tmp_path, figures):
+    rng = np.random.default_rng(2)
+    original, versions = rng.random(784), rng.random((23, 784))
+    plots.distortion_grid(original, versions, tmp_path / "d.png", "elastic alpha 34 sigma 4")
+    assert is_png(tmp_path / "d.png") and png_size(tmp_path / "d.png")[0] > 600
+    shown = [ax for ax in figures[-1].axes if ax.images]
+    assert len(shown) == 24
+    assert shown[0].get_title() == "original" and shown[5].get_title() == "draw 5"
+    assert np.array_equal(shown[0].images[0].get_array(), original.reshape(28, 28))
+    assert np.array_equal(shown[7].images[0].get_array(), versions[6].reshape(28, 28))
+    assert "elastic alpha 34 sigma 4" in figures[-1].texts[0].get_text()
+    with pytest.raises(ValueError, match="784-pixel"):
+        plots.distortion_grid(original, versions[:, :100], tmp_path / "bad.png", "")
+
+
+@pytest.mark.parametrize("augment", [[], ["--elastic", "--shear", "0.2"]],
+                         ids=["plain", "distorted"])
+def test_plots_dir_writes_every_picture(tmp_path, capsys, data_dir, augment):
+    """--plots-dir: curves, confusion, weights, and for a distorting run distortions.png."""
+    pics = tmp_path / "pics"
+    code, out, err = call(train.main, ["--data-dir", data_dir, *FAST, "--plots-dir", pics,
+                                       *augment], capsys)
+    assert code == 0, err
+    want = {"curves.png", "curves.csv", "confusion.png", "weights.png"}
+    if augment:
+        want.add("distortions.png")
+        assert "elastic alpha 34 sigma 4, shear 0.2" in out  # the header names the settings
+    assert {p.name for p in pics.iterdir()} == want
+    assert all(is_png(pics / name) for name in want if name.endswith(".png"))

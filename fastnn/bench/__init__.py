@@ -49,9 +49,11 @@ def build_parser():
     p.add_argument("--no-compile", action="store_true", help="skip cold compile times")
     p.add_argument("--no-contention", action="store_true",
                    help="skip numba's epochs with another busy process running")
+    p.add_argument("--no-distortion", action="store_true",
+                   help="skip numba's epochs with --preset record's distortion")
     p.add_argument("--quick", action="store_true",
-                   help="check the machinery: 784-10-10 at batch 128, 1 round, no scaling "
-                        "or compile times")
+                   help="check the machinery: 784-10-10 at batch 128, 1 round, no scaling, "
+                        "compile times, contention or distortion")
     p.add_argument("--json", metavar="PATH", type=cli.path,
                    help="also write the report as JSON")
     return p
@@ -68,7 +70,8 @@ def settings(args):
                 rounds=1 if args.quick else args.rounds, data=args.data,
                 scaling=not (args.quick or args.no_scaling),
                 compile=not (args.quick or args.no_compile),
-                contention=not (args.quick or args.no_contention), threads=args.threads)
+                contention=not (args.quick or args.no_contention),
+                distortion=not (args.quick or args.no_distortion), threads=args.threads)
 
 
 def run(args, out=sys.stdout):

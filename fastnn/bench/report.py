@@ -108,6 +108,19 @@ def _scaling(train):
     return body
 
 
+def _distortion_cost(train, distorted):
+    key = ("net", "batch_size", "dtype", "threads")
+    plain = {tuple(r[k] for k in key): r for r in train}
+    body = []
+    for r in distorted:
+        base = plain.get(tuple(r[k] for k in key))
+        if base and FAST in base["runs"] and FAST in r["runs"]:
+            a, b = base["samples_per_second"][FAST], r["samples_per_second"][FAST]
+            body.append([*(r[k] for k in key), _cell(base["runs"][FAST]),
+                         _cell(r["runs"][FAST]), f"{100 * (1 - b / a):.0f}%"])
+    return body
+
+
 def render(bench_json):
     """(markdown lines, report dict) from a pytest-benchmark JSON document."""
     benches, machine = bench_json["benchmarks"], bench_json["machine_info"]
@@ -118,9 +131,11 @@ def render(bench_json):
                 for b in benches if b["name"].startswith("test_compile")]
     contended = _rows(benches, "test_train_epoch_contended",
                       ("net", "batch_size", "dtype", "threads"))
+    distorted = _rows(benches, "test_train_epoch_distorted",
+                      ("net", "batch_size", "dtype", "threads", "distortion"))
     report = dict(machine=machine, commit=bench_json.get("commit_info"),
                   datetime=bench_json.get("datetime"), reference=REFERENCE, train=train,
-                  inference=infer, contended=contended, compile=compiled)
+                  inference=infer, contended=contended, distorted=distorted, compile=compiled)
     cols = [("net", "net"), ("batch_size", "batch"), ("dtype", "dtype"), ("threads", "threads")]
     lines = ["# fastnn benchmark report", "", *machine.get("fastnn_lines", []), ""]
     lines += _throughput("## Training: samples/s over full 60,000-image epochs (median of "
@@ -135,6 +150,11 @@ def render(bench_json):
                         ["net", "batch", "dtype", "1 thread", "all threads", "ratio"], busy,
                         "All threads: the default, whose pieces of an epoch run on all "
                         "threads or on one, whichever is faster (numba_epoch.Pacer).", "")
+    if cost := _distortion_cost(train, distorted):
+        what = distorted[0]["distortion"]
+        lines += _table(f"## {FAST} with --preset record's distortion ({what})",
+                        ["net", "batch", "dtype", "threads", "plain", "distorted",
+                         "distortion's share of the epoch"], cost)
     ceiling = machine.get("sgemm_gflops") or {}
     if gflops := [[r["net"], r["batch_size"], r["threads"],
                    f"{r['train_flop'] * r['samples_per_second'][FAST] / 1e9:.0f}",

@@ -77,11 +77,12 @@ def backend(name):
 
 
 def epoch(name, kernel, params, data, batch_size):
-    """order -> (loss, accuracy): one epoch the way a user of ``name`` runs it."""
+    """(order, distortion=None) -> (loss, accuracy): one epoch the way a user of ``name``
+    runs it."""
     images, labels = data[0], data[1]
     if name in KERNELS:  # the call python -m fastnn.train makes
-        return lambda order: train.train_one_epoch(kernel, params, images, labels, order, None,
-                                                   batch_size, LR, None, None)
+        return lambda order, distort=None: train.train_one_epoch(
+            kernel, params, images, labels, order, None, distort, batch_size, LR, None, None)
     return lambda order: kernel.train_epoch(params, images, labels, order, batch_size, LR)
 
 
@@ -185,6 +186,34 @@ def test_train_epoch_contended(benchmark, data, case):
             run, rng.permutation(len(images))))
         loss, _ = benchmark.pedantic(run, setup=lambda: ((rng.permutation(len(images)),), {}),
                                      rounds=SETTINGS["rounds"], iterations=1)
+    assert np.isfinite(loss)
+
+
+@pytest.mark.skipif(not SETTINGS["distortion"], reason="distortion not asked for")
+@pytest.mark.parametrize("case", [c for c in _cases() if c[0] == "numba" and c[4] == THREADS],
+                         ids=_id)
+def test_train_epoch_distorted(benchmark, data, case):
+    """test_train_epoch with the elastic and affine distortion of --preset record, drawn
+    afresh every round as training draws it: what the distortion costs an epoch. Its
+    batches are checked against the reference's first (tolerances.distortion_atol)."""
+    from fastnn.kernels import REFERENCE
+
+    images, rng = data[0], np.random.default_rng(4)
+    record = train.parse_args(["--preset", "record"])
+    with _case(benchmark, data, *case) as (kernel, params):
+        dtype, distort = params[0][0].dtype, train.draw_distortion(rng, record)
+        idx = rng.permutation(len(images))[:case[2]]
+        got, want = (k.gather(images, idx, dtype, None, distort)
+                     for k in (kernel, get_kernel(REFERENCE)))
+        assert np.abs(got - want).max() <= tolerances.distortion_atol(
+            dtype, distort.alpha, distort.sigma)
+        run = epoch(case[0], kernel, params, data, case[2])
+        benchmark.extra_info.update(samples=len(images), warmup_epoch_seconds=_seconds(
+            run, rng.permutation(len(images)), distort),
+            distortion=train.augmentation_text(record)[2:])
+        loss, _ = benchmark.pedantic(run, setup=lambda: (
+            (rng.permutation(len(images)), train.draw_distortion(rng, record)), {}),
+            rounds=SETTINGS["rounds"], iterations=1)
     assert np.isfinite(loss)
 
 

@@ -3,7 +3,9 @@
 ``get_kernel(name)`` returns a backend with ``forward(params, X)``,
 ``loss_and_grads(params, X, y)``, ``activations(params, X)``,
 ``train_epoch(params, images, labels, order, batch_size, lr, opt=None,
-shifts=None)``, ``predict(params, images)``, ``sgd_step(params, grads, lr)``,
+shifts=None, distort=None)``, ``gather(images, order, dtype, shifts=None,
+distort=None)`` (the batches as train_epoch sees them: scaled, shifted and
+distorted), ``predict(params, images)``, ``sgd_step(params, grads, lr)``,
 ``apply_update(params, grads, lr, opt)`` and ``warmup(sizes, dtype)``. A new
 backend is one module (or one variant) plus one line here.
 

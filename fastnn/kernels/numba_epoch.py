@@ -27,7 +27,8 @@ optimizer's own flat state, also in place), ``batches`` a
 ``numba_shared.Batches``, ``work`` the strategy's buffers, ``lr`` of the
 params' dtype and ``nthreads`` the threads to run on. ``forward``,
 ``loss_and_grads``, ``activations`` and ``sgd_step`` are numba_layers'
-per-layer kernels, the same functions under every name.
+per-layer kernels, the same functions under every name; so is ``gather``
+(numba_shared.gather_batch: the batches as every fused epoch sees them).
 """
 
 import contextlib
@@ -38,8 +39,8 @@ import numba
 import numpy as np
 
 from fastnn import config, model
-from fastnn.kernels import numba_layers, numba_simple, numba_tiles
-from fastnn.kernels.numba_shared import Batches, OptState, update_params
+from fastnn.kernels import numba_distort, numba_layers, numba_simple, numba_tiles
+from fastnn.kernels.numba_shared import Batches, OptState, gather_batch, update_params
 from fastnn.kernels.numpy_ref import PIXEL_SCALE
 from fastnn.optim import Optimizer
 
@@ -173,6 +174,24 @@ def _shifts(shifts, order):
     return shifts
 
 
+def _batches(images, labels, order, batch_size, dtype, shifts, distort, lanes):
+    """The fused kernels' Batches; order: (k,) int64, dtype: the params' float type."""
+    dt = np.dtype(dtype).type
+    images = _images(images)
+    if distort is not None and images.shape[1] != numba_distort.N_PIXELS:
+        raise ValueError(f"distortion needs 28x28 images, (n, 784); got {images.shape}")
+    return Batches(images, np.ascontiguousarray(labels, np.int64), order,
+                   _shifts(shifts, order), int(batch_size), dt(PIXEL_SCALE), int(lanes),
+                   *numba_distort.kernel_args(distort, dt))
+
+
+def _piece(batches, start, end):
+    """batches cut to order positions [start, end): a piece of the epoch (the distortion
+    depends on the sample, not on its position, so it needs no cutting)."""
+    shifts = batches.shifts[start:end] if len(batches.shifts) else batches.shifts
+    return batches._replace(order=batches.order[start:end], shifts=shifts)
+
+
 def _opt_state(opt, params):
     """opt as the kernels' OptState: its own flat state, a fresh step counter."""
     dtype = params[0][0].dtype
@@ -234,17 +253,18 @@ class Backend:
         return getattr(Backend, attr)
 
     def train_epoch(self, params, images, labels, order, batch_size, lr, opt=None,
-                    shifts=None):
+                    shifts=None, distort=None):
         """Minibatch training over ``order``, updating params (and ``opt``) in place.
 
         Same semantics as numpy_ref.train_epoch: ``opt`` a fastnn.optim.Optimizer (None
-        = plain SGD), ``shifts`` (len(order), 2) moves each sample by (dy, dx) pixels;
-        returns (mean loss, accuracy), each sample measured before its batch's update.
+        = plain SGD), ``shifts`` (len(order), 2) moves each sample by (dy, dx) pixels,
+        ``distort`` a fastnn.augment.Distortion; returns (mean loss, accuracy), each
+        sample measured before its batch's update.
         """
         net = _flat(params)
         order = np.ascontiguousarray(order, np.int64)
-        shifts = _shifts(shifts, order)
         dtype, bs, lanes = net.theta.dtype.type, int(batch_size), config.max_threads()
+        batches = _batches(images, labels, order, bs, dtype, shifts, distort, lanes)
         opt = opt if opt is not None else Optimizer("sgd")
         state = _opt_state(opt, params)
         nthreads = numba.get_num_threads()
@@ -255,7 +275,6 @@ class Backend:
                             net.theta.dtype)
         pacer = self._pacers.setdefault((kernels.train, nthreads, tuple(net.sizes), bs),
                                         Pacer(nthreads))
-        images, labels = _images(images), np.ascontiguousarray(labels, np.int64)
         done = 0
         while done < len(order):  # in pieces, each on the threads the pacer picks
             threads = pacer.threads() if nthreads > 1 else 1
@@ -263,16 +282,23 @@ class Backend:
             compiled = _compiled(kernels.train)
             t0 = time.perf_counter()
             with _threads(threads):
-                kernels.train(net, state, Batches(images, labels, order[done:end],
-                                                  shifts[done:end] if len(shifts) else shifts,
-                                                  bs, dtype(PIXEL_SCALE), lanes),
-                              work, dtype(lr), threads)
+                kernels.train(net, state, _piece(batches, done, end), work, dtype(lr), threads)
             pacer.record(threads, end - done, time.perf_counter() - t0,
                          compiled=_compiled(kernels.train) != compiled)
             done = end
         opt.step = int(state.step[0])
         loss_sum, hits = work.stats.sum(axis=0)
         return float(loss_sum / len(order)), float(hits / len(order))
+
+    @staticmethod
+    def gather(images, order, dtype, shifts=None, distort=None):
+        """images[order] as train_epoch's kernels see them: (len(order), 784) of dtype,
+        scaled to [0, 1], shifted and distorted as asked (numpy_ref.gather's twin)."""
+        order = np.ascontiguousarray(order, np.int64)
+        out = np.empty((len(order), _images(images).shape[1]), dtype)
+        gather_batch(_batches(images, np.zeros(0, np.int64), order, 1, dtype, shifts, distort,
+                              config.max_threads()), out)
+        return out
 
     def predict(self, params, images):
         """images (n, 784) uint8 -> predicted labels (n,) int64."""

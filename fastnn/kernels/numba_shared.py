@@ -2,9 +2,9 @@
 
 The argument groups they take (``FlatNet`` from fastnn.model, ``Batches``,
 ``OptState``), views into the flat vectors, the batch gather (uint8 image
--> scaled float row, optionally shifted by a few pixels), the softmax and
-cross-entropy of one sample, and the optimizer update of one flat
-parameter vector.
+-> scaled float row, optionally shifted by a few pixels or distorted by
+numba_distort), the softmax and cross-entropy of one sample, and the
+optimizer update of one flat parameter vector.
 """
 
 from typing import NamedTuple
@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from fastnn import config
+from fastnn.kernels.numba_distort import distort_row
 from fastnn.kernels.numba_intrinsics import exp_nonpositive, prefetch
 from fastnn.kernels.numba_layers import cross_entropy
 
@@ -34,6 +35,13 @@ class Batches(NamedTuple):
     # gradient sum, added up in lane order: fixed for a machine (its thread count), so
     # that results do not depend on how many threads actually run.
     lanes: int
+    # The epoch's elastic and affine distortion: numba_distort.Distort's fields, flat
+    # here because a parallel loop cannot take a tuple of arrays nested in a tuple
+    key: np.uint64  # the epoch's key
+    taps: np.ndarray  # (2R + 1,) Gaussian taps, params' dtype; (0,) = no distortion
+    alpha: float  # of the params' dtype
+    ranges: np.ndarray  # (3,) float64: largest rotation (radians), scale change, shear
+    scratch: np.ndarray  # (T, n) params' dtype, a row per Numba thread (numba_distort)
 
 
 class OptState(NamedTuple):
@@ -73,10 +81,14 @@ def layer_params(vec, net, layer):
 @njit(**config.JIT)
 def gather_row(batches, s, out):
     # out: (784,) <- the image of order position s, times scale, moved down dy and
-    # right dx pixels (zeros shifted in) when batches carries shifts
+    # right dx pixels (zeros shifted in) when batches carries shifts; resampled through
+    # the distortion (which includes the shift) when batches carries one
     row = batches.images[batches.order[s]]
     scale = batches.scale
     dt = out.dtype.type  # uint8 * float32 would promote to float64: convert first
+    if batches.taps.shape[0] > 0:
+        distort_row(batches, s, out)
+        return
     if batches.shifts.shape[0] == 0:
         for i in range(row.shape[0]):
             out[i] = dt(row[i]) * scale
@@ -91,6 +103,13 @@ def gather_row(batches, s, out):
                 out[r * 28 + c] = dt(row[sr * 28 + sc]) * scale
             else:
                 out[r * 28 + c] = zero
+
+
+@njit(**config.JIT_PARALLEL)
+def gather_batch(batches, out):
+    # out: (k, 784) <- every order position's row, as the fused epochs gather it
+    for s in prange(out.shape[0]):
+        gather_row(batches, s, out[s])
 
 
 @njit(**config.JIT)

@@ -20,6 +20,8 @@ fastnn/tolerances.py.
 
 import numpy as np
 
+from fastnn import augment
+
 PIXEL_SCALE = 1.0 / 255.0  # uint8 pixels -> [0, 1], applied as one multiply
 
 
@@ -40,6 +42,20 @@ def shift_images(images, shifts):
                                        np.clip(src_r, 0, 27)[:, :, None],
                                        np.clip(src_c, 0, 27)[:, None, :]]
     return np.where(inside, pixels, 0).astype(np.uint8).reshape(m, 784)
+
+
+def gather(images, order, dtype, shifts=None, distort=None):
+    """images[order] as training sees them: (len(order), 784) of dtype in [0, 1].
+
+    shifts (len(order), 2) int moves each image by (dy, dx) pixels; distort, a
+    fastnn.augment.Distortion, resamples each through its elastic and affine map
+    (the shift included in the same resampling; fastnn/augment.py)."""
+    batch = images[order]
+    if distort is not None:
+        return augment.distort(to_float(batch, dtype), order, distort, shifts)
+    if shifts is not None:
+        batch = shift_images(batch, shifts)
+    return to_float(batch, dtype)
 
 
 # ---------------------------------------------------------------- one function per equation
@@ -176,24 +192,26 @@ def apply_update(params, grads, lr, opt):
                 w -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
 
 
-def train_epoch(params, images, labels, order, batch_size, lr, opt=None, shifts=None):
+def train_epoch(params, images, labels, order, batch_size, lr, opt=None, shifts=None,
+                distort=None):
     """Minibatch training over ``order``, updating params in place.
 
     images: (n, 784) uint8, labels: (n,) int64, order: (k,) int64 sample
     indices; consecutive runs of batch_size (the last may be shorter) form
     the batches. ``opt`` is a fastnn.optim.Optimizer (None: plain SGD); its
-    state and step count advance in place. ``shifts`` (k, 2), if given, moves
-    sample order[i] by shifts[i] = (dy, dx) pixels (augmentation). Returns (mean loss, accuracy)
-    over the samples seen, each measured before its batch's update.
+    state and step count advance in place. Augmentation: ``shifts`` (k, 2), if
+    given, moves sample order[i] by shifts[i] = (dy, dx) pixels; ``distort``, a
+    fastnn.augment.Distortion, distorts every sample (see ``gather``). Returns
+    (mean loss, accuracy) over the samples seen, each measured before its
+    batch's update.
     """
     dtype = params[0][0].dtype
     loss_sum, correct = 0.0, 0
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = images[idx]
-        if shifts is not None:
-            batch = shift_images(batch, shifts[start : start + batch_size])
-        X, y = to_float(batch, dtype), labels[idx]
+        X = gather(images, idx, dtype, None if shifts is None else
+                   shifts[start : start + batch_size], distort)
+        y = labels[idx]
         loss, grads, P = _loss_grads_probs(params, X, y)
         if opt is None:
             sgd_step(params, grads, lr)

@@ -1,0 +1,224 @@
+"""Elastic and affine distortion of one training image, computed as its batch is gathered.
+
+The Numba twin of fastnn/augment.py (its docstring has the equations), one
+sample at a time; numba_shared.gather_row calls ``distort_row`` when the
+epoch's Batches carry a distortion (the last five fields of Batches are
+``Distort``'s). Per sample:
+
+1. 784 hashes (SplitMix64's mix of a counter), each giving both noise values
+   of a pixel: a loop of 64-bit integer arithmetic that vectorises;
+2. the two noise fields smoothed by the separable Gaussian: four passes of
+   2R + 1 taps. Each pass reads a field stored with R rows of zeros above and
+   below it, so that for every tap it is one loop over all 784 values with no
+   edge cases (vectorised). The pass along the rows is a pass down the
+   columns of the transposed field: no pass has a 28-wide inner loop;
+3. one bilinear sample per output pixel, from a copy of the image with a
+   border of zeros, so that no neighbour needs a bounds check.
+
+Nothing is allocated: every buffer is a piece of the calling thread's row of
+``Distort.scratch`` (``scratch_layout``), whose borders of zeros are never
+written after the row is allocated.
+"""
+
+import math
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import njit
+
+from fastnn import augment, config
+from fastnn.augment import CENTRE, GOLDEN, LOW24, MIX1, MIX2, SIDE, STEP
+
+N_PIXELS = SIDE * SIDE
+FRAME = 32  # the padded image: FRAME x FRAME, pixel (r, c) at (r + 1) * FRAME + c + 1
+
+
+class Distort(NamedTuple):
+    """An epoch's distortion as the kernels see it (made from an augment.Distortion);
+    numba_shared.Batches carries these fields, flat, as its last five."""
+
+    key: np.uint64  # the epoch's key
+    taps: np.ndarray  # (2R + 1,) Gaussian taps of the params' dtype; (0,) = no distortion
+    alpha: float  # of the params' dtype
+    ranges: np.ndarray  # (3,) float64: largest rotation (radians), scale change, shear
+    scratch: np.ndarray  # (T, scratch_layout(R)[-1]) params' dtype, zeros: a row per thread
+
+
+@njit(**config.JIT)
+def scratch_layout(R):
+    # offsets of the pieces of a scratch row, and its length: two noise fields with R
+    # zero rows above and below (28 + 2R rows of 28 each), the first pass's output, the
+    # two fields transposed, and the padded image (FRAME x FRAME)
+    padded = SIDE * (SIDE + 2 * R)
+    a, b = 0, padded
+    tmp = 2 * padded
+    fxt, fyt = tmp + N_PIXELS, tmp + 2 * N_PIXELS
+    img = tmp + 3 * N_PIXELS
+    return a, b, tmp, fxt, fyt, img, img + FRAME * FRAME
+
+
+def kernel_args(d, dtype):
+    """augment.Distortion d (or None: off) -> the kernels' Distort for params of dtype."""
+    dt = np.dtype(dtype).type
+    if d is None:
+        return Distort(np.uint64(0), np.zeros(0, dt), dt(0), np.zeros(3), np.zeros((0, 0), dt))
+    augment.check(d)
+    taps = augment.gaussian_taps(d.sigma).astype(dt)
+    # distort_row picks its scratch row by numba.get_thread_id(), which is below
+    # get_num_threads() <= max_threads(). Called here from Python, it also loads the
+    # threading layer that defines it, which cached code otherwise finds only once a
+    # parallel kernel has run.
+    numba.get_thread_id()
+    size = scratch_layout(len(taps) // 2)[-1]
+    return Distort(np.uint64(d.key), taps, dt(d.alpha),
+                   np.array([math.radians(d.rotate), d.scale, d.shear]),
+                   np.zeros((config.max_threads(), size), dt))
+
+
+@njit(**config.JIT)
+def mix(z):
+    # z: uint64 -> uint64, SplitMix64's finaliser (augment.mix), wrapping arithmetic
+    z = (z ^ (z >> np.uint64(30))) * MIX1
+    z = (z ^ (z >> np.uint64(27))) * MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(**config.JIT)
+def _uniform(bits, dt):
+    # a 24-bit integer (uint64) -> U = bits 2^-23 - 1 in [-1, 1) of type dt, exactly;
+    # through int32, whose conversion to float vectorises (uint64's does not on AVX2)
+    return dt(np.int32(bits)) * dt(STEP) - dt(1)
+
+
+@njit(**config.JIT)
+def _noise(k, ux, uy):
+    # k: uint64 the sample's key -> ux, uy: (784,) its uniform noise, pixel p from hash p
+    dt = ux.dtype.type
+    for p in range(N_PIXELS):
+        h = mix(k + np.uint64(p + 1) * GOLDEN)
+        ux[p] = _uniform(h >> np.uint64(40), dt)
+        uy[p] = _uniform((h >> np.uint64(16)) & LOW24, dt)
+
+
+@njit(**config.JIT)
+def _rows_from(padded, r):
+    # the 784 values of a padded field from its row r on (r = R: the field itself)
+    return padded[SIDE * r : SIDE * r + N_PIXELS]
+
+
+@njit(**config.JIT)
+def _smooth_down(padded, taps, dst):
+    # padded: (28 (28 + 2R),) a 28x28 field with R rows of zeros above and below;
+    # taps: (2R + 1,) symmetric -> dst: (784,), dst[y, x] = sum_k taps[k] field[y + k - R, x]
+    # Each sweep is one loop over all 784 values (views indexed from 0: no negative-index
+    # wraparound, so it vectorises) that adds four pairs of taps, g_k (f[y - k] + f[y + k]):
+    # a pair costs two loads and an add more than the lone middle tap, and dst is loaded
+    # and stored once per four pairs instead of once per tap.
+    R = taps.shape[0] // 2
+    mid = _rows_from(padded, R)
+    g = taps[R]
+    for i in range(N_PIXELS):
+        dst[i] = g * mid[i]
+    k = 1
+    while k + 3 <= R:
+        g1, a1, b1 = taps[R + k], _rows_from(padded, R - k), _rows_from(padded, R + k)
+        g2, a2, b2 = taps[R + k + 1], _rows_from(padded, R - k - 1), _rows_from(padded, R + k + 1)
+        g3, a3, b3 = taps[R + k + 2], _rows_from(padded, R - k - 2), _rows_from(padded, R + k + 2)
+        g4, a4, b4 = taps[R + k + 3], _rows_from(padded, R - k - 3), _rows_from(padded, R + k + 3)
+        for i in range(N_PIXELS):
+            dst[i] += ((g1 * (a1[i] + b1[i]) + g2 * (a2[i] + b2[i]))
+                       + (g3 * (a3[i] + b3[i]) + g4 * (a4[i] + b4[i])))
+        k += 4
+    while k <= R:  # the last R mod 4 pairs, one per sweep
+        g1, a1, b1 = taps[R + k], _rows_from(padded, R - k), _rows_from(padded, R + k)
+        for i in range(N_PIXELS):
+            dst[i] += g1 * (a1[i] + b1[i])
+        k += 1
+
+
+@njit(**config.JIT)
+def _transpose(src, dst):
+    # src, dst: (784,) 28x28 row-major; dst[x, y] = src[y, x]
+    for y in range(SIDE):
+        for x in range(SIDE):
+            dst[x * SIDE + y] = src[y * SIDE + x]
+
+
+@njit(**config.JIT)
+def _field_t(padded, R, taps, tmp, out):
+    # padded: a field with R zero rows above and below (as _smooth_down) -> out: (784,)
+    # the smoothed field transposed, out[x * 28 + y] = (G * field)[y, x]; tmp: (784,)
+    # scratch; the field's rows in padded are overwritten
+    _smooth_down(padded, taps, tmp)  # down the columns
+    _transpose(tmp, padded[SIDE * R : SIDE * R + N_PIXELS])
+    _smooth_down(padded, taps, out)  # down the columns of the transpose: along the rows
+
+
+@njit(**config.JIT)
+def _affine(k, ranges):
+    # the sample's M = s R(a) [[1, e], [0, 1]] (augment.affine_maps), float64
+    h0 = mix(k + np.uint64(N_PIXELS + 1) * GOLDEN)
+    h1 = mix(k + np.uint64(N_PIXELS + 2) * GOLDEN)
+    f8 = np.float64
+    a = ranges[0] * _uniform(h0 >> np.uint64(40), f8)
+    s = 1.0 + ranges[1] * _uniform((h0 >> np.uint64(16)) & LOW24, f8)
+    e = ranges[2] * _uniform(h1 >> np.uint64(40), f8)
+    cos, sin = np.cos(a), np.sin(a)
+    return s * cos, s * (cos * e - sin), s * sin, s * (sin * e + cos)
+
+
+@njit(**config.JIT)
+def distort_row(batches, s, out):
+    # batches: numba_shared.Batches with a distortion -> out: (784,) the image of order
+    # position s (training sample j = order[s]), distorted and shifted, times scale
+    dt = out.dtype.type
+    j = batches.order[s]
+    row = batches.images[j]  # (784,) uint8
+    R = batches.taps.shape[0] // 2
+    a, b, t, fx, fy, im, end = scratch_layout(R)
+    work = batches.scratch[numba.get_thread_id()]
+    mid = SIDE * R  # where a padded field's own rows start
+    ux, uy = work[a + mid : a + mid + N_PIXELS], work[b + mid : b + mid + N_PIXELS]
+    tmp, fxt, fyt = work[t:fx], work[fx:fy], work[fy:im]
+    img = work[im:end]
+    k = mix(batches.key + np.uint64(j + 1) * GOLDEN)
+    _noise(k, ux, uy)
+    _field_t(work[a:b], R, batches.taps, tmp, fxt)  # fxt, fyt: the fields, transposed
+    _field_t(work[b:t], R, batches.taps, tmp, fyt)
+    scale = batches.scale
+    for r in range(SIDE):  # the image, scaled, inside its border of zeros
+        src, dst = row[r * SIDE : (r + 1) * SIDE], img[(r + 1) * FRAME + 1 : (r + 2) * FRAME]
+        for c in range(SIDE):  # (views indexed from 0: this loop vectorises)
+            dst[c] = dt(src[c]) * scale
+    m00, m01, m10, m11 = _affine(k, batches.ranges)
+    m00, m01, m10, m11 = dt(m00), dt(m01), dt(m10), dt(m11)
+    alpha, centre, lo, hi = batches.alpha, dt(CENTRE), dt(0), dt(SIDE + 1)
+    tx = ty = dt(0)
+    if batches.shifts.shape[0] > 0:
+        ty, tx = dt(batches.shifts[s, 0]), dt(batches.shifts[s, 1])
+    # Source positions (X, Y) + 1: coordinates in the padded image. Clamped to [0, 29]
+    # (the border of zeros: a sample there is 0, as anywhere outside the frame), they
+    # are >= 0, so int() is the floor, and every neighbour is inside the FRAME. First
+    # pass (vectorised): each pixel's weights into fxt, fyt and its top-left
+    # neighbour's index (exact as a float) into tmp, column by column (fields transposed)
+    for x in range(SIDE):
+        col = slice(x * SIDE, x * SIDE + SIDE)
+        fx, fy, p = fxt[col], fyt[col], tmp[col]
+        xc = dt(x) - centre
+        for y in range(SIDE):
+            yc = dt(y) - centre
+            X = centre + (m00 * xc + m01 * yc) + alpha * fx[y] - tx + dt(1)
+            Y = centre + (m10 * xc + m11 * yc) + alpha * fy[y] - ty + dt(1)
+            X, Y = min(max(X, lo), hi), min(max(Y, lo), hi)
+            x0, y0 = np.int32(X), np.int32(Y)
+            fx[y], fy[y] = X - dt(x0), Y - dt(y0)  # exact
+            p[y] = dt(y0 * np.int32(FRAME) + x0)
+    # second pass: the four neighbours and the bilinear mix
+    one = dt(1)
+    for x in range(SIDE):
+        for y in range(SIDE):
+            i = x * SIDE + y
+            wx, wy, q = fxt[i], fyt[i], int(tmp[i])
+            out[y * SIDE + x] = ((one - wy) * ((one - wx) * img[q] + wx * img[q + 1])
+                                 + wy * ((one - wx) * img[q + FRAME] + wx * img[q + FRAME + 1]))
