@@ -23,7 +23,7 @@ from backends import LAYERS, PREDICTORS, TRAINERS
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from fastnn.kernels import KERNELS, REFERENCE, get_kernel
+from fastnn.kernels import KERNELS, REFERENCE, get_kernel, numba_tiles
 from fastnn.kernels.numpy_ref import to_float
 from fastnn.model import INITS, copy_params, init_params
 from fastnn.tolerances import assert_agree, logit_scale
@@ -35,6 +35,8 @@ DTYPE_IDS = ["float32", "float64"]
 
 # hypothesis: batch and hidden widths up to these, this many examples per backend
 MAX_BATCH, MAX_WIDTH, EXAMPLES = (20, 20, 8) if SMALL else (300, 300, 40)
+# a first layer wide enough for the tile kernels' input spans (numba_tiles.SPAN_MIN_UNITS)
+WIDE = [] if SMALL else [[784, numba_tiles.SPAN_MIN_UNITS + 3, 10]]
 N_SYNTHETIC = 60 if SMALL else 500  # images in the train_epoch agreement tests
 MNIST_STEPS = 20 if SMALL else 200  # steps in the real-data trajectory test
 
@@ -79,10 +81,16 @@ def random_batch(sizes, m, dtype, init, seed):
 
 
 def mnist_like_images(n, seed):
-    """uint8 (n, 784): random pixels, about 70% of them zero, as in MNIST."""
+    """uint8 (n, 784): random pixels, about 70% of them zero, between blank rows above
+    and below (0-9 of each, as MNIST's border; the wide kernels skip them: ink_spans);
+    every seventh image blank."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, 784)).astype(np.uint8)
     images[rng.random((n, 784)) < 0.7] = 0
+    for image, top, bottom in zip(images.reshape(n, 28, 28), rng.integers(0, 10, n),
+                                  rng.integers(0, 10, n)):
+        image[:top], image[28 - bottom:] = 0, 0
+    images[::7] = 0
     return images, rng.integers(0, 10, n)
 
 
@@ -276,8 +284,8 @@ def test_train_epoch_agrees_on_random_shapes(name, case):
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 32, 128, N_SYNTHETIC])
-@pytest.mark.parametrize("sizes", [[784, 10, 10], [784, 13, 7, 10]],
-                         ids=["784-10-10", "784-13-7-10"])
+@pytest.mark.parametrize("sizes", [[784, 10, 10], [784, 13, 7, 10]] + WIDE,
+                         ids=["784-10-10", "784-13-7-10"] + [f"784-{w[1]}-10" for w in WIDE])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name", TRAINERS)
 def test_train_epoch_agrees(name, dtype, sizes, batch_size):
@@ -296,6 +304,48 @@ def test_train_epoch_agrees(name, dtype, sizes, batch_size):
     # accuracy is a count of argmaxes: equal unless a logit pair is within rounding
     assert round(acc * N_SYNTHETIC) == round(acc_ref * N_SYNTHETIC), (acc, acc_ref)
     assert not np.array_equal(ref[0][0], params0[0][0])
+
+
+@pytest.mark.parametrize("ns", [1, 4, 6, 13])
+def test_ink_spans_cover_every_nonzero_input(ns):
+    """Each group of four rows gets the smallest [lo, hi), widened to whole vectors, out of
+    which all four rows are zero: ink at the very first and last input, blank rows and
+    groups, a partial last group."""
+    rng = np.random.default_rng(ns)
+    X = np.zeros((ns + 2, 784), np.float32)  # rows past ns are not looked at
+    X[ns:] = 1.0
+    for r in range(ns):
+        if r % 5 != 3:  # some blank rows
+            lo = int(rng.integers(0, 400))
+            hi = int(rng.integers(lo + 1, 785))
+            X[r, [lo, hi - 1]] = rng.random(2) + 0.5
+    X[0, 0] = X[min(2, ns - 1), 783] = 1.0
+    spans = np.full((ns // 4 + 2, 2), -1, np.int64)
+    numba_tiles.ink_spans(X, ns, spans)
+    align = numba_tiles.SPAN_ALIGN
+    for g in range((ns + 3) // 4):
+        ink = np.flatnonzero(X[4 * g: min(4 * g + 4, ns)].any(axis=0))
+        lo, hi = spans[g]
+        if ink.size == 0:
+            assert (lo, hi) == (0, 0)
+        else:
+            assert lo == ink[0] // align * align
+            assert hi == min(784, -(-(ink[-1] + 1) // align) * align)
+    assert (spans[(ns + 3) // 4:] == -1).all()  # nothing written past the groups
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", list(dict.fromkeys([*TRAINERS, *PREDICTORS])))
+def test_wide_first_layer_with_blank_rows(name, dtype):
+    """A first layer wide enough for the input spans, on images with blank rows and
+    blank images, in batches and tiles of every remainder mod 4 (small: the JIT-less
+    session runs it too)."""
+    images, labels = mnist_like_images(23, seed=141)
+    params0 = init_params([784, numba_tiles.SPAN_MIN_UNITS, 10], 142, dtype, "he")
+    order = np.random.default_rng(143).permutation(23)
+    for batch_size in (5, 6, 23):
+        assert_training_agrees(name, params0, images, labels, order, batch_size)
+    assert_predict_agrees(name, params0, images)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -27,6 +27,11 @@ While one tile computes, the images and labels of the next are prefetched
 same computation one sample at a time. Both epochs take (net, opt, batches,
 work, lr, nthreads): see numba_epoch.
 
+The first layer's products skip, for each group of four samples, the inputs
+before the first and after the last that holds ink in any of the four
+(``ink_spans``: MNIST's blank rows above and below the digit, about a fifth
+of the pixels once four digits are combined); skipped terms are exact zeros.
+
 Tails (fewer than 4 samples or units left) clamp their indices to the last
 valid one: the duplicate recomputes and rewrites an identical value in the
 forward pass, and carries a zero coefficient in the gradient sums.
@@ -59,14 +64,15 @@ STATS_PAD = 8  # rows of 16 bytes between two threads' stats: one cache line
 
 
 @njit(**config.JIT)
-def _dots_4x4(a0, a1, a2, a3, w0, w1, w2, w3):
-    # a*, w*: (n,) rows -> the 16 dot products a_s . w_u, s-major. Sixteen accumulators:
+def _dots_4x4(a0, a1, a2, a3, w0, w1, w2, w3, lo, hi):
+    # a*, w*: (n,) rows -> the 16 dot products a_s . w_u over [lo, hi), s-major (an
+    # unsigned index: no negative-index checks, so the loop vectorises). Sixteen accumulators:
     # each loaded value feeds four multiply-adds (8 loads per 16 FMAs once vectorised
     # along n), enough independent sums to keep both FMA pipes busy.
     zero = a0.dtype.type(0)
     c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
     c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
-    for i in range(a0.shape[0]):
+    for i in range(np.uint64(lo), np.uint64(hi)):
         x0, x1, x2, x3 = a0[i], a1[i], a2[i], a3[i]
         u0, u1, u2, u3 = w0[i], w1[i], w2[i], w3[i]
         c00 += x0 * u0
@@ -89,11 +95,11 @@ def _dots_4x4(a0, a1, a2, a3, w0, w1, w2, w3):
 
 
 @njit(**config.JIT)
-def _dots_4x2(a0, a1, a2, a3, w0, w1):
+def _dots_4x2(a0, a1, a2, a3, w0, w1, lo, hi):
     # the two-unit tail of _dots_4x4: a*, w*: (n,) -> the 8 dot products, s-major
     zero = a0.dtype.type(0)
     c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = zero
-    for i in range(a0.shape[0]):
+    for i in range(np.uint64(lo), np.uint64(hi)):
         x0, x1, x2, x3 = a0[i], a1[i], a2[i], a3[i]
         u, v = w0[i], w1[i]
         c00 += x0 * u
@@ -107,14 +113,73 @@ def _dots_4x2(a0, a1, a2, a3, w0, w1):
     return c00, c01, c10, c11, c20, c21, c30, c31
 
 
+SPAN_ALIGN = 16  # span ends are rounded to this many inputs: whole vectors
+
+
 @njit(**config.JIT)
-def _tile_forward(A, ns, W, b, Z, relu):
+def ink_spans(A, ns, spans):
+    # A: (>=ns, n_in) rows [0, ns) valid -> spans: (>= (ns + 3) // 4, 2) int64: for each
+    # group of four rows 4g..4g+3 (as the tile loops group them), the [lo, hi) outside
+    # which all four rows are zero, widened to multiples of SPAN_ALIGN ((0, 0): all zero).
+    # The first layer's products skip the rest: an image's blank rows above and below
+    # the ink (MNIST's border: about 2/7 of the pixels) cost nothing, and the sums lose
+    # only exact zeros (0 * w). Each row's scan stops at its first ink from either end.
+    n_in = A.shape[1]
+    zero = A.dtype.type(0)
+    for g in range((ns + 3) // 4):
+        lo, hi = n_in, 0
+        for r in range(4 * g, min(4 * g + 4, ns)):
+            a = A[r]
+            i = 0
+            while i < n_in and a[i] == zero:
+                i += 1
+            if i == n_in:  # a blank row
+                continue
+            j = n_in
+            while a[j - 1] == zero:  # stops at a[i] at the latest
+                j -= 1
+            lo, hi = min(lo, i), max(hi, j)
+        if hi <= lo:
+            lo = hi = 0
+        spans[g, 0] = (lo // SPAN_ALIGN) * SPAN_ALIGN
+        spans[g, 1] = min(n_in, -(-hi // SPAN_ALIGN) * SPAN_ALIGN)
+
+
+# A first layer narrower than this runs dense: its products cost too little per sample
+# for the scan (~0.14 us a sample) to pay (measured on 2 cores, Zen 4: 784-10-10 10-15%
+# slower with spans, 784-800-10 12% faster)
+SPAN_MIN_UNITS = 64
+
+
+@njit(**config.JIT)
+def input_spans(X, ns, n_out, spans):
+    # X: (>=ns, n_in) input rows, n_out the first layer's width; spans: (>= (ns + 3) // 4,
+    # 2) int64 buffer -> the rows' ink_spans in its first rows, returned as a view, or
+    # spans[:0] (every input counts) for a first layer under SPAN_MIN_UNITS
+    if n_out < SPAN_MIN_UNITS:
+        return spans[:0]
+    ink_spans(X, ns, spans[: (ns + 3) // 4])
+    return spans[: (ns + 3) // 4]
+
+
+@njit(**config.JIT)
+def _span(spans, s, n_in):
+    # the inputs [lo, hi) that the group of rows starting at s needs: all of them
+    # for a layer without spans (spans: (0, 2))
+    if spans.shape[0] == 0:
+        return 0, n_in
+    return spans[s // 4, 0], spans[s // 4, 1]
+
+
+@njit(**config.JIT)
+def _tile_forward(A, ns, W, b, Z, relu, spans):
     # A: (TILE, n_in) rows [0, ns) valid; W: (n_out, n_in); b: (n_out,) -> Z: (TILE, n_out)
     # Z = A W^T + b (+ ReLU): blocks of 4 units x 4 samples, then 2 units x 4 samples for
     # the units left (a last odd unit is computed twice: same value). Sample indices
     # past ns are clamped to ns - 1: recomputed, rewritten, identical. Units outside:
     # a block's weight rows stay in L1 while the tile's rows stream past them.
-    n_out = W.shape[0]
+    # spans: ink_spans of A (the first layer), or (0, 2): every input counts
+    n_out, n_in = W.shape
     zero = W.dtype.type(0)
     o = 0
     while o < n_out:
@@ -122,16 +187,17 @@ def _tile_forward(A, ns, W, b, Z, relu):
         o1, o2, o3 = min(o + 1, n_out - 1), min(o + 2, n_out - 1), min(o + 3, n_out - 1)
         for s in range(0, ns, 4):
             s1, s2, s3 = min(s + 1, ns - 1), min(s + 2, ns - 1), min(s + 3, ns - 1)
+            lo, hi = _span(spans, s, n_in)
             a0, a1, a2, a3 = A[s], A[s1], A[s2], A[s3]
             if four:
-                c = _dots_4x4(a0, a1, a2, a3, W[o], W[o1], W[o2], W[o3])
+                c = _dots_4x4(a0, a1, a2, a3, W[o], W[o1], W[o2], W[o3], lo, hi)
                 for u, ou in enumerate((o, o1, o2, o3)):
                     Z[s, ou] = c[u] + b[ou]
                     Z[s1, ou] = c[4 + u] + b[ou]
                     Z[s2, ou] = c[8 + u] + b[ou]
                     Z[s3, ou] = c[12 + u] + b[ou]
             else:
-                c = _dots_4x2(a0, a1, a2, a3, W[o], W[o1])
+                c = _dots_4x2(a0, a1, a2, a3, W[o], W[o1], lo, hi)
                 Z[s, o], Z[s, o1], Z[s1, o], Z[s1, o1] = (c[0] + b[o], c[1] + b[o1],
                                                           c[2] + b[o], c[3] + b[o1])
                 Z[s2, o], Z[s2, o1], Z[s3, o], Z[s3, o1] = (c[4] + b[o], c[5] + b[o1],
@@ -154,10 +220,12 @@ def _column4(D, s, o, ns):
 
 
 @njit(**config.JIT)
-def _grad_rows(D, A, ns, gW, gb, o_lo, o_hi, accumulate):
+def _grad_rows(D, A, ns, gW, gb, o_lo, o_hi, accumulate, spans):
     # D: (>=ns, n_out) deltas; A: (>=ns, n_in) layer input; rows o_lo..o_hi of
     # gW: (n_out, n_in) and gb: (n_out,) get (or, accumulating, add) D^T A and sum D
-    # for the first ns samples, 4 units x 4 samples per sweep over n_in (then 2, then 1).
+    # for the first ns samples, 4 units x 4 samples per sweep over n_in (then 2, then 1);
+    # a sweep covers only its four samples' span (spans: as _tile_forward's; an
+    # unsigned index, as in _dots_4x4)
     n_in = gW.shape[1]
     zero = gW.dtype.type(0)
     o = o_lo
@@ -172,7 +240,8 @@ def _grad_rows(D, A, ns, gW, gb, o_lo, o_hi, accumulate):
             d01, d11, d21, d31 = _column4(D, s, o + 1, ns)
             d02, d12, d22, d32 = _column4(D, s, o + 2, ns)
             d03, d13, d23, d33 = _column4(D, s, o + 3, ns)
-            for i in range(n_in):
+            lo, hi = _span(spans, s, n_in)
+            for i in range(np.uint64(lo), np.uint64(hi)):
                 x0, x1, x2, x3 = a0[i], a1[i], a2[i], a3[i]
                 g0[i] += d00 * x0 + d10 * x1 + d20 * x2 + d30 * x3
                 g1[i] += d01 * x0 + d11 * x1 + d21 * x2 + d31 * x3
@@ -188,7 +257,8 @@ def _grad_rows(D, A, ns, gW, gb, o_lo, o_hi, accumulate):
             a0, a1, a2, a3 = A[s], A[s1], A[s2], A[s3]
             d00, d10, d20, d30 = _column4(D, s, o, ns)
             d01, d11, d21, d31 = _column4(D, s, o + 1, ns)
-            for i in range(n_in):
+            lo, hi = _span(spans, s, n_in)
+            for i in range(np.uint64(lo), np.uint64(hi)):
                 x0, x1, x2, x3 = a0[i], a1[i], a2[i], a3[i]
                 g0[i] += d00 * x0 + d10 * x1 + d20 * x2 + d30 * x3
                 g1[i] += d01 * x0 + d11 * x1 + d21 * x2 + d31 * x3
@@ -201,7 +271,8 @@ def _grad_rows(D, A, ns, gW, gb, o_lo, o_hi, accumulate):
             s1, s2, s3 = min(s + 1, ns - 1), min(s + 2, ns - 1), min(s + 3, ns - 1)
             a0, a1, a2, a3 = A[s], A[s1], A[s2], A[s3]
             d00, d10, d20, d30 = _column4(D, s, o, ns)
-            for i in range(n_in):
+            lo, hi = _span(spans, s, n_in)
+            for i in range(np.uint64(lo), np.uint64(hi)):
                 g0[i] += d00 * a0[i] + d10 * a1[i] + d20 * a2[i] + d30 * a3[i]
         o += 1
     for o in range(o_lo, o_hi):
@@ -244,17 +315,20 @@ class Work(NamedTuple):
     #                  samples (T, 2 * TILE * width); width = sum(sizes)
     stats: np.ndarray  # float64 (rows, 2): column sums are (loss sum, hits)
     sync: np.ndarray  # int64 (2 * SYNC_PAD,): the samples strategy's barrier (rows: unused)
+    spans: np.ndarray  # int64 input_spans: rows (chunk // 4 + 1, 2), samples (T, TILE // 4, 2)
 
 
 def rows_work(P, width, batch_size, nthreads, lanes, dtype):
     chunk = min(batch_size, CHUNK)
     return Work(np.empty(P, dtype), np.empty(2 * chunk * width, dtype),
-                np.zeros((STATS_PAD * (chunk // 4 + 1) + 1, 2)), np.zeros(0, np.int64))
+                np.zeros((STATS_PAD * (chunk // 4 + 1) + 1, 2)), np.zeros(0, np.int64),
+                np.empty((chunk // 4 + 1, 2), np.int64))
 
 
 def samples_work(P, width, batch_size, nthreads, lanes, dtype):
     return Work(np.empty((lanes, P), dtype), np.empty((nthreads, 2 * TILE * width), dtype),
-                np.zeros((STATS_PAD * lanes, 2)), np.zeros(2 * SYNC_PAD, np.int64))
+                np.zeros((STATS_PAD * lanes, 2)), np.zeros(2 * SYNC_PAD, np.int64),
+                np.empty((nthreads, TILE // 4, 2), np.int64))
 
 
 @njit(**config.JIT_EXACT)
@@ -283,13 +357,15 @@ def _input_and_deltas(buf, cap, aoff, sizes, layer, f, ns):
 
 
 @njit(**config.JIT)
-def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_lo, pf_hi):
+def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_lo, pf_hi,
+               spans):
     # Forward and backward deltas of order positions first..first+ns, kept as rows
     # f..f+ns of buf's blocks: layer l's activations (cap, n_l) start at cap * aoff[l],
     # its deltas at cap * (aoff[L+1] + aoff[l]); aoff: (L+2,) prefix sums of sizes.
     # stats_row: (2,) float64 += (loss sum, hits) of these samples
     # pf_lo, pf_hi: order positions of the tile that comes next, prefetched here (one
-    # row per row gathered) so that their images arrive while this tile computes
+    # row per row gathered) so that their images arrive while this tile computes.
+    # spans: (>= (ns + 3) // 4, 2) int64 <- the input rows' spans; returns them (input_spans)
     sizes = net.sizes
     L = sizes.shape[0] - 1
     X = _rows(buf, cap, 0, f, ns, sizes[0])
@@ -297,16 +373,19 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
         gather_row(batches, first + s, X[s])
         prefetch_samples(batches, min(pf_lo + s, pf_hi), min(pf_lo + s + 1, pf_hi))
     prefetch_samples(batches, min(pf_lo + ns, pf_hi), pf_hi)
+    spans = input_spans(X, ns, sizes[1], spans)
     for layer in range(L):
         W, b = layer_params(net.theta, net, layer)
         _tile_forward(_rows(buf, cap, aoff[layer], f, ns, sizes[layer]), ns, W, b,
-                      _rows(buf, cap, aoff[layer + 1], f, ns, sizes[layer + 1]), layer < L - 1)
+                      _rows(buf, cap, aoff[layer + 1], f, ns, sizes[layer + 1]), layer < L - 1,
+                      spans if layer == 0 else spans[:0])
     _softmax_xent_tile(_rows(buf, cap, aoff[L], f, ns, sizes[L]), ns, batches, first, inv_m,
                        _input_and_deltas(buf, cap, aoff, sizes, L - 1, f, ns)[1], stats_row)
     for layer in range(L - 1, 0, -1):  # deltas of the hidden layers
         A, D = _input_and_deltas(buf, cap, aoff, sizes, layer, f, ns)
         DA = _input_and_deltas(buf, cap, aoff, sizes, layer - 1, f, ns)[1]
         _tile_grad_input(D, layer_params(net.theta, net, layer)[0], A, ns, DA)
+    return spans
 
 
 @njit(**config.JIT_PARALLEL)
@@ -318,7 +397,7 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
     #     hits) in row STATS_PAD * t (rows apart so that threads do not share a cache
     #     line), folded into the last row after each chunk
     theta, sizes, woff, boff = net
-    grad, buf, stats, _ = work
+    grad, buf, stats, _, sbuf = work
     k, batch_size = batches.order.shape[0], batches.batch_size
     L = sizes.shape[0] - 1
     aoff = layer_offsets(sizes)
@@ -332,8 +411,9 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
             cn = min(chunk, start + m - c0)
             # one tile per lane (so per thread), of at most ROWS_TILE samples: each
             # thread streams the weights once per batch; cut by lanes, not threads, so
-            # that the sums' order stays put
-            tsize = min(ROWS_TILE, max(4, (cn + batches.lanes - 1) // batches.lanes))
+            # that the sums' order stays put; a multiple of 4, so that the tiles' spans
+            # are the chunk's (sbuf, grouped from row 0)
+            tsize = min(ROWS_TILE, 4 * max(1, -(-cn // (4 * batches.lanes))))
             n_tiles = (cn + tsize - 1) // tsize
             # phase 1: forward and deltas of every tile (independent samples); each
             # prefetches the same tile of the next chunk, which its thread runs next
@@ -341,20 +421,22 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
                 f = tile * tsize
                 _tile_pass(net, aoff, buf, chunk, f, min(tsize, cn - f), batches, c0 + f, inv_m,
                            stats[STATS_PAD * tile], min(c0 + cn + f, k),
-                           min(c0 + cn + f + tsize, k))
+                           min(c0 + cn + f + tsize, k), sbuf[f // 4:])
             # phase 2: each block of weight rows is owned by one thread
             last = c0 + cn >= start + m
+            spans = sbuf[: (cn + 3) // 4] if sizes[1] >= SPAN_MIN_UNITS else sbuf[:0]
             for layer in range(L):
                 n_in, n_out = sizes[layer], sizes[layer + 1]
                 A, D = _input_and_deltas(buf, chunk, aoff, sizes, layer, 0, cn)
                 gW, gb = layer_params(grad, net, layer)
+                lspans = spans if layer == 0 else spans[:0]
                 blocks = min(n_out, nthreads)
                 for blk in prange(blocks):
                     # four rows at a time, each updated right after its gradient, while
                     # both are in L1 (a thread's whole block of rows is not even in L2)
                     for o in range((n_out * blk) // blocks, (n_out * (blk + 1)) // blocks, 4):
                         o_hi = min(o + 4, (n_out * (blk + 1)) // blocks)
-                        _grad_rows(D, A, cn, gW, gb, o, o_hi, c0 > start)
+                        _grad_rows(D, A, cn, gW, gb, o, o_hi, c0 > start, lspans)
                         if last:
                             apply_rule(theta, grad, woff[layer] + o * n_in,
                                        woff[layer] + o_hi * n_in, lr, opt, opt.step[0])
@@ -410,7 +492,7 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
     # STATS_PAD * l; work.sync: (2 * SYNC_PAD,) int64 for the barrier. Every one of the
     # nthreads iterations of the prange must run at once (Numba's omp and workqueue
     # layers give each thread one: see config.THREADING_LAYERS).
-    gbuf, tbuf, stats, sync = work
+    gbuf, tbuf, stats, sync, sbuf = work
     k, batch_size, lanes = batches.order.shape[0], batches.batch_size, batches.lanes
     L = net.sizes.shape[0] - 1
     P = net.theta.shape[0]
@@ -431,13 +513,14 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
                     ns = min(TILE, hi - first)
                     pf_lo, pf_hi = _next_tile(first + ns, hi, lane, t, start, k, batch_size,
                                               lanes, nthreads)
-                    _tile_pass(net, aoff, buf, TILE, 0, ns, batches, first, inv_m,
-                               stats[STATS_PAD * lane], pf_lo, pf_hi)
+                    spans = _tile_pass(net, aoff, buf, TILE, 0, ns, batches, first, inv_m,
+                                       stats[STATS_PAD * lane], pf_lo, pf_hi, sbuf[t])
                     for layer in range(L):
                         A, D = _input_and_deltas(buf, TILE, aoff, net.sizes, layer, 0, ns)
                         gW, gb = layer_params(g, net, layer)
                         # the lane's first tile overwrites, the others add
-                        _grad_rows(D, A, ns, gW, gb, 0, net.sizes[layer + 1], first > lo)
+                        _grad_rows(D, A, ns, gW, gb, 0, net.sizes[layer + 1], first > lo,
+                                   spans if layer == 0 else spans[:0])
             barrier(sync, nthreads)
             sum_and_apply(net.theta, gbuf[:n], (P * t) // nthreads, (P * (t + 1)) // nthreads,
                           lr, opt, step0 + start // batch_size + 1)
@@ -451,14 +534,18 @@ PREDICT_TILE = 128
 
 
 def predict_work(width, nthreads, dtype, tile=PREDICT_TILE):
-    """Per-thread tile buffers of predict_tiles: tiles of ``tile`` samples."""
-    return np.empty((nthreads, tile * width), dtype)
+    """Per-thread buffers of predict_tiles, for tiles of ``tile`` samples: activations
+    and input_spans."""
+    return np.empty((nthreads, tile * width), dtype), np.empty((nthreads, -(-tile // 4), 2),
+                                                               np.int64)
 
 
 @njit(**config.JIT_PARALLEL)
-def predict_tiles(net, images, scale, tbuf, out):
+def predict_tiles(net, images, scale, work, out):
     # images: (n, 784) uint8 -> out: (n,) int64 argmax of the logits
-    # tbuf: (T, tile * sum sizes) per-thread tile activations (predict_work)
+    # work: (tbuf, sbuf) = predict_work: tbuf (T, tile * sum sizes) per-thread tile
+    # activations, sbuf (T, tile / 4, 2) int64 their input_spans
+    tbuf, sbuf = work
     sizes = net.sizes
     T = tbuf.shape[0]
     n = images.shape[0]
@@ -473,11 +560,12 @@ def predict_tiles(net, images, scale, tbuf, out):
             X = _rows(buf, tile, 0, 0, tile, sizes[0])
             for s in range(ns):
                 gather_image(images, first + s, scale, X[s])
+            spans = input_spans(X, ns, sizes[1], sbuf[t])
             for layer in range(L):
                 W, b = layer_params(net.theta, net, layer)
                 _tile_forward(_rows(buf, tile, aoff[layer], 0, tile, sizes[layer]), ns, W, b,
                               _rows(buf, tile, aoff[layer + 1], 0, tile, sizes[layer + 1]),
-                              layer < L - 1)
+                              layer < L - 1, spans if layer == 0 else spans[:0])
             Z = _rows(buf, tile, aoff[L], 0, tile, sizes[L])
             for s in range(ns):
                 out[first + s] = argmax(Z[s])
