@@ -733,3 +733,12 @@ def test_pacer_tries_both_and_keeps_the_faster():
     assert pacer.threads() == 2
     piece(2, 500e3, Pacer.PROBE_FIRST)
     assert pacer.threads() == 1
+    for _ in range(20):  # it keeps losing: the wait doubles, up to PROBE_MAX
+        piece(1, 200e3)
+        assert pacer.interval <= Pacer.PROBE_MAX
+        waited = 0.0
+        while pacer.threads() == 2:
+            piece(2, 500e3, 0.1)
+            waited += 0.1
+        assert waited <= Pacer.PROBE_MAX + 0.2
+    assert pacer.interval == Pacer.PROBE_MAX

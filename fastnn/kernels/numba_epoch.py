@@ -85,7 +85,7 @@ class Pacer:
     So an epoch runs in pieces of about PIECE_SECONDS; the first two pieces try all
     threads and one, then the faster is kept and the other tried again after
     PROBE_FIRST seconds of training, twice as long each time it loses again (up to
-    PROBE_MAX): in a quiet run of a minute, 7 pieces of 25 ms run on one thread.
+    PROBE_MAX): in a quiet run of a minute, about 17 pieces of 25 ms run on one thread.
     """
 
     PIECE_SECONDS = 0.025
@@ -96,8 +96,13 @@ class Pacer:
     MIN_SECONDS = 0.005
     MARGIN = 1.1  # one thread must be this much faster to be kept (timings are noisy)
     # seconds of training between two tries: soon at first (a first try may have met a
-    # passing slow spell: NumPy's BLAS threads spin for ~0.1 s after its last product)
-    PROBE_FIRST, PROBE_MAX = 0.5, 60.0
+    # passing slow spell: NumPy's BLAS threads spin for ~0.1 s after its last product),
+    # and never more than a few seconds apart, so that a choice made while another
+    # process was busy (or on one noisy try) is undone soon after: with 60 s, a run
+    # went on at one thread's speed for up to a minute after the other process ended
+    # (the bench's distorted 784-800-10 epochs at half speed); a try costs at most a
+    # piece at the slower count every PROBE_MAX seconds, < 1%
+    PROBE_FIRST, PROBE_MAX = 0.5, 4.0
 
     def __init__(self, nthreads):
         self.nthreads = nthreads
@@ -239,6 +244,11 @@ class Backend:
 
     def __repr__(self):
         return f"numba_epoch.Backend({self.strategy!r})"
+
+    def forget_pacing(self):
+        """Drop what the pacers have learned, as a fresh process starts (the bench does
+        this before each case: a case must not inherit another's thread choice)."""
+        self._pacers.clear()
 
     def _strategy(self, sizes):
         return STRATEGIES[self.strategy or choose(sizes, config.max_threads())]
