@@ -149,17 +149,23 @@ def _case(benchmark, data, name, hidden, batch_size, dtype, threads):
             torch.set_num_threads(torch_threads)
 
 
+def _time_epochs(benchmark, run, draw, samples, **info):
+    """One untimed epoch (it compiles what warmup could not; XLA: per shape), then the
+    timed rounds: an epoch each over ``draw()``'s arguments (a fresh shuffle, ...), drawn
+    untimed, the params training on. Returns the last round's loss."""
+    benchmark.extra_info.update(samples=samples, warmup_epoch_seconds=_seconds(run, *draw()),
+                                **info)
+    loss, _ = benchmark.pedantic(run, setup=lambda: (draw(), {}), rounds=SETTINGS["rounds"],
+                                 iterations=1)
+    return loss
+
+
 @pytest.mark.parametrize("case", _cases(), ids=_id)
 def test_train_epoch(benchmark, data, case):
     images, rng = data[0], np.random.default_rng(2)
     with _case(benchmark, data, *case) as (kernel, params):
-        run = epoch(case[0], kernel, params, data, case[2])
-        # untimed: the first epoch compiles what warmup could not (XLA: per shape); a round
-        # is an epoch over a fresh shuffle (drawn untimed), the params training on
-        benchmark.extra_info.update(samples=len(images), warmup_epoch_seconds=_seconds(
-            run, rng.permutation(len(images))))
-        loss, _ = benchmark.pedantic(run, setup=lambda: ((rng.permutation(len(images)),), {}),
-                                     rounds=SETTINGS["rounds"], iterations=1)
+        loss = _time_epochs(benchmark, epoch(case[0], kernel, params, data, case[2]),
+                            lambda: (rng.permutation(len(images)),), len(images))
     assert np.isfinite(loss)
 
 
@@ -181,13 +187,10 @@ def test_train_epoch_distorted(benchmark, data, case):
                      for k in (kernel, get_kernel(REFERENCE)))
         assert np.abs(got - want).max() <= tolerances.distortion_atol(
             dtype, distort.alpha, distort.sigma)
-        run = epoch(case[0], kernel, params, data, case[2])
-        benchmark.extra_info.update(samples=len(images), warmup_epoch_seconds=_seconds(
-            run, rng.permutation(len(images)), distort),
-            distortion=train.augmentation_text(record)[2:])
-        loss, _ = benchmark.pedantic(run, setup=lambda: (
-            (rng.permutation(len(images)), train.draw_distortion(rng, record)), {}),
-            rounds=SETTINGS["rounds"], iterations=1)
+        loss = _time_epochs(benchmark, epoch(case[0], kernel, params, data, case[2]),
+                            lambda: (rng.permutation(len(images)),
+                                     train.draw_distortion(rng, record)),
+                            len(images), distortion=train.augmentation_text(record)[2:])
     assert np.isfinite(loss)
 
 
@@ -211,11 +214,8 @@ def test_train_epoch_contended(benchmark, data, case):
     machine sees, at all threads (numba_epoch.Pacer's choice) and at 1."""
     images, rng = data[0], np.random.default_rng(3)
     with _case(benchmark, data, *case) as (kernel, params), _busy_process():
-        run = epoch(case[0], kernel, params, data, case[2])
-        benchmark.extra_info.update(samples=len(images), warmup_epoch_seconds=_seconds(
-            run, rng.permutation(len(images))))
-        loss, _ = benchmark.pedantic(run, setup=lambda: ((rng.permutation(len(images)),), {}),
-                                     rounds=SETTINGS["rounds"], iterations=1)
+        loss = _time_epochs(benchmark, epoch(case[0], kernel, params, data, case[2]),
+                            lambda: (rng.permutation(len(images)),), len(images))
     assert np.isfinite(loss)
 
 
