@@ -136,11 +136,12 @@ def run(args, data, out=None):
                          f"{bound:10.1e}  {'yes' if r['ok'] else 'NO'}")
         report["backends"][name] = dict(agreement=rows)
         lines.append("")
-    lines.append(f"  {'backend':<12} {'test acc':>9} {'samples/s':>12} {'speed-up':>9} "
+    w = max(len(name) for name in results)
+    lines.append(f"  {'backend':<{w}} {'test acc':>9} {'samples/s':>12} {'speed-up':>9} "
                  f"{'compile s':>10}")
     for name, res in results.items():
         speedup = res["samples_per_second"] / ref["samples_per_second"]
-        lines.append(f"  {name:<12} {100 * res['test_accuracy']:8.2f}% "
+        lines.append(f"  {name:<{w}} {100 * res['test_accuracy']:8.2f}% "
                      f"{res['samples_per_second']:12,.0f} {speedup:8.2f}x "
                      f"{res['compile_seconds']:10.2f}")
         report["backends"].setdefault(name, {}).update(
