@@ -84,7 +84,7 @@ def test_distorted_epochs_are_timed_after_their_check(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "--preset record's distortion (elastic alpha 34 sigma 4, rotate 10 deg" in run.stdout
     (row,) = json.loads(out.read_text())["distorted"]
-    assert row["net"] == "784-10-10" and len(row["runs"]["numba"]) == 1
+    assert row["net"] == "784-10-10" and len(row["runs"]["numba"]) >= 1
 
 
 class _Broken:

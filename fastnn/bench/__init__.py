@@ -14,6 +14,10 @@ from fastnn.peers import PEERS
 
 DEFAULT_NETS = [(10, 32), (10, 128), (128, 128), (800, 128)]  # (hidden, batch size)
 MAX_ROUNDS = 1000  # a round is a full epoch: 1000 of 784-800-10 already take an hour
+# A case's timed rounds last at least this long in all (not with --quick): an epoch of
+# 784-10-10 takes ~35 ms, and five of them measured which phase of a noisy machine they
+# met more than the kernel (back to back with the training command: 0.6-1.6x its figure)
+MIN_CASE_SECONDS = 1.0
 
 
 def rounds(text):
@@ -40,7 +44,8 @@ def build_parser():
                    help=f"backends and peers to run (default: all of {', '.join(KERNELS)}, "
                         f"{', '.join(PEERS)})")
     p.add_argument("--rounds", type=rounds, default=5,
-                   help=f"timed epochs per case, 1..{MAX_ROUNDS} (default 5)")
+                   help=f"timed epochs per case, 1..{MAX_ROUNDS} (default 5); a fast case "
+                        "runs more, to last about a second")
     p.add_argument("--threads", type=cli.positive_int,
                    help="threads for every backend and peer (default: all)")
     p.add_argument("--data", choices=["auto", "mnist", "synthetic"], default="auto",
@@ -68,6 +73,7 @@ def settings(args):
     return dict(hidden=[h for h, _ in nets], batch_size=[b for _, b in nets],
                 dtype=args.dtype, names=args.only or [*KERNELS, *PEERS],
                 rounds=1 if args.quick else args.rounds, data=args.data,
+                min_seconds=0.0 if args.quick else MIN_CASE_SECONDS,
                 scaling=not (args.quick or args.no_scaling),
                 compile=not (args.quick or args.no_compile),
                 contention=not (args.quick or args.no_contention),

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fastnn import config, model, peers, tolerances, train
-from fastnn.bench import build_parser, settings
+from fastnn.bench import MAX_ROUNDS, build_parser, settings
 from fastnn.kernels import KERNELS, get_kernel
 from fastnn.kernels.numpy_ref import to_float
 
@@ -149,13 +149,19 @@ def _case(benchmark, data, name, hidden, batch_size, dtype, threads):
             torch.set_num_threads(torch_threads)
 
 
+def _rounds(first_seconds):
+    """--rounds, or more for a fast case: enough to last about SETTINGS["min_seconds"]."""
+    return max(SETTINGS["rounds"],
+               min(MAX_ROUNDS, int(SETTINGS["min_seconds"] / max(first_seconds, 1e-4))))
+
+
 def _time_epochs(benchmark, run, draw, samples, **info):
     """One untimed epoch (it compiles what warmup could not; XLA: per shape), then the
-    timed rounds: an epoch each over ``draw()``'s arguments (a fresh shuffle, ...), drawn
-    untimed, the params training on. Returns the last round's loss."""
-    benchmark.extra_info.update(samples=samples, warmup_epoch_seconds=_seconds(run, *draw()),
-                                **info)
-    loss, _ = benchmark.pedantic(run, setup=lambda: (draw(), {}), rounds=SETTINGS["rounds"],
+    timed rounds (_rounds): an epoch each over ``draw()``'s arguments (a fresh shuffle,
+    ...), drawn untimed, the params training on. Returns the last round's loss."""
+    first = _seconds(run, *draw())
+    benchmark.extra_info.update(samples=samples, warmup_epoch_seconds=first, **info)
+    loss, _ = benchmark.pedantic(run, setup=lambda: (draw(), {}), rounds=_rounds(first),
                                  iterations=1)
     return loss
 
@@ -226,11 +232,9 @@ def test_predict(benchmark, data, case):
     test_images = data[2]
     with _case(benchmark, data, *case) as (kernel, params):
         first = _seconds(kernel.predict, params, test_images)
-        # rounds of a few ms: enough of them to last about a second
-        rounds = max(SETTINGS["rounds"], min(1000, int(1.0 / max(first, 1e-4))))
         benchmark.extra_info.update(samples=len(test_images), warmup_epoch_seconds=first)
-        labels = benchmark.pedantic(kernel.predict, (params, test_images), rounds=rounds,
-                                    iterations=1)
+        labels = benchmark.pedantic(kernel.predict, (params, test_images),
+                                    rounds=_rounds(first), iterations=1)
     assert labels.shape == data[3].shape
 
 
