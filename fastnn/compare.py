@@ -116,15 +116,8 @@ def run(args, data, out=None):
             continue
         lines += [f"{name} vs {REFERENCE}", f"  {'quantity':<24} {'max abs diff':>13} "
                   f"{'max rel diff':>13} {'rtol':>10}  ok"]
-        rows = []
-        if res["images"] is not None:
-            # an absolute bound for intensities in [0, 1] (tolerances.distortion_atol; an
-            # integer shift alone is exact)
-            atol = (tolerances.distortion_atol(dtype, distort.alpha, distort.sigma)
-                    if distort is not None else 0.0)
-            abs_diff, rel_diff = tolerances.differences(res["images"], ref["images"])
-            rows.append(dict(quantity="augmented images", max_abs=abs_diff,
-                             max_rel=rel_diff, atol=atol, ok=bool(abs_diff <= atol)))
+        rows = ([] if res["images"] is None else
+                [tolerances.images_row(res["images"], ref["images"], dtype, distort)])
         rows += [tolerances.row(label, res[key] if i is None else res[key][i],
                                 ref[key] if i is None else ref[key][i], dtype, traj, scale)
                  for label, key, i, traj, scale in checks]

@@ -182,13 +182,28 @@ def _predict_row(labels, ref_labels, params, images):
                 max_rel=differ.size / max(len(images), 1), rtol=0.0, ok=ok)
 
 
+def images_row(images, ref_images, dtype, distort):
+    """Augmented images against the reference's: {quantity, max_abs, max_rel, atol, ok},
+    an absolute bound for intensities in [0, 1] (distortion_atol for a distortion, an
+    augment.Distortion; 0 for integer shifts alone, which are exact)."""
+    atol = distortion_atol(dtype, distort.alpha, distort.sigma) if distort is not None else 0.0
+    max_abs, max_rel = differences(images, ref_images)
+    return dict(quantity="augmented images", max_abs=max_abs, max_rel=max_rel, atol=atol,
+                ok=bool(max_abs <= atol))
+
+
+def bound(r):
+    """A row's bound as text: its atol (images_row) or its rtol."""
+    return f"atol {r['atol']:g}" if "atol" in r else f"rtol {r['rtol']:g}"
+
+
 def assert_rows(rows, what):
     """Raise AssertionError naming every row that disagrees."""
     bad = [r for r in rows if not r["ok"]]
     if bad:
         raise AssertionError(f"{what} disagrees with the reference: " + "; ".join(
             f"{r['quantity']} max |a - r| = {r['max_abs']:.3g} ({r['max_rel']:.3g} of "
-            f"max|r|, rtol {r['rtol']:g})" for r in bad))
+            f"max|r|, {bound(r)})" for r in bad))
 
 
 def distortion_atol(dtype, alpha, sigma):

@@ -96,29 +96,28 @@ def _throughput(title, rows, cols):
     return _table(title, [h for _, h in cols] + names + ratios, body)
 
 
+def _paired(rows, bases, key):
+    """(base, row, base's FAST samples/s, row's) for each row with a base of the same
+    ``key`` fields, both timing FAST."""
+    index = {tuple(b[k] for k in key): b for b in bases}
+    for r in rows:
+        base = index.get(tuple(r[k] for k in key))
+        if base and FAST in base["runs"] and FAST in r["runs"]:
+            yield base, r, base["samples_per_second"][FAST], r["samples_per_second"][FAST]
+
+
 def _scaling(train):
-    one = {(r["net"], r["batch_size"], r["dtype"]): r for r in train if r["threads"] == 1}
-    body = []
-    for r in train:
-        base = one.get((r["net"], r["batch_size"], r["dtype"]))
-        if r["threads"] > 1 and base and FAST in base["runs"] and FAST in r["runs"]:
-            a, b = base["samples_per_second"][FAST], r["samples_per_second"][FAST]
-            body.append([r["net"], r["batch_size"], r["dtype"], _cell(base["runs"][FAST]),
-                         f"{_cell(r['runs'][FAST])} ({r['threads']})", f"{b / a:.2f}"])
-    return body
+    return [[r["net"], r["batch_size"], r["dtype"], _cell(base["runs"][FAST]),
+             f"{_cell(r['runs'][FAST])} ({r['threads']})", f"{b / a:.2f}"]
+            for base, r, a, b in _paired([r for r in train if r["threads"] > 1],
+                                         [r for r in train if r["threads"] == 1],
+                                         ("net", "batch_size", "dtype"))]
 
 
 def _distortion_cost(train, distorted):
     key = ("net", "batch_size", "dtype", "threads")
-    plain = {tuple(r[k] for k in key): r for r in train}
-    body = []
-    for r in distorted:
-        base = plain.get(tuple(r[k] for k in key))
-        if base and FAST in base["runs"] and FAST in r["runs"]:
-            a, b = base["samples_per_second"][FAST], r["samples_per_second"][FAST]
-            body.append([*(r[k] for k in key), _cell(base["runs"][FAST]),
-                         _cell(r["runs"][FAST]), f"{100 * (1 - b / a):.0f}%"])
-    return body
+    return [[*(r[k] for k in key), _cell(base["runs"][FAST]), _cell(r["runs"][FAST]),
+             f"{100 * (1 - b / a):.0f}%"] for base, r, a, b in _paired(distorted, train, key)]
 
 
 def render(bench_json):

@@ -181,7 +181,7 @@ def test_train_epoch(benchmark, data, case):
 def test_train_epoch_distorted(benchmark, data, case):
     """test_train_epoch with the elastic and affine distortion of --preset record, drawn
     afresh every round as training draws it: what the distortion costs an epoch. Its
-    batches are checked against the reference's first (tolerances.distortion_atol)."""
+    batches are checked against the reference's first (tolerances.images_row)."""
     from fastnn.kernels import REFERENCE
 
     images, rng = data[0], np.random.default_rng(4)
@@ -191,8 +191,8 @@ def test_train_epoch_distorted(benchmark, data, case):
         idx = rng.permutation(len(images))[:case[2]]
         got, want = (k.gather(images, idx, dtype, None, distort)
                      for k in (kernel, get_kernel(REFERENCE)))
-        assert np.abs(got - want).max() <= tolerances.distortion_atol(
-            dtype, distort.alpha, distort.sigma)
+        tolerances.assert_rows([tolerances.images_row(got, want, dtype, distort)],
+                               f"{case[0]}'s distorted batch")
         loss = _time_epochs(benchmark, epoch(case[0], kernel, params, data, case[2]),
                             lambda: (rng.permutation(len(images)),
                                      train.draw_distortion(rng, record)),
