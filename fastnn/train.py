@@ -40,12 +40,12 @@ PRESETS = {
     "best": dict(hidden=[800], optimizer="momentum", lr=0.05, batch_size=128,
                  schedule="cosine", shift=1, epochs=15),
     # Simard, Steinkraus and Platt's record for this net (ICDAR 2003, 0.7% error): the
-    # same 784-800-10 MLP trained on images distorted afresh every epoch, elastically
-    # (their alpha 34, sigma 4) and by a small random affine map; lr and epochs chosen
-    # by measurement (README, Results): 99.30% with the default seed on 2 cores,
-    # 99.19-99.24% with seeds 1 and 2.
+    # same 784-800-10 MLP trained on images distorted afresh every epoch, elastically and
+    # by a small random affine map. The elastic field is a little smoother than their
+    # alpha 34, sigma 4 (it lifted all three seeds tried by ~0.1%); lr, epochs and
+    # distortion chosen by measurement (README, Results).
     "record": dict(hidden=[800], optimizer="momentum", lr=0.1, batch_size=128,
-                   schedule="cosine", elastic=SIMARD_ALPHA, elastic_sigma=4.0, rotate=10.0,
+                   schedule="cosine", elastic=38.0, elastic_sigma=5.0, rotate=10.0,
                    scale=0.1, shear=0.2, epochs=60),
 }
 

@@ -47,7 +47,7 @@ def test_presets_resolve_and_flags_override():
     assert not train.distorting(default)
     record = train.parse_args(["--preset", "record"])
     assert train.distorting(record) and (record.hidden, record.elastic, record.elastic_sigma) == (
-        [800], 34.0, 4.0)
+        [800], 38.0, 5.0)
     undistorted = train.parse_args(["--preset", "record", "--elastic", "0", "--rotate", "0",
                                     "--scale", "0", "--shear", "0"])
     assert not train.distorting(undistorted) and undistorted.epochs == record.epochs

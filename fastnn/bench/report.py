@@ -114,10 +114,16 @@ def _scaling(train):
                                          ("net", "batch_size", "dtype"))]
 
 
-def _distortion_cost(train, distorted):
+def _distortion_cost(train, distorted, alone):
+    """Per case: plain and distorted epochs, the distorted epoch's extra time (its
+    distorting, and the wider spans of ink its digits give the first layer) and the
+    share of distorting alone (test_distort_images: the same images distorted, no training)."""
     key = ("net", "batch_size", "dtype", "threads")
+    only = {tuple(r[k] for k in key): r["samples_per_second"].get(FAST) for r in alone}
     return [[*(r[k] for k in key), _cell(base["runs"][FAST]), _cell(r["runs"][FAST]),
-             f"{100 * (1 - b / a):.0f}%"] for base, r, a, b in _paired(distorted, train, key)]
+             f"{100 * (1 - b / a):.0f}%",
+             f"{100 * b / c:.0f}%" if (c := only.get(tuple(r[k] for k in key))) else "-"]
+            for base, r, a, b in _paired(distorted, train, key)]
 
 
 def render(bench_json):
@@ -132,9 +138,11 @@ def render(bench_json):
                       ("net", "batch_size", "dtype", "threads"))
     distorted = _rows(benches, "test_train_epoch_distorted",
                       ("net", "batch_size", "dtype", "threads", "distortion"))
+    alone = _rows(benches, "test_distort_images", ("net", "batch_size", "dtype", "threads"))
     report = dict(machine=machine, commit=bench_json.get("commit_info"),
                   datetime=bench_json.get("datetime"), reference=REFERENCE, train=train,
-                  inference=infer, contended=contended, distorted=distorted, compile=compiled)
+                  inference=infer, contended=contended, distorted=distorted,
+                  distorting=alone, compile=compiled)
     cols = [("net", "net"), ("batch_size", "batch"), ("dtype", "dtype"), ("threads", "threads")]
     lines = ["# fastnn benchmark report", "", *machine.get("fastnn_lines", []), ""]
     lines += _throughput("## Training: samples/s over full 60,000-image epochs (median of "
@@ -149,11 +157,15 @@ def render(bench_json):
                         ["net", "batch", "dtype", "1 thread", "all threads", "ratio"], busy,
                         "All threads: the default, whose pieces of an epoch run on all "
                         "threads or on one, whichever is faster (numba_epoch.Pacer).", "")
-    if cost := _distortion_cost(train, distorted):
+    if cost := _distortion_cost(train, distorted, alone):
         what = distorted[0]["distortion"]
         lines += _table(f"## {FAST} with --preset record's distortion ({what})",
                         ["net", "batch", "dtype", "threads", "plain", "distorted",
-                         "distortion's share of the epoch"], cost)
+                         "distorted epoch's extra time", "distorting alone"], cost,
+                        "Extra time: 1 - plain / distorted samples/s, the distorting and "
+                        "the wider ink of distorted digits (more rows for the first layer). "
+                        "Distorting alone: the time to distort the epoch's images (no "
+                        "training) over the distorted epoch's.", "")
     ceiling = machine.get("sgemm_gflops") or {}
     if gflops := [[r["net"], r["batch_size"], r["threads"],
                    f"{r['train_flop'] * r['samples_per_second'][FAST] / 1e9:.0f}",

@@ -158,19 +158,18 @@ def _rounds(first_seconds):
 def _time_epochs(benchmark, run, draw, samples, **info):
     """One untimed epoch (it compiles what warmup could not; XLA: per shape), then the
     timed rounds (_rounds): an epoch each over ``draw()``'s arguments (a fresh shuffle,
-    ...), drawn untimed, the params training on. Returns the last round's loss."""
+    ...), drawn untimed, the params training on. Returns the last round's result."""
     first = _seconds(run, *draw())
     benchmark.extra_info.update(samples=samples, warmup_epoch_seconds=first, **info)
-    loss, _ = benchmark.pedantic(run, setup=lambda: (draw(), {}), rounds=_rounds(first),
-                                 iterations=1)
-    return loss
+    return benchmark.pedantic(run, setup=lambda: (draw(), {}), rounds=_rounds(first),
+                              iterations=1)
 
 
 @pytest.mark.parametrize("case", _cases(), ids=_id)
 def test_train_epoch(benchmark, data, case):
     images, rng = data[0], np.random.default_rng(2)
     with _case(benchmark, data, *case) as (kernel, params):
-        loss = _time_epochs(benchmark, epoch(case[0], kernel, params, data, case[2]),
+        loss, _ = _time_epochs(benchmark, epoch(case[0], kernel, params, data, case[2]),
                             lambda: (rng.permutation(len(images)),), len(images))
     assert np.isfinite(loss)
 
@@ -193,11 +192,30 @@ def test_train_epoch_distorted(benchmark, data, case):
                      for k in (kernel, get_kernel(REFERENCE)))
         tolerances.assert_rows([tolerances.images_row(got, want, dtype, distort)],
                                f"{case[0]}'s distorted batch")
-        loss = _time_epochs(benchmark, epoch(case[0], kernel, params, data, case[2]),
+        loss, _ = _time_epochs(benchmark, epoch(case[0], kernel, params, data, case[2]),
                             lambda: (rng.permutation(len(images)),
                                      train.draw_distortion(rng, record)),
                             len(images), distortion=train.augmentation_text(record)[2:])
     assert np.isfinite(loss)
+
+
+@pytest.mark.skipif(not SETTINGS["distortion"], reason="distortion not asked for")
+@pytest.mark.parametrize("case", [c for c in _cases() if c[0] == "numba" and c[4] == THREADS],
+                         ids=_id)
+def test_distort_images(benchmark, data, case):
+    """The distortion of test_train_epoch_distorted alone: the epoch's 60,000 images
+    gathered and distorted on all threads, 1,024 at a time, and nothing else; the report
+    sets it against the distorted epoch."""
+    images, rng = data[0], np.random.default_rng(4)
+    record = train.parse_args(["--preset", "record"])
+    with _case(benchmark, data, *case) as (kernel, _):
+        def distort(order, d):
+            for start in range(0, len(order), 1024):
+                kernel.gather(images, order[start:start + 1024], case[3], None, d)
+
+        _time_epochs(benchmark, distort, lambda: (rng.permutation(len(images)),
+                                                  train.draw_distortion(rng, record)),
+                     len(images))
 
 
 @contextlib.contextmanager
@@ -220,7 +238,7 @@ def test_train_epoch_contended(benchmark, data, case):
     machine sees, at all threads (numba_epoch.Pacer's choice) and at 1."""
     images, rng = data[0], np.random.default_rng(3)
     with _case(benchmark, data, *case) as (kernel, params), _busy_process():
-        loss = _time_epochs(benchmark, epoch(case[0], kernel, params, data, case[2]),
+        loss, _ = _time_epochs(benchmark, epoch(case[0], kernel, params, data, case[2]),
                             lambda: (rng.permutation(len(images)),), len(images))
     assert np.isfinite(loss)
 

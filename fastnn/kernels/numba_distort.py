@@ -12,8 +12,11 @@ epoch's Batches carry a distortion (the last five fields of Batches are
    below it, so that for every tap it is one loop over all 784 values with no
    edge cases (vectorised). The pass along the rows is a pass down the
    columns of the transposed field: no pass has a 28-wide inner loop;
-3. one bilinear sample per output pixel, from a copy of the image with a
-   border of zeros, so that no neighbour needs a bounds check.
+3. the source position of every output pixel, its four neighbours' index and
+   weights (vectorised), then one bilinear sample per pixel. The weights are
+   tent functions, max(0, 1 - |X - column|), of a neighbour pair clamped
+   inside the frame: a neighbour outside it gets weight 0, so no read needs a
+   bounds check or a border of zeros.
 
 Nothing is allocated: every buffer is a piece of the calling thread's row of
 ``Distort.scratch`` (``scratch_layout``), whose borders of zeros are never
@@ -31,7 +34,11 @@ from fastnn import augment, config
 from fastnn.augment import CENTRE, GOLDEN, LOW24, MIX1, MIX2, SIDE, STEP
 
 N_PIXELS = SIDE * SIDE
-FRAME = 32  # the padded image: FRAME x FRAME, pixel (r, c) at (r + 1) * FRAME + c + 1
+# Pixel p' = 28 x + y of a transposed field (the order the smoothing leaves it in):
+# its x - 13.5 and y - 13.5, and the index y * 28 + x of the output pixel it gives
+_T = np.arange(N_PIXELS)
+XC_T, YC_T = _T // SIDE - CENTRE, _T % SIDE - CENTRE
+OUT_T = (_T % SIDE) * SIDE + _T // SIDE
 
 
 class Distort(NamedTuple):
@@ -49,13 +56,13 @@ class Distort(NamedTuple):
 def scratch_layout(R):
     # offsets of the pieces of a scratch row, and its length: two noise fields with R
     # zero rows above and below (28 + 2R rows of 28 each), the first pass's output, the
-    # two fields transposed, and the padded image (FRAME x FRAME)
+    # two fields transposed, and the image (784 each)
     padded = SIDE * (SIDE + 2 * R)
     a, b = 0, padded
     tmp = 2 * padded
     fxt, fyt = tmp + N_PIXELS, tmp + 2 * N_PIXELS
     img = tmp + 3 * N_PIXELS
-    return a, b, tmp, fxt, fyt, img, img + FRAME * FRAME
+    return a, b, tmp, fxt, fyt, img, img + N_PIXELS
 
 
 def kernel_args(d, dtype):
@@ -187,38 +194,37 @@ def distort_row(batches, s, out):
     _field_t(work[a:b], R, batches.taps, tmp, fxt)  # fxt, fyt: the fields, transposed
     _field_t(work[b:t], R, batches.taps, tmp, fyt)
     scale = batches.scale
-    for r in range(SIDE):  # the image, scaled, inside its border of zeros
-        src, dst = row[r * SIDE : (r + 1) * SIDE], img[(r + 1) * FRAME + 1 : (r + 2) * FRAME]
-        for c in range(SIDE):  # (views indexed from 0: this loop vectorises)
-            dst[c] = dt(src[c]) * scale
+    for p in range(N_PIXELS):  # the image, scaled
+        img[p] = dt(row[p]) * scale
     m00, m01, m10, m11 = _affine(k, batches.ranges)
     m00, m01, m10, m11 = dt(m00), dt(m01), dt(m10), dt(m11)
-    alpha, centre, lo, hi = batches.alpha, dt(CENTRE), dt(0), dt(SIDE + 1)
+    alpha, centre = batches.alpha, dt(CENTRE)
     tx = ty = dt(0)
     if batches.shifts.shape[0] > 0:
         ty, tx = dt(batches.shifts[s, 0]), dt(batches.shifts[s, 1])
-    # Source positions (X, Y) + 1: coordinates in the padded image. Clamped to [0, 29]
-    # (the border of zeros: a sample there is 0, as anywhere outside the frame), they
-    # are >= 0, so int() is the floor, and every neighbour is inside the FRAME. First
-    # pass (vectorised): each pixel's weights into fxt, fyt and its top-left
-    # neighbour's index (exact as a float) into tmp, column by column (fields transposed)
-    for x in range(SIDE):
-        col = slice(x * SIDE, x * SIDE + SIDE)
-        fx, fy, p = fxt[col], fyt[col], tmp[col]
-        xc = dt(x) - centre
-        for y in range(SIDE):
-            yc = dt(y) - centre
-            X = centre + (m00 * xc + m01 * yc) + alpha * fx[y] - tx + dt(1)
-            Y = centre + (m10 * xc + m11 * yc) + alpha * fy[y] - ty + dt(1)
-            X, Y = min(max(X, lo), hi), min(max(Y, lo), hi)
-            x0, y0 = np.int32(X), np.int32(Y)
-            fx[y], fy[y] = X - dt(x0), Y - dt(y0)  # exact
-            p[y] = dt(y0 * np.int32(FRAME) + x0)
+    # First pass (vectorised), pixel by pixel of the transposed fields: the source
+    # position (X, Y), clipped to [-2, 29] (beyond -1 and 28 it reads only zeros: the
+    # clip changes nothing and keeps the floor small); the top-left neighbour (bx, by),
+    # floor clamped to [0, 26] so that all four neighbours are pixels; and their tent
+    # weights, 0 for a neighbour more than a pixel away (where the floor was clamped:
+    # outside the frame). Weights go where fxt, fyt, ux, uy were (read before written),
+    # the neighbour's index (exact as a float) into tmp.
+    wl, wt, wr, wb = fxt, fyt, ux, uy
+    zero, one, two, lo, hi, top = dt(0), dt(1), dt(2), dt(-2), dt(SIDE + 1), dt(SIDE - 2)
+    for p in range(N_PIXELS):
+        xc, yc = dt(XC_T[p]), dt(YC_T[p])
+        X = centre + (m00 * xc + m01 * yc) + alpha * fxt[p] - tx
+        Y = centre + (m10 * xc + m11 * yc) + alpha * fyt[p] - ty
+        X, Y = min(max(X, lo), hi), min(max(Y, lo), hi)
+        bx, by = min(max(np.floor(X), zero), top), min(max(np.floor(Y), zero), top)
+        fx, fy = X - bx, Y - by  # exact
+        # tents 1 - |f| and 1 - |f - 1|, written so that inside the frame they are the
+        # reference's 1 - f and f exactly
+        wl[p], wr[p] = max(zero, min(one - fx, one + fx)), max(zero, min(fx, two - fx))
+        wt[p], wb[p] = max(zero, min(one - fy, one + fy)), max(zero, min(fy, two - fy))
+        tmp[p] = by * dt(SIDE) + bx
     # second pass: the four neighbours and the bilinear mix
-    one = dt(1)
-    for x in range(SIDE):
-        for y in range(SIDE):
-            i = x * SIDE + y
-            wx, wy, q = fxt[i], fyt[i], int(tmp[i])
-            out[y * SIDE + x] = ((one - wy) * ((one - wx) * img[q] + wx * img[q + 1])
-                                 + wy * ((one - wx) * img[q + FRAME] + wx * img[q + FRAME + 1]))
+    for p in range(N_PIXELS):
+        q = int(tmp[p])
+        out[OUT_T[p]] = (wt[p] * (wl[p] * img[q] + wr[p] * img[q + 1])
+                         + wb[p] * (wl[p] * img[q + SIDE] + wr[p] * img[q + SIDE + 1]))
