@@ -66,8 +66,10 @@ def test_report_takes_medians_ratios_and_keeps_every_round():
 def test_report_shows_the_distortions_share_of_an_epoch():
     doc = dict(machine_info={}, benchmarks=[
         _bench("numba", 800, [1.0, 1.0]),  # 60k/s plain
-        _bench("numba", 800, [1.2], test="test_train_epoch_distorted", distortion="elastic 34"),
-        _bench("numba", 800, [0.12, 0.12], test="test_distort_images"),  # 500k/s
+        _bench("numba", 800, [1.2], test="test_train_epoch_distorted", distortion="elastic 34",
+               part="epoch"),
+        _bench("numba", 800, [0.12, 0.12], test="test_train_epoch_distorted",  # 500k/s
+               distortion="elastic 34", part="distorting"),
     ])
     lines, data = report.render(doc)
     (row,) = data["distorted"]

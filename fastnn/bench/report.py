@@ -117,7 +117,7 @@ def _scaling(train):
 def _distortion_cost(train, distorted, alone):
     """Per case: plain and distorted epochs, the distorted epoch's extra time (its
     distorting, and the wider spans of ink its digits give the first layer) and the
-    share of distorting alone (test_distort_images: the same images distorted, no training)."""
+    share of distorting alone (the same images distorted, no training, timed right after)."""
     key = ("net", "batch_size", "dtype", "threads")
     only = {tuple(r[k] for k in key): r["samples_per_second"].get(FAST) for r in alone}
     return [[*(r[k] for k in key), _cell(base["runs"][FAST]), _cell(r["runs"][FAST]),
@@ -136,9 +136,10 @@ def render(bench_json):
                 for b in benches if b["name"].startswith("test_compile")]
     contended = _rows(benches, "test_train_epoch_contended",
                       ("net", "batch_size", "dtype", "threads"))
-    distorted = _rows(benches, "test_train_epoch_distorted",
-                      ("net", "batch_size", "dtype", "threads", "distortion"))
-    alone = _rows(benches, "test_distort_images", ("net", "batch_size", "dtype", "threads"))
+    distorted, alone = ([r for r in _rows(benches, "test_train_epoch_distorted",
+                                           ("net", "batch_size", "dtype", "threads",
+                                            "distortion", "part")) if r["part"] == part]
+                        for part in ("epoch", "distorting"))
     report = dict(machine=machine, commit=bench_json.get("commit_info"),
                   datetime=bench_json.get("datetime"), reference=REFERENCE, train=train,
                   inference=infer, contended=contended, distorted=distorted,

@@ -175,12 +175,16 @@ def test_train_epoch(benchmark, data, case):
 
 
 @pytest.mark.skipif(not SETTINGS["distortion"], reason="distortion not asked for")
-@pytest.mark.parametrize("case", [c for c in _cases() if c[0] == "numba" and c[4] == THREADS],
-                         ids=_id)
-def test_train_epoch_distorted(benchmark, data, case):
+@pytest.mark.parametrize("case,part", [(c, p) for c in _cases() if c[0] == "numba"
+                                       and c[4] == THREADS for p in ("epoch", "distorting")],
+                         ids=lambda v: v if isinstance(v, str) else _id(v))
+def test_train_epoch_distorted(benchmark, data, case, part):
     """test_train_epoch with the elastic and affine distortion of --preset record, drawn
-    afresh every round as training draws it: what the distortion costs an epoch. Its
-    batches are checked against the reference's first (tolerances.images_row)."""
+    afresh every round as training draws it (part "epoch"); then, right after it in the
+    same minute (the machine's speed drifts over minutes), the same distortion alone: the
+    epoch's images distorted 1,024 at a time on all threads, no training ("distorting").
+    Their ratio is what the distortion itself costs an epoch. The distorted batches are
+    checked against the reference's first (tolerances.images_row)."""
     from fastnn.kernels import REFERENCE
 
     images, rng = data[0], np.random.default_rng(4)
@@ -192,30 +196,18 @@ def test_train_epoch_distorted(benchmark, data, case):
                      for k in (kernel, get_kernel(REFERENCE)))
         tolerances.assert_rows([tolerances.images_row(got, want, dtype, distort)],
                                f"{case[0]}'s distorted batch")
-        loss, _ = _time_epochs(benchmark, epoch(case[0], kernel, params, data, case[2]),
-                            lambda: (rng.permutation(len(images)),
-                                     train.draw_distortion(rng, record)),
-                            len(images), distortion=train.augmentation_text(record)[2:])
+        if part == "epoch":
+            run = epoch(case[0], kernel, params, data, case[2])
+        else:
+            def run(order, d):
+                for start in range(0, len(order), 1024):
+                    kernel.gather(images, order[start:start + 1024], dtype, None, d)
+                return 0.0, None
+        loss, _ = _time_epochs(benchmark, run, lambda: (rng.permutation(len(images)),
+                                                        train.draw_distortion(rng, record)),
+                               len(images), distortion=train.augmentation_text(record)[2:],
+                               part=part)
     assert np.isfinite(loss)
-
-
-@pytest.mark.skipif(not SETTINGS["distortion"], reason="distortion not asked for")
-@pytest.mark.parametrize("case", [c for c in _cases() if c[0] == "numba" and c[4] == THREADS],
-                         ids=_id)
-def test_distort_images(benchmark, data, case):
-    """The distortion of test_train_epoch_distorted alone: the epoch's 60,000 images
-    gathered and distorted on all threads, 1,024 at a time, and nothing else; the report
-    sets it against the distorted epoch."""
-    images, rng = data[0], np.random.default_rng(4)
-    record = train.parse_args(["--preset", "record"])
-    with _case(benchmark, data, *case) as (kernel, _):
-        def distort(order, d):
-            for start in range(0, len(order), 1024):
-                kernel.gather(images, order[start:start + 1024], case[3], None, d)
-
-        _time_epochs(benchmark, distort, lambda: (rng.permutation(len(images)),
-                                                  train.draw_distortion(rng, record)),
-                     len(images))
 
 
 @contextlib.contextmanager

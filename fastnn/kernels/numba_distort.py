@@ -7,11 +7,12 @@ epoch's Batches carry a distortion (the last five fields of Batches are
 
 1. 784 hashes (SplitMix64's mix of a counter), each giving both noise values
    of a pixel: a loop of 64-bit integer arithmetic that vectorises;
-2. the two noise fields smoothed by the separable Gaussian: four passes of
-   2R + 1 taps. Each pass reads a field stored with R rows of zeros above and
-   below it, so that for every tap it is one loop over all 784 values with no
-   edge cases (vectorised). The pass along the rows is a pass down the
-   columns of the transposed field: no pass has a 28-wide inner loop;
+2. the two noise fields smoothed by the separable Gaussian: four passes down
+   the columns of a field stored with R rows of zeros above and below it,
+   each a few sweeps of four taps over the output rows they reach, one
+   contiguous loop each with no edge cases (vectorised). The pass along the
+   rows is a pass down the columns of the transposed field: no pass has a
+   28-wide inner loop;
 3. the source position of every output pixel, its four neighbours' index and
    weights (vectorised), then one bilinear sample per pixel. The weights are
    tent functions, max(0, 1 - |X - column|), of a neighbour pair clamped
@@ -118,30 +119,39 @@ def _rows_from(padded, r):
 def _smooth_down(padded, taps, dst):
     # padded: (28 (28 + 2R),) a 28x28 field with R rows of zeros above and below;
     # taps: (2R + 1,) symmetric -> dst: (784,), dst[y, x] = sum_k taps[k] field[y + k - R, x]
-    # Each sweep is one loop over all 784 values (views indexed from 0: no negative-index
-    # wraparound, so it vectorises) that adds four pairs of taps, g_k (f[y - k] + f[y + k]):
-    # a pair costs two loads and an add more than the lone middle tap, and dst is loaded
-    # and stored once per four pairs instead of once per tap.
+    # Each sweep is one loop (views indexed from 0: no negative-index wraparound, so it
+    # vectorises) that adds four taps' terms, over the outputs the first of them reaches:
+    # tap +d (row y + d) only rows y <= 27 - d, tap -d only y >= d. The zero rows are
+    # there for the other three taps of a sweep; skipping what is zero for all four
+    # saves about a fifth of the loads at sigma 4, more at larger sigma.
     R = taps.shape[0] // 2
     mid = _rows_from(padded, R)
     g = taps[R]
     for i in range(N_PIXELS):
         dst[i] = g * mid[i]
-    k = 1
-    while k + 3 <= R:
-        g1, a1, b1 = taps[R + k], _rows_from(padded, R - k), _rows_from(padded, R + k)
-        g2, a2, b2 = taps[R + k + 1], _rows_from(padded, R - k - 1), _rows_from(padded, R + k + 1)
-        g3, a3, b3 = taps[R + k + 2], _rows_from(padded, R - k - 2), _rows_from(padded, R + k + 2)
-        g4, a4, b4 = taps[R + k + 3], _rows_from(padded, R - k - 3), _rows_from(padded, R + k + 3)
-        for i in range(N_PIXELS):
-            dst[i] += ((g1 * (a1[i] + b1[i]) + g2 * (a2[i] + b2[i]))
-                       + (g3 * (a3[i] + b3[i]) + g4 * (a4[i] + b4[i])))
-        k += 4
-    while k <= R:  # the last R mod 4 pairs, one per sweep
-        g1, a1, b1 = taps[R + k], _rows_from(padded, R - k), _rows_from(padded, R + k)
-        for i in range(N_PIXELS):
-            dst[i] += g1 * (a1[i] + b1[i])
-        k += 1
+    d = 1
+    while d <= R:
+        n = SIDE * (SIDE - d)  # the outputs that taps +-d reach
+        lo = N_PIXELS - n
+        up = dst[lo:]  # rows d.., which tap -d reaches
+        if d + 3 <= R:
+            g1, g2, g3, g4 = taps[R + d], taps[R + d + 1], taps[R + d + 2], taps[R + d + 3]
+            b1, b2 = _rows_from(padded, R + d), _rows_from(padded, R + d + 1)
+            b3, b4 = _rows_from(padded, R + d + 2), _rows_from(padded, R + d + 3)
+            for i in range(n):
+                dst[i] += (g1 * b1[i] + g2 * b2[i]) + (g3 * b3[i] + g4 * b4[i])
+            a1, a2 = _rows_from(padded, R - d)[lo:], _rows_from(padded, R - d - 1)[lo:]
+            a3, a4 = _rows_from(padded, R - d - 2)[lo:], _rows_from(padded, R - d - 3)[lo:]
+            for i in range(n):
+                up[i] += (g1 * a1[i] + g2 * a2[i]) + (g3 * a3[i] + g4 * a4[i])
+            d += 4
+        else:  # the last R mod 4 taps, one a sweep
+            g1, b1, a1 = taps[R + d], _rows_from(padded, R + d), _rows_from(padded, R - d)[lo:]
+            for i in range(n):
+                dst[i] += g1 * b1[i]
+            for i in range(n):
+                up[i] += g1 * a1[i]
+            d += 1
 
 
 @njit(**config.JIT)
