@@ -13,11 +13,11 @@ epoch's Batches carry a distortion (the last five fields of Batches are
    contiguous loop each with no edge cases (vectorised). The pass along the
    rows is a pass down the columns of the transposed field: no pass has a
    28-wide inner loop;
-3. the source position of every output pixel, its four neighbours' index and
-   weights (vectorised), then one bilinear sample per pixel. The weights are
-   tent functions, max(0, 1 - |X - column|), of a neighbour pair clamped
-   inside the frame: a neighbour outside it gets weight 0, so no read needs a
-   bounds check or a border of zeros.
+3. the source position of every output pixel and its top-left neighbour
+   (vectorised), then one bilinear sample per pixel. The weights are tent
+   functions, max(0, 1 - |X - column|), of a neighbour pair clamped inside
+   the frame: a neighbour outside it gets weight 0, so no read needs a bounds
+   check or a border of zeros.
 
 Nothing is allocated: every buffer is a piece of the calling thread's row of
 ``Distort.scratch`` (``scratch_layout``), whose borders of zeros are never
@@ -36,10 +36,9 @@ from fastnn.augment import CENTRE, GOLDEN, LOW24, MIX1, MIX2, SIDE, STEP
 
 N_PIXELS = SIDE * SIDE
 # Pixel p' = 28 x + y of a transposed field (the order the smoothing leaves it in):
-# its x - 13.5 and y - 13.5, and the index y * 28 + x of the output pixel it gives
+# its x - 13.5 and y - 13.5
 _T = np.arange(N_PIXELS)
 XC_T, YC_T = _T // SIDE - CENTRE, _T % SIDE - CENTRE
-OUT_T = (_T % SIDE) * SIDE + _T // SIDE
 
 
 class Distort(NamedTuple):
@@ -215,11 +214,9 @@ def distort_row(batches, s, out):
     # First pass (vectorised), pixel by pixel of the transposed fields: the source
     # position (X, Y), clipped to [-2, 29] (beyond -1 and 28 it reads only zeros: the
     # clip changes nothing and keeps the floor small); the top-left neighbour (bx, by),
-    # floor clamped to [0, 26] so that all four neighbours are pixels; and their tent
-    # weights, 0 for a neighbour more than a pixel away (where the floor was clamped:
-    # outside the frame). Weights go where fxt, fyt, ux, uy were (read before written),
-    # the neighbour's index (exact as a float) into tmp.
-    wl, wt, wr, wb = fxt, fyt, ux, uy
+    # floor clamped to [0, 26] so that all four neighbours are pixels, and the position
+    # relative to it, fx = X - bx and fy = Y - by in [-2, 3], into fxt and fyt (read
+    # before written); the neighbour's index (exact as a float) into tmp.
     zero, one, two, lo, hi, top = dt(0), dt(1), dt(2), dt(-2), dt(SIDE + 1), dt(SIDE - 2)
     for p in range(N_PIXELS):
         xc, yc = dt(XC_T[p]), dt(YC_T[p])
@@ -227,14 +224,18 @@ def distort_row(batches, s, out):
         Y = centre + (m10 * xc + m11 * yc) + alpha * fyt[p] - ty
         X, Y = min(max(X, lo), hi), min(max(Y, lo), hi)
         bx, by = min(max(np.floor(X), zero), top), min(max(np.floor(Y), zero), top)
-        fx, fy = X - bx, Y - by  # exact
-        # tents 1 - |f| and 1 - |f - 1|, written so that inside the frame they are the
-        # reference's 1 - f and f exactly
-        wl[p], wr[p] = max(zero, min(one - fx, one + fx)), max(zero, min(fx, two - fx))
-        wt[p], wb[p] = max(zero, min(one - fy, one + fy)), max(zero, min(fy, two - fy))
+        fxt[p], fyt[p] = X - bx, Y - by  # exact
         tmp[p] = by * dt(SIDE) + bx
-    # second pass: the four neighbours and the bilinear mix
-    for p in range(N_PIXELS):
-        q = int(tmp[p])
-        out[OUT_T[p]] = (wt[p] * (wl[p] * img[q] + wr[p] * img[q + 1])
-                         + wb[p] * (wl[p] * img[q + SIDE] + wr[p] * img[q + SIDE + 1]))
+    # Second pass, down the output's columns: the four neighbours, weighted by tents,
+    # 1 - |f| and 1 - |f - 1| clipped at 0 (0 for a neighbour outside the frame, where
+    # the floor was clamped), written so that inside the frame they are the reference's
+    # 1 - f and f exactly. This pass is bound by its loads (the neighbours' cannot be
+    # vectorised): the weights are computed here rather than loaded.
+    for x in range(SIDE):
+        for y in range(SIDE):
+            p = x * SIDE + y
+            fx, fy, q = fxt[p], fyt[p], int(tmp[p])
+            wl, wr = max(zero, min(one - fx, one + fx)), max(zero, min(fx, two - fx))
+            wt, wb = max(zero, min(one - fy, one + fy)), max(zero, min(fy, two - fy))
+            out[y * SIDE + x] = (wt * (wl * img[q] + wr * img[q + 1])
+                                 + wb * (wl * img[q + SIDE] + wr * img[q + SIDE + 1]))
