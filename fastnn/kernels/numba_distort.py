@@ -33,6 +33,7 @@ from numba import njit
 
 from fastnn import augment, config
 from fastnn.augment import CENTRE, GOLDEN, LOW24, MIX1, MIX2, SIDE, STEP
+from fastnn.kernels.numba_intrinsics import prefetch
 
 N_PIXELS = SIDE * SIDE
 # Pixel p' = 28 x + y of a transposed field (the order the smoothing leaves it in):
@@ -191,6 +192,11 @@ def distort_row(batches, s, out):
     dt = out.dtype.type
     j = batches.order[s]
     row = batches.images[j]  # (784,) uint8
+    # The image is read last: its lines load while the fields are computed (the
+    # fused epochs prefetch it a tile ahead too, but a lone gather does not)
+    for i in range(0, N_PIXELS, 64):
+        prefetch(row, i)
+    prefetch(row, N_PIXELS - 1)
     R = batches.taps.shape[0] // 2
     a, b, t, fx, fy, im, end = scratch_layout(R)
     work = batches.scratch[numba.get_thread_id()]
