@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 
+import helpers
 from PIL import Image, ImageDraw
 
 from fastnn.demo.server import DemoServer
@@ -81,7 +82,8 @@ def raw(address, data: bytes) -> bytes:
 def demo(*args, **kwargs):
     """`python -m fastnn.demo --no-browser ARGS` in a process, its output piped."""
     return subprocess.Popen([sys.executable, "-m", "fastnn.demo", "--no-browser", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=helpers.ctrl_c_reaches_it, **kwargs)
 
 
 def address_of(proc):

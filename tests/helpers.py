@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import re
+import signal
 import stat
 import struct
 import subprocess
@@ -175,6 +176,14 @@ def assert_usage_error(code, err, allowed):
     lines = [line for line in err.splitlines() if "error:" in line]
     assert len(lines) == 1, err
     assert re.search(allowed, lines[0]), lines[0]
+
+
+def ctrl_c_reaches_it():
+    """preexec_fn for a process the test stops with SIGINT. A shell starts a background
+    job with SIGINT ignored, and a Python started with SIGINT ignored never installs its
+    KeyboardInterrupt handler: a test suite run as such a job (nohup ... &) would see its
+    Ctrl-C tests fail. The child starts with the default action, as from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def subprocess_env(**extra):

@@ -271,8 +271,8 @@ def test_sigint_during_training_exits_130_and_the_checkpoint_resumes(mnist, tmp_
     env = helpers.subprocess_env()
     proc = subprocess.Popen([sys.executable, "-m", "fastnn.train", "--epochs", "50", "--save",
                              "ck.npz", "--no-plot", "--threads", "1"], cwd=tmp_path, env=env,
-                            text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=helpers.ctrl_c_reaches_it)
     ck = tmp_path / "ck.npz"
     try:
         deadline = time.monotonic() + 120
