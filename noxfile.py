@@ -5,6 +5,7 @@
     nox -s tests         the full pytest suite, JIT enabled, benchmarks run once untimed
     nox -s nojit         agreement and distortion tests on small shapes with
                          NUMBA_DISABLE_JIT=1, so the loop bodies are also checked as plain Python
+    nox -s avx2          the tests as an AVX2 CPU runs them, on an AVX-512 one
     nox -s lint          ruff
     nox -s bench         python -m fastnn.bench with the peers installed (the report)
     nox -s asv           asv quick run + HTML report in benchmarks/html (`nox -s asv -- full`)
@@ -29,6 +30,26 @@ def nojit(session):
         "pytest", "tests/test_agreement.py", "tests/test_distort.py", "-q", *session.posargs,
         env={"NUMBA_DISABLE_JIT": "1", "FASTNN_SMALL": "1"},
     )
+
+
+# Haswell: AVX2 and FMA, no AVX-512. Numba needs the features too: with the CPU name
+# alone it keeps the host's (AVX-512 code).
+HASWELL = "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,+lzcnt,+movbe,+cx16,+xsave,-avx512f"
+
+
+@nox.session
+def avx2(session):
+    """The suite (and nojit's) as on an AVX2 CPU, run on an AVX-512 one: Numba compiles
+    for Haswell into its own cache, NumPy's SIMD dispatch stops at AVX2 (X86_V3).
+    OpenBLAS keeps the machine's kernel: OPENBLAS_CORETYPE is never set here."""
+    session.install("-e", ".[test]")
+    env = {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": HASWELL,
+           "NUMBA_CACHE_DIR": session.create_tmp() + "/numba-haswell",
+           "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL"}
+    session.run("python", "-c", "import numpy; numpy.show_runtime()", env=env)
+    session.run("pytest", *session.posargs, env=env)
+    session.run("pytest", "tests/test_agreement.py", "tests/test_distort.py", "-q",
+                *session.posargs, env=dict(env, NUMBA_DISABLE_JIT="1", FASTNN_SMALL="1"))
 
 
 @nox.session
