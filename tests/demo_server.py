@@ -100,7 +100,13 @@ def address_of(proc):
 
 
 def stop(proc):
-    """Ctrl-C, as a user would: (exit code, the rest of stdout, stderr)."""
+    """Ctrl-C, as a user would: (exit code, the rest of stdout, stderr). A server that
+    ignores it is killed (the test fails on the timeout) rather than left running."""
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
     return proc.returncode, out, err
