@@ -198,11 +198,11 @@ def distort_row(batches, s, out):
         prefetch(row, i)
     prefetch(row, N_PIXELS - 1)
     R = batches.taps.shape[0] // 2
-    a, b, t, fx, fy, im, end = scratch_layout(R)
+    a, b, t, ox, oy, im, end = scratch_layout(R)
     work = batches.scratch[numba.get_thread_id()]
     mid = SIDE * R  # where a padded field's own rows start
     ux, uy = work[a + mid : a + mid + N_PIXELS], work[b + mid : b + mid + N_PIXELS]
-    tmp, fxt, fyt = work[t:fx], work[fx:fy], work[fy:im]
+    tmp, fxt, fyt = work[t:ox], work[ox:oy], work[oy:im]
     img = work[im:end]
     k = mix(batches.key + np.uint64(j + 1) * GOLDEN)
     _noise(k, ux, uy)

@@ -153,14 +153,29 @@ SPAN_MIN_UNITS = 64
 
 
 @njit(**config.JIT)
+def _spans_of(spans, ns, n_out):
+    # spans: (>= (ns + 3) // 4, 2) int64 buffer -> the view that holds (or will hold) the
+    # spans of ns rows feeding a first layer of n_out units: spans[:0] (every input
+    # counts) for a layer under SPAN_MIN_UNITS
+    return spans[: (ns + 3) // 4] if n_out >= SPAN_MIN_UNITS else spans[:0]
+
+
+@njit(**config.JIT)
 def input_spans(X, ns, n_out, spans):
     # X: (>=ns, n_in) input rows, n_out the first layer's width; spans: (>= (ns + 3) // 4,
-    # 2) int64 buffer -> the rows' ink_spans in its first rows, returned as a view, or
-    # spans[:0] (every input counts) for a first layer under SPAN_MIN_UNITS
-    if n_out < SPAN_MIN_UNITS:
-        return spans[:0]
-    ink_spans(X, ns, spans[: (ns + 3) // 4])
-    return spans[: (ns + 3) // 4]
+    # 2) int64 buffer -> the rows' ink_spans in its first rows, returned as a view
+    # (_spans_of: empty for a narrow first layer)
+    view = _spans_of(spans, ns, n_out)
+    if view.shape[0] > 0:
+        ink_spans(X, ns, view)
+    return view
+
+
+@njit(**config.JIT)
+def _layer_spans(spans, layer):
+    # the spans a layer's products skip by: the input rows' for the first, none (every
+    # input counts) for the others
+    return spans if layer == 0 else spans[:0]
 
 
 @njit(**config.JIT)
@@ -379,7 +394,7 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
         W, b = layer_params(net.theta, net, layer)
         _tile_forward(_rows(buf, cap, aoff[layer], f, ns, sizes[layer]), ns, W, b,
                       _rows(buf, cap, aoff[layer + 1], f, ns, sizes[layer + 1]), layer < L - 1,
-                      spans if layer == 0 else spans[:0])
+                      _layer_spans(spans, layer))
     _softmax_xent_tile(_rows(buf, cap, aoff[L], f, ns, sizes[L]), ns, batches, first, inv_m,
                        _input_and_deltas(buf, cap, aoff, sizes, L - 1, f, ns)[1], stats_row)
     for layer in range(L - 1, 0, -1):  # deltas of the hidden layers
@@ -425,12 +440,12 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
                            min(c0 + cn + f + tsize, k), sbuf[f // 4:])
             # phase 2: each block of weight rows is owned by one thread
             last = c0 + cn >= start + m
-            spans = sbuf[: (cn + 3) // 4] if sizes[1] >= SPAN_MIN_UNITS else sbuf[:0]
+            spans = _spans_of(sbuf, cn, sizes[1])  # as phase 1's tiles wrote them
             for layer in range(L):
                 n_in, n_out = sizes[layer], sizes[layer + 1]
                 A, D = _input_and_deltas(buf, chunk, aoff, sizes, layer, 0, cn)
                 gW, gb = layer_params(grad, net, layer)
-                lspans = spans if layer == 0 else spans[:0]
+                lspans = _layer_spans(spans, layer)
                 blocks = min(n_out, nthreads)
                 for blk in prange(blocks):
                     # four rows at a time, each updated right after its gradient, while
@@ -521,7 +536,7 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
                         gW, gb = layer_params(g, net, layer)
                         # the lane's first tile overwrites, the others add
                         _grad_rows(D, A, ns, gW, gb, 0, net.sizes[layer + 1], first > lo,
-                                   spans if layer == 0 else spans[:0])
+                                   _layer_spans(spans, layer))
             barrier(sync, nthreads)
             sum_and_apply(net.theta, gbuf[:n], (P * t) // nthreads, (P * (t + 1)) // nthreads,
                           lr, opt, step0 + start // batch_size + 1)
@@ -566,7 +581,7 @@ def predict_tiles(net, images, scale, work, out):
                 W, b = layer_params(net.theta, net, layer)
                 _tile_forward(_rows(buf, tile, aoff[layer], 0, tile, sizes[layer]), ns, W, b,
                               _rows(buf, tile, aoff[layer + 1], 0, tile, sizes[layer + 1]),
-                              layer < L - 1, spans if layer == 0 else spans[:0])
+                              layer < L - 1, _layer_spans(spans, layer))
             Z = _rows(buf, tile, aoff[L], 0, tile, sizes[L])
             for s in range(ns):
                 out[first + s] = argmax(Z[s])
