@@ -23,13 +23,16 @@ def tests(session):
     session.run("pytest", *session.posargs)
 
 
+def _run_nojit(session, **env):
+    """The agreement and distortion tests on small shapes, without the JIT."""
+    session.run("pytest", "tests/test_agreement.py", "tests/test_distort.py", "-q",
+                *session.posargs, env=dict(env, NUMBA_DISABLE_JIT="1", FASTNN_SMALL="1"))
+
+
 @nox.session
 def nojit(session):
     session.install("-e", ".[test]")
-    session.run(
-        "pytest", "tests/test_agreement.py", "tests/test_distort.py", "-q", *session.posargs,
-        env={"NUMBA_DISABLE_JIT": "1", "FASTNN_SMALL": "1"},
-    )
+    _run_nojit(session)
 
 
 # Haswell: AVX2 and FMA, no AVX-512. Numba needs the features too: with the CPU name
@@ -48,8 +51,7 @@ def avx2(session):
            "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL"}
     session.run("python", "-c", "import numpy; numpy.show_runtime()", env=env)
     session.run("pytest", *session.posargs, env=env)
-    session.run("pytest", "tests/test_agreement.py", "tests/test_distort.py", "-q",
-                *session.posargs, env=dict(env, NUMBA_DISABLE_JIT="1", FASTNN_SMALL="1"))
+    _run_nojit(session, **env)
 
 
 @nox.session
