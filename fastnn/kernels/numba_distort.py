@@ -281,7 +281,7 @@ def distort_row(batches, s, out):
     # 1 - |f| and 1 - |f - 1| clipped at 0 (0 for a neighbour outside the frame, where
     # the floor was clamped), written so that inside the frame they are the reference's
     # 1 - f and f exactly. Scalar: the four neighbours' loads depend on the data (about
-    # 1.5 us of the ~6 us an image costs at sigma 5; computing the weights here or in
+    # 1.5 us of the ~5 us an image costs at sigma 5; computing the weights here or in
     # the first pass measured the same, and so did gathering first and mixing after,
     # vectorised).
     for x in range(SIDE):
