@@ -155,6 +155,20 @@ def test_an_output_on_a_data_file_exits_2_and_keeps_it(data_dir, capsys):
     assert snapshot(data_dir) == before
 
 
+@pytest.mark.parametrize("how", ["the path", "a symlink to it"])
+def test_plots_dir_on_the_data_dir_exits_2_and_writes_nothing(tmp_path, data_dir, capsys, how):
+    target = data_dir
+    if how == "a symlink to it":
+        target = tmp_path / "plots"
+        target.symlink_to(data_dir)
+    before = snapshot(data_dir)
+    code, out, err = call(train.main, ["--data-dir", data_dir, *FAST, "--plots-dir", target],
+                          capsys)
+    assert_usage_error(code, err, rf"--plots-dir {target} is the data directory .*, which this "
+                                  r"command reads; give --plots-dir another directory")
+    assert snapshot(data_dir) == before
+
+
 @pytest.mark.parametrize("command", ["predict --json", "predict --json (image)",
                                      "evaluate --plot"])
 def test_predict_and_evaluate_outputs_never_replace_their_inputs(tmp_path, checkpoint,
