@@ -235,6 +235,37 @@ def test_distorted_batches_agree(name, case):
         first.setdefault(j, s)
 
 
+def edge_images(copies):
+    """uint8 (13 copies, 784): blank, white, one pixel at each corner and edge's middle
+    and at the centre, a full row and a full column at the frame's edge: where the Numba
+    kernels' neighbours clamped inside the frame and their tent weights must still give
+    the reference's zeros outside it."""
+    patterns = np.zeros((13, 28, 28), np.uint8)
+    patterns[1] = 255
+    for i, (y, x) in enumerate([(0, 0), (0, 27), (27, 0), (27, 27), (0, 13), (27, 13),
+                                (13, 0), (13, 27), (13, 14)]):
+        patterns[2 + i, y, x] = 200
+    patterns[11, 27, :] = 90
+    patterns[12, :, 0] = 90
+    return np.repeat(patterns.reshape(13, 784), copies, axis=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", TRAINERS)
+def test_blank_images_and_ink_at_the_frame_edge_agree(name, dtype):
+    copies = 4 if SMALL else 20
+    images = edge_images(copies)
+    order = np.arange(len(images))  # every copy its own field
+    shifts = np.random.default_rng(9).integers(-2, 3, (len(images), 2))
+    for d in (Distortion(11, 34.0, 4.0, **AFFINE), Distortion(12, 80.0, 2.0)):
+        got = get_kernel(name).gather(images, order, dtype, shifts, d)
+        want = get_kernel(REFERENCE).gather(images, order, dtype, shifts, d)
+        diff = float(np.max(np.abs(got.astype(np.float64) - want)))
+        atol = distortion_atol(dtype, d.alpha, d.sigma)
+        assert diff <= atol, f"{name}: distorted images differ by {diff:.3g} > {atol:.3g}"
+        assert not got[:copies].any()  # the blank image stays blank
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("name", TRAINERS)
 def test_distortion_changes_images_and_depends_on_key_and_sample(name, dtype):
