@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from fastnn import config, train
+from fastnn.kernels import stale_cache
 
 
 @pytest.fixture
@@ -263,3 +264,65 @@ def test_training_with_numba_num_threads_1(tmp_path, synthetic):
     result = json.loads((tmp_path / "run.json").read_text())
     assert result["config"]["threads"] == 1
     assert np.isfinite(result["epochs"][0]["loss"])
+
+
+# ------------------------------------------------------------------ a stale cache
+
+STALE_RUN = """
+import json, sys
+import numpy as np
+from fastnn.kernels import numba_layers
+assert numba_layers.__file__.startswith(sys.argv[1]), numba_layers.__file__
+Z = np.linspace(-1, 1, 12).reshape(3, 4)
+A = np.empty_like(Z)
+numba_layers.relu_forward(Z, A)
+print(json.dumps(sum(numba_layers.relu_forward.stats.cache_hits.values())))
+"""
+
+
+def test_an_edited_kernel_source_clears_the_whole_numba_cache(tmp_path):
+    """Numba would reload a function whose own file did not change even when code it
+    inlines from another file did; fastnn drops its cache instead (stale_cache)."""
+    site = tmp_path / "site"
+    shutil.copytree(config.PACKAGE_DIR, site / "fastnn",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc"))
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["PYTHONPATH"] = str(site)
+
+    def cache_hits():
+        run = subprocess.run([sys.executable, "-c", STALE_RUN, str(site)], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout.splitlines()[-1])
+
+    assert cache_hits() == 0  # compiled, and cached
+    assert cache_hits() == 1  # loaded from the cache
+    with open(site / "fastnn" / "augment.py", "a") as f:
+        f.write("\n# an edit in a file that relu_forward does not live in\n")
+    assert cache_hits() == 0  # the cache was dropped: compiled afresh
+    assert cache_hits() == 1
+
+
+def test_clear_stale_deletes_numba_files_only_when_the_stamp_differs(tmp_path):
+    for name in ("mod.f-3.py311.nbi", "mod.f-3.py311.1.nbc", "other.pyc"):
+        (tmp_path / name).write_bytes(b"x")
+    assert stale_cache.clear_stale(tmp_path, "digest 1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stale_cache.STAMP, "other.pyc"]
+    (tmp_path / "mod.g-9.py311.nbi").write_bytes(b"x")
+    assert not stale_cache.clear_stale(tmp_path, "digest 1")
+    assert (tmp_path / "mod.g-9.py311.nbi").exists()
+    assert stale_cache.clear_stale(tmp_path, "digest 2")
+    assert not (tmp_path / "mod.g-9.py311.nbi").exists()
+    assert (tmp_path / stale_cache.STAMP).read_text() == "digest 2"
+
+
+def test_fingerprint_follows_every_source(tmp_path):
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("x = 1\n")
+    b.write_text("y = 2\n")
+    before = stale_cache.fingerprint([a, b])
+    assert stale_cache.fingerprint([a, b]) == before
+    b.write_text("y = 3\n")
+    assert stale_cache.fingerprint([a, b]) != before
+    assert {p.name for p in stale_cache.SOURCES} >= {"numba_distort.py", "numba_shared.py",
+                                                      "augment.py", "config.py"}

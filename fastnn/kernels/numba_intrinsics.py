@@ -27,6 +27,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from fastnn import config
+from fastnn.kernels import stale_cache
+
+stale_cache.check()  # before any cached kernel is loaded
 
 # Cody-Waite split of ln 2: n * LN2_HI is exact for the n that occur
 _LOG2E = 1.4426950408889634

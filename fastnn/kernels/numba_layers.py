@@ -13,6 +13,9 @@ import numpy as np
 from numba import njit, prange
 
 from fastnn import config
+from fastnn.kernels import stale_cache
+
+stale_cache.check()  # before any cached kernel is loaded
 
 # ---------------------------------------------------------------- one kernel per equation
 
