@@ -60,11 +60,12 @@ def clear_stale(folder, digest) -> bool:
 def cache_folder():
     """Where Numba caches the functions defined in fastnn/kernels (None: nowhere), as
     Numba's own locators decide it (NUMBA_CACHE_DIR, else the package's __pycache__)."""
-    from numba.core.caching import FunctionCache
-
     try:
+        # not public API: should it change, the check is skipped and nothing fails
+        from numba.core.caching import FunctionCache
+
         return FunctionCache(cache_folder)._cache_path  # any function of this directory
-    except RuntimeError:  # no locator can cache here
+    except (ImportError, AttributeError, RuntimeError):  # RuntimeError: nowhere to cache
         return None
 
 
