@@ -18,10 +18,11 @@ change, one recompile (~20 s).
 """
 
 import hashlib
-import os
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
+from fastnn import files
+from fastnn.config import PACKAGE_DIR
+
 # The files whose code or constants end up in compiled kernels
 SOURCES = sorted((PACKAGE_DIR / "kernels").glob("*.py")) + [
     PACKAGE_DIR / name for name in ("augment.py", "config.py", "model.py", "optim.py")]
@@ -51,9 +52,8 @@ def clear_stale(folder, digest) -> bool:
     for entry in folder.iterdir():
         if entry.suffix in (".nbi", ".nbc"):
             entry.unlink(missing_ok=True)
-    partial = folder / f"{STAMP}.{os.getpid()}.tmp"
-    partial.write_text(digest)
-    os.replace(partial, stamp)  # a reader sees the old stamp or the new, never half
+    # atomically: a reader sees the old stamp or the new, never half
+    files.replace_file(stamp, lambda f: f.write(digest.encode()))
     return True
 
 
