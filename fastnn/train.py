@@ -258,20 +258,20 @@ def check_paths(args):
     """No two outputs on one file, none on an input, each writable: before anything runs."""
     from fastnn.data import local_files
 
+    data_files = local_files(args.data_dir)
     outputs = [("--json", args.json)]
     if not args.compare:  # --compare writes only the JSON
         outputs += [("--save", args.save), ("--plot", args.plot)]
         if args.plots_dir:
             outputs += [("--plots-dir", path) for path in plots_dir_paths(args)]
-    inputs = [("--resume", args.resume)] + [("--data-dir", p) for p in local_files(args.data_dir)]
-    if args.plots_dir and not args.compare:
-        # its files would land among the data files (none replaced, but the user's data
-        # dir, or a download cache, filled with pictures): surely a slip of the path
-        for folder in {os.path.dirname(p) for p in local_files(args.data_dir)}:
-            if files.same_file(args.plots_dir, folder):
-                raise cli.UsageError(f"--plots-dir {args.plots_dir} is the data directory "
-                                     f"{folder}, which this command reads; give --plots-dir "
-                                     "another directory")
+            # its files would land among the data files (none replaced, but the user's
+            # data dir, or a download cache, filled with pictures): surely a slip
+            for folder in {os.path.dirname(p) for p in data_files}:
+                if files.same_file(args.plots_dir, folder):
+                    raise cli.UsageError(f"--plots-dir {args.plots_dir} is the data directory "
+                                         f"{folder}, which this command reads; give "
+                                         "--plots-dir another directory")
+    inputs = [("--resume", args.resume)] + [("--data-dir", p) for p in data_files]
     cli.check_paths(outputs, inputs, may_replace={("--save", "--resume")})
 
 
