@@ -19,7 +19,7 @@ import naive
 import numba
 import numpy as np
 import pytest
-from backends import LAYERS, PREDICTORS, TRAINERS
+from backends import LAYERS, PREDICTORS, TRAINERS, near_ties
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -280,7 +280,8 @@ def test_train_epoch_agrees_on_random_shapes(name, case):
                                                           case["batch_size"], 0.05)
     assert_params_agree(ours, ref, dtype, f"{name} train_epoch", trajectory=True)
     assert_agree(loss, loss_ref, dtype, f"{name} train_epoch mean loss", trajectory=True)
-    assert round(acc * case["k"]) == round(acc_ref * case["k"]), (acc, acc_ref)
+    ties = near_ties(params0, images, labels, order, case["batch_size"], 0.05)
+    assert abs(round(acc * case["k"]) - round(acc_ref * case["k"])) <= ties, (acc, acc_ref)
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 32, 128, N_SYNTHETIC])

@@ -17,7 +17,7 @@ import naive
 import numba
 import numpy as np
 import pytest
-from backends import TRAINERS
+from backends import TRAINERS, near_ties
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -348,7 +348,8 @@ def test_train_epoch_with_distortion_agrees_on_random_shapes(name, case):
         assert_agree(a[0], r[0], np.float64, f"{name} W", trajectory=True)
         assert_agree(a[1], r[1], np.float64, f"{name} b", trajectory=True)
     assert_agree(loss, loss_ref, np.float64, f"{name} loss", trajectory=True)
-    assert round(acc * case["k"]) == round(acc_ref * case["k"])
+    ties = near_ties(params0, images, labels, order, case["batch_size"], 0.05, d)
+    assert abs(round(acc * case["k"]) - round(acc_ref * case["k"])) <= ties, (acc, acc_ref)
 
 
 @pytest.mark.parametrize("name", TRAINERS)

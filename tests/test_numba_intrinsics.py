@@ -1,10 +1,11 @@
-"""numba_intrinsics.exp_nonpositive: the softmax's vectorisable exp, against float64 np.exp."""
+"""numba_intrinsics: exp_nonpositive (the softmax's vectorisable exp, against float64
+np.exp) and copy_pair (against slice assignment)."""
 
 import numpy as np
 import pytest
 from numba import njit
 
-from fastnn.kernels.numba_intrinsics import exp_nonpositive
+from fastnn.kernels.numba_intrinsics import copy_pair, exp_nonpositive
 
 
 @njit(fastmath=False)
@@ -57,3 +58,24 @@ def test_python_fallback_is_numpy_exp(dtype):
     """NUMBA_DISABLE_JIT runs the plain function: np.exp."""
     t = dtype(-3.5)
     assert exp_nonpositive(t) == np.exp(t)
+
+
+@njit
+def copy_pairs(dst, src, to, frm):
+    for k in range(to.shape[0]):
+        copy_pair(dst, to[k], src, frm[k])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_copy_pair_is_a_slice_assignment_at_any_offset(dtype):
+    """Odd offsets too (a pair straddling the item alignment of two items), into a
+    view of another array's bytes as the distortion does, and the last pair."""
+    rng = np.random.default_rng(1)
+    src = (rng.uniform(0, 255, 101)).astype(dtype)
+    to, frm = rng.integers(0, 199, 300), rng.integers(0, 100, 300)
+    to[-1], frm[-1] = 198, 99  # the last two items of each
+    want, dst = np.zeros(200, dtype), np.zeros(200 * np.dtype(dtype).itemsize, np.uint8)
+    for t, f in zip(to, frm):
+        want[t : t + 2] = src[f : f + 2]
+    copy_pairs(dst.view(dtype), src, to, frm)
+    assert np.array_equal(dst.view(dtype), want)

@@ -7,19 +7,21 @@ epoch's Batches carry a distortion (the last five fields of Batches are
 
 1. 784 hashes (SplitMix64's mix of a counter), each giving both noise values
    of a pixel (plus 112 for the unused slots of rows of 32): a loop of 64-bit
-   integer arithmetic that vectorises;
+   integer arithmetic that vectorises. The noise is stored transposed;
 2. the two noise fields smoothed by the separable Gaussian: four passes down
    the columns of a field stored between rows of zeros, each a few sweeps
    over the output rows their taps reach, one contiguous loop each with no
    edge cases (vectorised); a sweep loads four input rows and adds each to
    two output rows, 8 taps for 5 loads and 2 stores (``_smooth_down``). The
-   pass along the rows is a pass down the columns of the transposed field:
-   no pass has a 28-wide inner loop. Fields are stored in rows of 32 (ROW)
-   values, the last 4 of no pixel: every row starts on a 64-byte line, and
-   sweeps over whole rows so aligned ran ~15% faster than over rows of 28,
-   whose vector loads mostly straddle two lines;
+   first pass, down the columns of the transposed noise, smooths along x; the
+   field is transposed back and the second smooths along y (the reference's
+   order): no pass has a 28-wide inner loop. Fields are stored in rows of 32
+   (ROW) values, the last 4 of no pixel: every row starts on a 64-byte line,
+   and sweeps over whole rows so aligned ran ~15% faster than over rows of
+   28, whose vector loads mostly straddle two lines;
 3. the source position of every output pixel and its top-left neighbour
-   (vectorised), then one bilinear sample per pixel. The weights are tent
+   (vectorised); the four neighbours' bytes, read as two pairs (the one
+   scalar loop); their bilinear mix (vectorised). The weights are tent
    functions, max(0, 1 - |X - column|), of a neighbour pair clamped inside
    the frame: a neighbour outside it gets weight 0, so no read needs a bounds
    check or a border of zeros.
@@ -38,7 +40,7 @@ from numba import njit
 
 from fastnn import augment, config
 from fastnn.augment import CENTRE, GOLDEN, LOW24, MIX1, MIX2, SIDE, STEP
-from fastnn.kernels.numba_intrinsics import prefetch
+from fastnn.kernels.numba_intrinsics import copy_pair, prefetch
 
 N_PIXELS = SIDE * SIDE
 ROW = 32  # values a field's row is stored in: its 28 pixels, then 4 of none
@@ -46,10 +48,10 @@ N_SLOTS = SIDE * ROW
 PAD = 6  # zero rows above and below a noise field: as far as a sweep reads beyond it
 OUT_SLOTS = (SIDE + 2) * ROW  # a smoothing's output: a junk row, the 28, a junk row
 LINE = 64  # bytes: where the scratch rows and their pieces start
-# Slot q = 32 x + y of a transposed field (the order the smoothing leaves it in):
-# its x - 13.5 and y - 13.5 (y > 27: no pixel, a position computed and never read)
-_T = np.arange(N_SLOTS)
-XC_T, YC_T = _T // ROW - CENTRE, _T % ROW - CENTRE
+# Slot q = 32 y + x of a field: its x - 13.5 and y - 13.5 (x > 27: no pixel, a
+# position computed and never read)
+_Q = np.arange(N_SLOTS)
+XC, YC = _Q % ROW - CENTRE, _Q // ROW - CENTRE
 
 
 class Distort(NamedTuple):
@@ -67,14 +69,13 @@ class Distort(NamedTuple):
 def scratch_layout():
     # offsets of the pieces of a scratch row, and its length: two noise fields between
     # PAD zero rows (28 + 2 PAD rows of 32 each); the first pass's output and the two
-    # fields transposed (30 rows of 32: _smooth_down's output); the image (784). All
-    # multiples of 16 values: each piece starts on a line if the row does.
+    # smoothed fields (30 rows of 32: _smooth_down's output). All multiples of 16
+    # values: each piece starts on a line if the row does.
     padded = ROW * (SIDE + 2 * PAD)
     a, b = 0, padded
     tmp = 2 * padded
-    fxt, fyt = tmp + OUT_SLOTS, tmp + 2 * OUT_SLOTS
-    img = tmp + 3 * OUT_SLOTS
-    return a, b, tmp, fxt, fyt, img, img + N_PIXELS
+    fx, fy = tmp + OUT_SLOTS, tmp + 2 * OUT_SLOTS
+    return a, b, tmp, fx, fy, tmp + 3 * OUT_SLOTS
 
 
 def kernel_args(d, dtype):
@@ -120,12 +121,12 @@ def _uniform(bits, dt):
 
 @njit(**config.JIT)
 def _noise(k, ux, uy):
-    # k: uint64 the sample's key -> ux, uy: (896,) its uniform noise in rows of 32, pixel
-    # p = 28 y + x from hash p into slot 32 y + x (slots x > 27 get the next row's,
-    # which smooth into slots that are never read: cheaper than a branch)
+    # k: uint64 the sample's key -> ux, uy: (896,) its uniform noise, transposed in rows
+    # of 32: pixel p = 28 y + x from hash p into slot 32 x + y (slots y > 27 get hashes
+    # 785.. that no pixel uses, which smooth into slots never read: cheaper than a branch)
     dt = ux.dtype.type
     for q in range(N_SLOTS):
-        p = q // ROW * SIDE + q % ROW
+        p = q % ROW * SIDE + q // ROW
         h = mix(k + np.uint64(p + 1) * GOLDEN)
         ux[q] = _uniform(h >> np.uint64(40), dt)
         uy[q] = _uniform((h >> np.uint64(16)) & LOW24, dt)
@@ -206,13 +207,14 @@ def _transpose(src, dst):
 
 
 @njit(**config.JIT)
-def _field_t(padded, taps, tmp, out):
-    # padded: a field between zero rows (as _smooth_down) -> out: (32 x 30,) the smoothed
-    # field transposed from its row 1 on, out[32 (x + 1) + y] = (G * field)[y, x];
-    # tmp: (32 x 30,) scratch; the field's rows in padded are overwritten
-    _smooth_down(padded, taps, tmp)  # down the columns
+def _field(padded, taps, tmp, out):
+    # padded: a field stored transposed, between zero rows (as _smooth_down) -> out:
+    # (32 x 30,) the smoothed field from its row 1 on, out[32 (y + 1) + x] = (G * field)
+    # [y, x]; tmp: (32 x 30,) scratch; the field's rows in padded are overwritten. Along
+    # x, then along y, as the reference.
+    _smooth_down(padded, taps, tmp)  # down the transposed field's columns: along x
     _transpose(tmp[ROW:], padded[ROW * PAD : ROW * PAD + N_SLOTS])
-    _smooth_down(padded, taps, out)  # down the columns of the transpose: along the rows
+    _smooth_down(padded, taps, out)  # down the columns: along y
 
 
 @njit(**config.JIT)
@@ -240,55 +242,69 @@ def distort_row(batches, s, out):
     for i in range(0, N_PIXELS, 64):
         prefetch(row, i)
     prefetch(row, N_PIXELS - 1)
-    a, b, t, ox, oy, im, end = scratch_layout()
+    a, b, t, ox, oy, end = scratch_layout()
     work = batches.scratch[numba.get_thread_id()]
     mid = ROW * PAD  # where a padded field's own rows start
     ux, uy = work[a + mid : a + mid + N_SLOTS], work[b + mid : b + mid + N_SLOTS]
     tmp = work[t:ox]
-    img = work[im:end]
     k = mix(batches.key + np.uint64(j + 1) * GOLDEN)
     _noise(k, ux, uy)
-    _field_t(work[a:b], batches.taps, tmp, work[ox:oy])
-    _field_t(work[b:t], batches.taps, tmp, work[oy:im])
-    # the fields, transposed (from the outputs' row 1); tmp: the neighbours' indices
-    fxt, fyt = work[ox + ROW : ox + ROW + N_SLOTS], work[oy + ROW : oy + ROW + N_SLOTS]
-    tmp = tmp[:N_SLOTS]
-    scale = batches.scale
-    for p in range(N_PIXELS):  # the image, scaled
-        img[p] = dt(row[p]) * scale
+    _field(work[a:b], batches.taps, tmp, work[ox:oy])
+    _field(work[b:t], batches.taps, tmp, work[oy:end])
+    # the fields (from the outputs' row 1); idx: the neighbours' indices, in tmp
+    fx_, fy_ = work[ox + ROW : ox + ROW + N_SLOTS], work[oy + ROW : oy + ROW + N_SLOTS]
+    idx = tmp.view(np.int32)[:N_SLOTS]
     m00, m01, m10, m11 = _affine(k, batches.ranges)
     m00, m01, m10, m11 = dt(m00), dt(m01), dt(m10), dt(m11)
     alpha, centre = batches.alpha, dt(CENTRE)
     tx = ty = dt(0)
     if batches.shifts.shape[0] > 0:
         ty, tx = dt(batches.shifts[s, 0]), dt(batches.shifts[s, 1])
-    # First pass (vectorised), slot by slot of the transposed fields: the source
-    # position (X, Y), clipped to [-2, 29] (beyond -1 and 28 it reads only zeros: the
-    # clip changes nothing and keeps the floor small); the top-left neighbour (bx, by),
-    # floor clamped to [0, 26] so that all four neighbours are pixels, and the position
-    # relative to it, fx = X - bx and fy = Y - by in [-2, 3], into fxt and fyt (read
-    # before written); the neighbour's index (exact as a float) into tmp.
+    # First pass (vectorised), slot by slot of the fields: the source position (X, Y),
+    # clipped to [-2, 29] (beyond -1 and 28 it reads only zeros: the clip changes
+    # nothing and keeps the floor small); the top-left neighbour (bx, by), floor
+    # clamped to [0, 26] so that all four neighbours are pixels, and the position
+    # relative to it, fx = X - bx and fy = Y - by in [-2, 3], into fx_ and fy_ (read
+    # before written); the neighbour's index into idx.
     zero, one, two, lo, hi, top = dt(0), dt(1), dt(2), dt(-2), dt(SIDE + 1), dt(SIDE - 2)
-    for p in range(N_SLOTS):
-        xc, yc = dt(XC_T[p]), dt(YC_T[p])
-        X = centre + (m00 * xc + m01 * yc) + alpha * fxt[p] - tx
-        Y = centre + (m10 * xc + m11 * yc) + alpha * fyt[p] - ty
+    for q in range(N_SLOTS):
+        xc, yc = dt(XC[q]), dt(YC[q])
+        X = centre + (m00 * xc + m01 * yc) + alpha * fx_[q] - tx
+        Y = centre + (m10 * xc + m11 * yc) + alpha * fy_[q] - ty
         X, Y = min(max(X, lo), hi), min(max(Y, lo), hi)
         bx, by = min(max(np.floor(X), zero), top), min(max(np.floor(Y), zero), top)
-        fxt[p], fyt[p] = X - bx, Y - by  # exact
-        tmp[p] = by * dt(SIDE) + bx
-    # Second pass, down the output's columns: the four neighbours, weighted by tents,
-    # 1 - |f| and 1 - |f - 1| clipped at 0 (0 for a neighbour outside the frame, where
-    # the floor was clamped), written so that inside the frame they are the reference's
-    # 1 - f and f exactly. Scalar: the four neighbours' loads depend on the data (about
-    # 1.5 us of the ~5 us an image costs at sigma 5; computing the weights here or in
-    # the first pass measured the same, and so did gathering first and mixing after,
-    # vectorised).
-    for x in range(SIDE):
-        for y in range(SIDE):
-            p = x * ROW + y
-            fx, fy, q = fxt[p], fyt[p], int(tmp[p])
+        fx_[q], fy_[q] = X - bx, Y - by  # exact
+        idx[q] = np.int32(by * dt(SIDE) + bx)
+    # Second pass (scalar: the reads depend on the data): each pixel's neighbours as
+    # two pairs of bytes of the image, top left and right into upper[2 q : 2 q + 2],
+    # bottom into lower[..], over the first noise field's own rows (free now; not its
+    # rows of zeros around). A pair is one load and one store (copy_pair): with the
+    # next pass, 2x faster than the four scalar reads, weighted and summed, that
+    # this loop used to be.
+    upper = ux.view(np.uint8)[: 2 * N_SLOTS]
+    lower = ux.view(np.uint8)[2 * N_SLOTS : 4 * N_SLOTS]
+    for y in range(SIDE):
+        for x in range(SIDE):
+            q = y * ROW + x
+            c = idx[q]
+            copy_pair(upper, 2 * q, row, c)
+            copy_pair(lower, 2 * q, row, c + SIDE)
+    # Third pass (vectorised): each pair read as one 16-bit number (left + 256 right),
+    # the neighbours weighted by tents, 1 - |f| and 1 - |f - 1| clipped at 0 (0 for a
+    # neighbour outside the frame, where the floor was clamped), written so that inside
+    # the frame they are the reference's 1 - f and f exactly. Rows of 32 slots: row y
+    # writes 4 values too many, which row y + 1 then overwrites (the last row writes
+    # 28); 32 iterations vectorise with no remainder, and the unused slots hold
+    # finite values (fractions in [-2, 3], any pair of bytes).
+    pairs_up, pairs_down = upper.view(np.uint16), lower.view(np.uint16)
+    scale, byte = batches.scale, np.int32(255)
+    for y in range(SIDE):
+        o = out[y * SIDE :]
+        for x in range(ROW if y < SIDE - 1 else SIDE):
+            q = y * ROW + x
+            fx, fy = fx_[q], fy_[q]
+            u, d = np.int32(pairs_up[q]), np.int32(pairs_down[q])
             wl, wr = max(zero, min(one - fx, one + fx)), max(zero, min(fx, two - fx))
             wt, wb = max(zero, min(one - fy, one + fy)), max(zero, min(fy, two - fy))
-            out[y * SIDE + x] = (wt * (wl * img[q] + wr * img[q + 1])
-                                 + wb * (wl * img[q + SIDE] + wr * img[q + SIDE + 1]))
+            o[x] = scale * (wt * (wl * dt(u & byte) + wr * dt(u >> 8))
+                            + wb * (wl * dt(d & byte) + wr * dt(d >> 8)))
