@@ -49,10 +49,6 @@ PAD = 6  # zero rows above and below a noise field: as far as a sweep reads beyo
 OUT_SLOTS = (SIDE + 2) * ROW  # a smoothing's output: a junk row, the 28, a junk row
 TMP_SLOTS = (SIDE + 5) * ROW  # the first pass's output, then 3 rows the transpose reads
 LINE = 64  # bytes: where the scratch rows and their pieces start
-# Slot q = 32 y + x of a field: its x - 13.5 and y - 13.5 (x > 27: no pixel, a
-# position computed and never read)
-_Q = np.arange(N_SLOTS)
-XC, YC = _Q % ROW - CENTRE, _Q // ROW - CENTRE
 
 
 class Distort(NamedTuple):
@@ -278,14 +274,16 @@ def distort_row(batches, s, out):
     # relative to it, fx = X - bx and fy = Y - by in [-2, 3], into fx_ and fy_ (read
     # before written); the neighbour's index into idx.
     zero, one, two, lo, hi, top = dt(0), dt(1), dt(2), dt(-2), dt(SIDE + 1), dt(SIDE - 2)
-    for q in range(N_SLOTS):
-        xc, yc = dt(XC[q]), dt(YC[q])
-        X = centre + (m00 * xc + m01 * yc) + alpha * fx_[q] - tx
-        Y = centre + (m10 * xc + m11 * yc) + alpha * fy_[q] - ty
-        X, Y = min(max(X, lo), hi), min(max(Y, lo), hi)
-        bx, by = min(max(np.floor(X), zero), top), min(max(np.floor(Y), zero), top)
-        fx_[q], fy_[q] = X - bx, Y - by  # exact
-        idx[q] = np.int32(by * dt(SIDE) + bx)
+    for y in range(SIDE):
+        yc = dt(y) - centre
+        for x in range(ROW):  # x > 27: no pixel, a position computed and never read
+            q, xc = y * ROW + x, dt(x) - centre
+            X = centre + (m00 * xc + m01 * yc) + alpha * fx_[q] - tx
+            Y = centre + (m10 * xc + m11 * yc) + alpha * fy_[q] - ty
+            X, Y = min(max(X, lo), hi), min(max(Y, lo), hi)
+            bx, by = min(max(np.floor(X), zero), top), min(max(np.floor(Y), zero), top)
+            fx_[q], fy_[q] = X - bx, Y - by  # exact
+            idx[q] = np.int32(by * dt(SIDE) + bx)
     # Second pass (scalar: the reads depend on the data): each pixel's neighbours as
     # two pairs of bytes of the image, top left and right into upper[2 q : 2 q + 2],
     # bottom into lower[..], over the first noise field's own rows (free now; not its
