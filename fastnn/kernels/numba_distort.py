@@ -121,9 +121,9 @@ def _uniform(bits, dt):
 def _noise(k, ux, uy):
     # k: uint64 the sample's key -> ux, uy: (896,) its uniform noise, transposed in rows
     # of 32: pixel p = 28 y + x from hash p into slot 32 x + y (slots y > 27 get hashes
-    # 785.. that no pixel uses, which smooth into slots never read: cheaper than a branch)
-    # slot by slot of a row x, hash p + 1 = x + 1 + 28 y grows by 28 a slot: added, not
-    # multiplied (0.33 against 0.43 us for a loop over slots computing p)
+    # 785.. that no pixel uses, which smooth into slots never read: cheaper than a
+    # branch). Along a row x the counter p + 1 = x + 1 + 28 y grows by 28 a slot: an
+    # addition, not a multiply (0.33 against 0.43 us for a loop over slots computing p).
     dt = ux.dtype.type
     step = np.uint64(SIDE) * GOLDEN
     for x in range(SIDE):
@@ -298,13 +298,14 @@ def distort_row(batches, s, out):
             c = idx[q]
             copy_pair(upper, 2 * q, row, c)
             copy_pair(lower, 2 * q, row, c + SIDE)
-    # Third pass (vectorised): each pair read as one 16-bit number (left + 256 right),
-    # the neighbours weighted by tents, 1 - |f| and 1 - |f - 1| clipped at 0 (0 for a
-    # neighbour outside the frame, where the floor was clamped), written so that inside
-    # the frame they are the reference's 1 - f and f exactly. Rows of 32 slots: row y
-    # writes 4 values too many, which row y + 1 then overwrites (the last row writes
-    # 28); 32 iterations vectorise with no remainder, and the unused slots hold
-    # finite values (fractions in [-2, 3], any pair of bytes).
+    # Third pass (vectorised): each pair read as one 16-bit number (left + 256 right:
+    # x86-64 is little-endian), the neighbours weighted by tents, 1 - |f| and
+    # 1 - |f - 1| clipped at 0 (0 for a neighbour outside the frame, where the floor
+    # was clamped), written so that inside the frame they are the reference's 1 - f
+    # and f exactly. Rows of 32 slots: row y writes 4 values too many, which row y + 1
+    # then overwrites (the last row writes 28); 32 iterations vectorise with no
+    # remainder, and the unused slots hold finite values (fractions in [-2, 3], any
+    # pair of bytes).
     pairs_up, pairs_down = upper.view(np.uint16), lower.view(np.uint16)
     scale, byte = batches.scale, np.int32(255)
     for y in range(SIDE):

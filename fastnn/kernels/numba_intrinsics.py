@@ -1,4 +1,5 @@
-"""Low-level pieces the fused kernels are built from: a vectorisable exp and prefetch.
+"""Low-level pieces the kernels are built from: a vectorisable exp, prefetch, paired
+copies, block transposes, and a barrier.
 
 ``exp_nonpositive(t)``: exp(t) for t <= 0 as plain float32 arithmetic, so a
 loop over classes vectorises.
@@ -20,7 +21,8 @@ prefetch intrinsic); nothing without the JIT.
 
 ``copy_pair(dst, i, src, j)``: dst[i : i + 2] = src[j : j + 2] in one load and
 one store; the distortion's bilinear reads (numba_distort) take their four
-neighbours as two such pairs, 2.5x faster than four scalar reads.
+neighbours as two such pairs (with the vectorised mix after them, ~2x faster
+than four scalar reads and the mix in one loop).
 
 ``transpose16(src, i, dst, j, stride, rows)``: a 16x16 block transposed in
 vector registers; the distortion's 28x28 field transposes, 4x faster than
