@@ -586,14 +586,20 @@ def test_train_epoch_is_deterministic(name, dtype, threads):
 # ---------------------------------------------------------------- 6. predict
 
 
-@pytest.mark.parametrize("sizes", [[784, 10, 10], [784, 20, 9, 10]],
-                         ids=["784-10-10", "784-20-9-10"])
+@pytest.mark.parametrize("ink", ["dense", "digits"])
+@pytest.mark.parametrize("sizes", [[784, 10, 10], [784, 20, 9, 10], [784, 300, 10]],
+                         ids=["784-10-10", "784-20-9-10", "784-300-10"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name", [REFERENCE, *PREDICTORS])
-def test_predict_is_argmax_of_reference_forward(name, dtype, sizes):
-    n = 300 if SMALL else 5000  # more than numpy_ref's 4096-image chunk
+def test_predict_is_argmax_of_reference_forward(name, dtype, sizes, ink):
+    """784-300-10: a first layer wide enough for numba_tiles' inked path (from
+    SPARSE_FIRST_MIN units), on random bytes and on digit-like images with blank pixels."""
+    n = 5000 if not SMALL else 300 if sizes[1] < 100 else 60  # 5000: > numpy_ref's chunk
     rng = np.random.default_rng(111)
-    images = rng.integers(0, 256, (n, 784)).astype(np.uint8)
+    images = (rng.integers(0, 256, (n, 784)).astype(np.uint8) if ink == "dense"
+              else mnist_like_images(n, 111)[0])
+    if sizes[1] == 300:
+        assert numba_tiles.SPARSE_FIRST_MIN <= 300  # else this case tests nothing new
     params = init_params(sizes, 112, dtype, "uniform")
     # keep the images whose logits are distinct: rounding cannot flip their argmax
     Z = naive.logits(params, to_float(images, dtype))
