@@ -119,15 +119,20 @@ def prefetch(typingctx, arr, i):
     return types.void(arr, i), codegen
 
 
+def _vectors_of_one_dtype(*arrays):
+    # the Numba types of 1-D C-contiguous arrays, all of one dtype?
+    return (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                for a in arrays)
+            and len({a.dtype for a in arrays}) == 1)
+
+
 @intrinsic
 def copy_pair(typingctx, dst, i, src, j):
     """dst[i : i + 2] = src[j : j + 2] as one load and one store (1-D contiguous arrays of
     one dtype): two neighbouring values read by one instruction where two scalar loads
     would each take an issue slot."""
-    if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
-                for a in (dst, src))
-            and dst.dtype == src.dtype and isinstance(i, types.Integer)
-            and isinstance(j, types.Integer)):
+    if not (_vectors_of_one_dtype(dst, src)
+            and all(isinstance(n, types.Integer) for n in (i, j))):
         return None
 
     def codegen(context, builder, sig, args):
@@ -148,9 +153,7 @@ def transpose16(typingctx, src, i, dst, j, stride, rows):
     c < rows only: a 16x16 block of rows ``stride`` apart transposed in registers (16
     vector loads, 64 shuffles, up to 16 vector stores) instead of 256 scalar moves.
     1-D contiguous arrays of one dtype; all 16 source rows are read."""
-    if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
-                for a in (src, dst))
-            and src.dtype == dst.dtype
+    if not (_vectors_of_one_dtype(src, dst)
             and all(isinstance(n, types.Integer) for n in (i, j, stride, rows))):
         return None
 

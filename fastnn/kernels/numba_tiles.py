@@ -196,7 +196,6 @@ def _tile_forward(A, ns, W, b, Z, relu, spans):
     # a block's weight rows stay in L1 while the tile's rows stream past them.
     # spans: ink_spans of A (the first layer), or (0, 2): every input counts
     n_out, n_in = W.shape
-    zero = W.dtype.type(0)
     o = 0
     while o < n_out:
         four = o + 4 <= n_out
@@ -219,11 +218,18 @@ def _tile_forward(A, ns, W, b, Z, relu, spans):
                 Z[s2, o], Z[s2, o1], Z[s3, o], Z[s3, o1] = (c[4] + b[o], c[5] + b[o1],
                                                             c[6] + b[o], c[7] + b[o1])
         o += 4 if four else 2
-    if relu:  # A = ReLU(Z), in place
-        for s in range(ns):
-            for o in range(n_out):
-                if Z[s, o] < zero:
-                    Z[s, o] = zero
+    if relu:
+        _relu_rows(Z, ns)
+
+
+@njit(**config.JIT)
+def _relu_rows(Z, ns):
+    # Z: (>= ns, n) -> its first ns rows ReLU(Z), in place
+    zero = Z.dtype.type(0)
+    for s in range(ns):
+        for o in range(Z.shape[1]):
+            if Z[s, o] < zero:
+                Z[s, o] = zero
 
 
 @njit(**config.JIT)
@@ -581,7 +587,6 @@ def _inked_forward(images, first, ns, scale, WT, b, Z):
     # ReLU(x W^T + b), as b plus one multiply-add of a weight row per inked pixel;
     # WT: (784, n_out) the first layer's weights transposed
     dt = Z.dtype.type
-    zero = dt(0)
     for s in range(ns):
         z, row = Z[s], images[first + s]
         for o in range(z.shape[0]):
@@ -591,9 +596,7 @@ def _inked_forward(images, first, ns, scale, WT, b, Z):
                 x, w = dt(row[p]) * scale, WT[p]
                 for o in range(z.shape[0]):
                     z[o] += x * w[o]
-        for o in range(z.shape[0]):
-            if z[o] < zero:
-                z[o] = zero
+    _relu_rows(Z, ns)
 
 
 @njit(**config.JIT_PARALLEL)
