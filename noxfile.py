@@ -3,7 +3,7 @@
     nox                  tests + nojit (what CI runs)
     nox -- -m "not slow" the same without the tests that train on real MNIST for seconds
     nox -s tests         the full pytest suite, JIT enabled, benchmarks run once untimed
-    nox -s nojit         agreement and distortion tests on small shapes with
+    nox -s nojit         agreement, distortion and inked-layer tests on small shapes with
                          NUMBA_DISABLE_JIT=1, so the loop bodies are also checked as plain Python
     nox -s avx2          the tests as an AVX2 CPU runs them, on an AVX-512 one
     nox -s lint          ruff
@@ -25,7 +25,8 @@ def tests(session):
 
 def _run_nojit(session, **env):
     """The agreement and distortion tests on small shapes, without the JIT."""
-    session.run("pytest", "tests/test_agreement.py", "tests/test_distort.py", "-q",
+    session.run("pytest", "tests/test_agreement.py", "tests/test_distort.py",
+                "tests/test_numba_inked.py", "-q",
                 *session.posargs, env=dict(env, NUMBA_DISABLE_JIT="1", FASTNN_SMALL="1"))
 
 

@@ -23,7 +23,7 @@ from backends import LAYERS, PREDICTORS, TRAINERS, near_ties
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from fastnn.kernels import KERNELS, REFERENCE, get_kernel, numba_tiles
+from fastnn.kernels import KERNELS, REFERENCE, get_kernel, numba_epoch, numba_tiles
 from fastnn.kernels.numpy_ref import to_float
 from fastnn.model import INITS, copy_params, init_params
 from fastnn.tolerances import assert_agree, logit_scale
@@ -592,14 +592,17 @@ def test_train_epoch_is_deterministic(name, dtype, threads):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name", [REFERENCE, *PREDICTORS])
 def test_predict_is_argmax_of_reference_forward(name, dtype, sizes, ink):
-    """784-300-10: a first layer wide enough for numba_tiles' inked path (from
-    SPARSE_FIRST_MIN units), on random bytes and on digit-like images with blank pixels."""
+    """784-300-10: a first layer wide enough for the inked path (numba_epoch's
+    INKED_PREDICT_MIN_UNITS), taken on digit-like images with blank pixels, not on
+    random bytes (too much ink: the tiles)."""
     n = 5000 if not SMALL else 300 if sizes[1] < 100 else 60  # 5000: > numpy_ref's chunk
     rng = np.random.default_rng(111)
     images = (rng.integers(0, 256, (n, 784)).astype(np.uint8) if ink == "dense"
               else mnist_like_images(n, 111)[0])
-    if sizes[1] == 300:
-        assert numba_tiles.SPARSE_FIRST_MIN <= 300  # else this case tests nothing new
+    if sizes[1] == 300:  # else this case tests nothing new
+        assert numba_epoch.INKED_PREDICT_MIN_UNITS <= 300
+        assert (numba_epoch.ink_fraction(images) <= numba_epoch.INKED_MAX_INK) == (
+            ink == "digits")
     params = init_params(sizes, 112, dtype, "uniform")
     # keep the images whose logits are distinct: rounding cannot flip their argmax
     Z = naive.logits(params, to_float(images, dtype))
@@ -636,15 +639,16 @@ def test_backend_exposes_the_contract(name):
 def test_each_implementation_is_tested_once():
     """The numba names share their per-layer functions; training and predict differ."""
     assert LAYERS == ["numba"]
-    assert TRAINERS == ["numba:samples", "numba:rows", "numba:simple"]
+    assert TRAINERS == ["numba:samples", "numba:rows", "numba:inked", "numba:simple"]
     assert PREDICTORS == ["numba:samples", "numba:simple"]  # "rows" predicts with tiles too
 
 
 @pytest.mark.parametrize("hidden", [10, 400])
 def test_numba_picks_its_strategy(hidden):
     """"numba" trains and predicts exactly (bit for bit) like the strategy choose() picks:
-    "samples" for a small net, "rows" for a large one, at any thread count."""
-    from fastnn.kernels.numba_epoch import choose
+    "samples" for a small net, "inked" for a wide first layer on sparse ink (digits),
+    at any thread count."""
+    from fastnn.kernels.numba_epoch import choose, ink_fraction
 
     if SMALL and hidden == 400:
         pytest.skip("a 318k-parameter net in pure-Python loops takes minutes; the JIT "
@@ -654,8 +658,8 @@ def test_numba_picks_its_strategy(hidden):
     order = np.random.default_rng(122).permutation(64)
     for threads in thread_counts():
         with numba_threads(threads):
-            picked = choose(sizes, threads)
-            assert picked == ("samples" if hidden == 10 else "rows")
+            picked = choose(sizes, threads, ink_fraction(images))
+            assert picked == ("samples" if hidden == 10 else "inked")
             runs = []
             for name in ("numba", f"numba:{picked}"):
                 params = init_params(sizes, 123)

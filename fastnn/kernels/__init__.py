@@ -29,6 +29,7 @@ KERNELS = {
     "numba": "fastnn.kernels.numba_epoch:",
     "numba:samples": "fastnn.kernels.numba_epoch:samples",
     "numba:rows": "fastnn.kernels.numba_epoch:rows",
+    "numba:inked": "fastnn.kernels.numba_epoch:inked",
     "numba:simple": "fastnn.kernels.numba_epoch:simple",
 }
 

@@ -1,6 +1,6 @@
 """The numba backends: the fused epochs driven from Python, as named variants.
 
-Four registry names, one ``Backend`` each, differing only in how a batch is
+Five registry names, one ``Backend`` each, differing only in how a batch is
 shared between threads when training:
 
 * "numba:samples" - numba_tiles.train_epoch_samples: each thread takes
@@ -9,10 +9,13 @@ shared between threads when training:
 * "numba:rows" - numba_tiles.train_epoch_rows: parallel over samples for
   the forward pass and the deltas, then over weight rows for the gradient
   and the update (no per-lane gradient copies);
+* "numba:inked" - "rows" with the first layer computed from each sample's
+  inked pixels alone (numba_inked: ~5x fewer products on MNIST);
 * "numba:simple" - numba_simple.train_epoch_simple: lanes like "samples",
   one sample at a time (the readable baseline);
-* "numba" - whichever of "samples" and "rows" ``choose`` picks for the net's
-  size and the machine's thread count.
+* "numba" - whichever of "samples", "rows" and "inked" ``choose`` picks for
+  the net's size, the machine's thread count and how much of the images is
+  ink.
 
 A batch is cut into as many lanes as the machine has threads, however many
 actually run, and every sum is taken in lane order: results depend on the
@@ -47,9 +50,9 @@ from fastnn.optim import Optimizer
 
 class Strategy(NamedTuple):
     train: object  # the fused epoch kernel
-    work: object  # (P, width, batch_size, nthreads, lanes, dtype) -> its buffers
+    work: object  # (sizes, batch_size, nthreads, lanes, dtype) -> its buffers
     predict: object  # the fused inference kernel
-    predict_work: object  # (width, nthreads, dtype) -> its buffers
+    predict_work: object  # (sizes, nthreads, dtype) -> its buffers
 
 
 STRATEGIES = {
@@ -57,6 +60,8 @@ STRATEGIES = {
                         numba_tiles.predict_tiles, numba_tiles.predict_work),
     "rows": Strategy(numba_tiles.train_epoch_rows, numba_tiles.rows_work,
                      numba_tiles.predict_tiles, numba_tiles.predict_work),
+    "inked": Strategy(numba_tiles.train_epoch_rows, numba_tiles.inked_work,
+                      numba_tiles.predict_tiles, numba_tiles.predict_work),
     "simple": Strategy(numba_simple.train_epoch_simple, numba_simple.work,
                        numba_simple.predict_simple, numba_simple.predict_work),
 }
@@ -69,9 +74,31 @@ STRATEGIES = {
 SPLIT_MAX_FLOATS = 1 << 18
 
 
-def choose(sizes, lanes):
-    """The strategy "numba" trains a net of these layer sizes with, "samples" or "rows",
-    for batches cut into ``lanes`` (the machine's thread count: numba_shared.Batches)."""
+# The inked first layer from this many units on (measured on 2 cores, Zen 4, MNIST,
+# full epochs: 784-64-10 "samples" 0.46-0.69M samples/s, "inked" 0.44-0.63M; 784-128-10
+# 0.37M and 0.43-0.48M; 784-800-10 66k and 98-107k), for images whose pixels are at
+# most INKED_MAX_INK ink (nonzero). It pays for sparse ink only: MNIST inks 19% of its
+# pixels; random bytes inked at 50% trained 784-800-10 at 49k against "rows"' 59k.
+INKED_MIN_UNITS = 128
+INKED_MAX_INK = 0.35
+# ... and inference from the inked pixels from this many first-layer units on (10,000
+# MNIST test images, 2 threads: 784-64-10 9.1 ms against 10.8 for the tiles, 784-800-10
+# 40 against 60)
+INKED_PREDICT_MIN_UNITS = 64
+
+
+def ink_fraction(images, rows=1024):
+    """The share of nonzero pixels in up to ``rows`` images spread over ``images``."""
+    sample = images[:: max(1, len(images) // rows)][:rows]
+    return np.count_nonzero(sample) / sample.size if sample.size else 0.0
+
+
+def choose(sizes, lanes, ink=0.0):
+    """The strategy "numba" trains a net of these layer sizes with, "samples", "rows" or
+    "inked", for batches cut into ``lanes`` (the machine's thread count:
+    numba_shared.Batches) from images whose ink_fraction is ``ink``."""
+    if sizes[1] >= INKED_MIN_UNITS and ink <= INKED_MAX_INK:
+        return "inked"
     return "samples" if model.n_params(sizes) * lanes <= SPLIT_MAX_FLOATS else "rows"
 
 
@@ -250,16 +277,17 @@ class Backend:
         this before each case: a case must not inherit another's thread choice)."""
         self._pacers.clear()
 
-    def _strategy(self, sizes):
-        return STRATEGIES[self.strategy or choose(sizes, config.max_threads())]
+    def _strategy(self, sizes, images):
+        return STRATEGIES[self.strategy or choose(sizes, config.max_threads(),
+                                                  ink_fraction(images))]
 
     def implementation(self, attr):
         """The kernel behind ``attr``: what tells two registry names' code apart."""
         if attr in ("train_epoch", "predict"):
             if self.strategy is None:
                 return None  # one of the named strategies, chosen per call
-            kernels = STRATEGIES[self.strategy]
-            return kernels.train if attr == "train_epoch" else kernels.predict
+            kernels = STRATEGIES[self.strategy]  # "rows" and "inked" share a kernel
+            return kernels if attr == "train_epoch" else kernels.predict
         return getattr(Backend, attr)
 
     def train_epoch(self, params, images, labels, order, batch_size, lr, opt=None,
@@ -278,11 +306,10 @@ class Backend:
         opt = opt if opt is not None else Optimizer("sgd")
         state = _opt_state(opt, params)
         nthreads = numba.get_num_threads()
-        kernels = self._strategy(net.sizes)
+        kernels = self._strategy(net.sizes, images)
         if kernels.train is numba_tiles.train_epoch_samples and not _barriers_safe():
             nthreads = 1
-        work = kernels.work(net.theta.size, int(net.sizes.sum()), bs, nthreads, lanes,
-                            net.theta.dtype)
+        work = kernels.work(net.sizes, bs, nthreads, lanes, net.theta.dtype)
         pacer = self._pacers.setdefault((kernels.train, nthreads, tuple(net.sizes), bs),
                                         Pacer(nthreads))
         done = 0
@@ -313,11 +340,13 @@ class Backend:
     def predict(self, params, images):
         """images (n, 784) uint8 -> predicted labels (n,) int64."""
         params = params if isinstance(params, model.Params) else model.flat_params(params)
-        net, nthreads = params.flat, numba.get_num_threads()
-        kernels = self._strategy(net.sizes)
+        net, nthreads, images = params.flat, numba.get_num_threads(), _images(images)
+        kernels = self._strategy(net.sizes, images)
+        inked = (net.sizes[1] >= INKED_PREDICT_MIN_UNITS
+                 and ink_fraction(images) <= INKED_MAX_INK)
         out = np.empty(len(images), np.int64)
-        kernels.predict(net, _images(images), net.theta.dtype.type(PIXEL_SCALE),
-                        kernels.predict_work(int(net.sizes.sum()), nthreads, net.theta.dtype),
+        kernels.predict(net, images, net.theta.dtype.type(PIXEL_SCALE),
+                        kernels.predict_work(net.sizes, nthreads, net.theta.dtype, inked),
                         out)
         return out
 
@@ -335,7 +364,7 @@ class Backend:
         t0 = time.perf_counter()
         params = model.init_params([sizes[0], 2, sizes[-1]], dtype=dtype)
         images = np.zeros((3, sizes[0]), np.uint8)
-        backend = Backend(self.strategy or choose(sizes, config.max_threads()))
+        backend = Backend(self.strategy or choose(sizes, config.max_threads()))  # ink 0
         backend.train_epoch(params, images, np.zeros(3, np.int64), np.arange(3), 2, 0.0)
         backend.predict(params, images)
         return time.perf_counter() - t0

@@ -190,6 +190,72 @@ def transpose16(typingctx, src, i, dst, j, stride, rows):
     return types.void(src, i, dst, j, stride, rows), codegen
 
 
+# row_combination's accumulator: this many bytes (four 64-byte vectors: 64 float32 or 32
+# float64; eight registers on AVX2), enough independent sums for both FMA pipes
+COMBINATION_BYTES = 256
+
+
+def combination_width(dtype):
+    """The elements row_combination adds up at once for this dtype."""
+    return COMBINATION_BYTES // np.dtype(dtype).itemsize
+
+
+@intrinsic
+def row_combination(typingctx, acc, a, rows, r0, stride, idx, vals, lo, hi):
+    """acc[a : a + V] += sum of vals[k] * rows[r0 + idx[k] stride : ... + V] for k in
+    [lo, hi), k in order, V = combination_width(dtype): a sparse vector times a dense
+    matrix, V columns at a time, the V sums held in vector registers across the k loop
+    (a Numba loop keeps them in memory: a load and a store per multiply-add). acc, rows,
+    vals: 1-D contiguous arrays of one float dtype; idx: 1-D int32."""
+    if not (_vectors_of_one_dtype(acc, rows, vals) and isinstance(acc.dtype, types.Float)
+            and isinstance(idx, types.Array) and idx.ndim == 1 and idx.dtype == types.int32
+            and all(isinstance(n, types.Integer) for n in (a, r0, stride, lo, hi))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        item = context.get_data_type(sig.args[0].dtype)
+        size = context.get_abi_sizeof(item)
+        lanes = 64 // size
+        vec = ir.VectorType(item, lanes)
+        intp = context.get_value_type(types.intp)
+        fmuladd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec] * 3),
+            f"llvm.fmuladd.v{lanes}f{8 * size}")
+
+        def vectors(ptr):  # pointers to the four vectors from ptr on
+            return [builder.bitcast(builder.gep(ptr, [ir.Constant(intp, lanes * j)]),
+                                    vec.as_pointer()) for j in range(4)]
+
+        def cast(n):
+            return context.cast(builder, args[n], sig.args[n], types.intp)
+
+        out = vectors(_element_pointer(context, builder, sig, args, 0))
+        sums = [cgutils.alloca_once(builder, vec) for _ in range(4)]  # registers after mem2reg
+        for s, p in zip(sums, out):
+            builder.store(builder.load(p, align=size), s)
+        base = _element_pointer(context, builder, sig, args, 2)
+        stride, lo, hi = cast(4), cast(7), cast(8)
+        iarr = context.make_array(sig.args[5])(context, builder, args[5])
+        varr = context.make_array(sig.args[6])(context, builder, args[6])
+        with cgutils.for_range(builder, builder.sub(hi, lo)) as loop:
+            k = builder.add(lo, loop.index)
+            i = builder.sext(builder.load(builder.gep(iarr.data, [k])), intp)
+            v = builder.load(builder.gep(varr.data, [k]))
+            splat = builder.insert_element(ir.Constant(vec, ir.Undefined), v,
+                                           ir.Constant(ir.IntType(32), 0))
+            splat = builder.shuffle_vector(splat, splat, ir.Constant(
+                ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+            row = vectors(builder.gep(base, [builder.mul(i, stride)]))
+            for s, p in zip(sums, row):
+                builder.store(builder.call(fmuladd, [splat, builder.load(p, align=size),
+                                                     builder.load(s)]), s)
+        for s, p in zip(sums, out):
+            builder.store(builder.load(s), p, align=size)
+        return context.get_dummy_value()
+
+    return types.void(acc, a, rows, r0, stride, idx, vals, lo, hi), codegen
+
+
 if numba.config.DISABLE_JIT:  # plain Python (the nojit test session): no hint, plain copy
 
     def prefetch(arr, i):  # noqa: F811
@@ -202,6 +268,12 @@ if numba.config.DISABLE_JIT:  # plain Python (the nojit test session): no hint, 
         for c in range(rows):
             for r in range(16):
                 dst[j + stride * c + r] = src[i + stride * r + c]
+
+    def row_combination(acc, a, rows, r0, stride, idx, vals, lo, hi):  # noqa: F811
+        width = combination_width(acc.dtype)
+        for k in range(lo, hi):
+            start = r0 + int(idx[k]) * stride
+            acc[a : a + width] += vals[k] * rows[start : start + width]
 
 
 # ---------------------------------------------------------------- threads meeting in a loop

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from fastnn import config
+from fastnn import config, model
 from fastnn.kernels.numba_shared import (
     argmax,
     gather_image,
@@ -32,8 +32,9 @@ class Work(NamedTuple):
     stats: np.ndarray  # (lanes, 2) float64 per-lane loss sum and hits
 
 
-def work(P, width, batch_size, nthreads, lanes, dtype):
-    return Work(np.empty((lanes, P), dtype), np.empty((nthreads, 2 * width), dtype),
+def work(sizes, batch_size, nthreads, lanes, dtype):
+    return Work(np.empty((lanes, model.n_params(sizes)), dtype),
+                np.empty((nthreads, 2 * int(sum(sizes))), dtype),
                 np.zeros((lanes, 2)))
 
 
@@ -122,8 +123,8 @@ def train_epoch_simple(net, opt, batches, work, lr, nthreads):
         update_params(net.theta, gbuf, lr, opt)
 
 
-def predict_work(width, nthreads, dtype):
-    return np.empty((nthreads, width), dtype)
+def predict_work(sizes, nthreads, dtype, inked=False):  # one sample at a time: no ink
+    return np.empty((nthreads, int(sum(sizes))), dtype)
 
 
 @njit(**config.JIT_PARALLEL)

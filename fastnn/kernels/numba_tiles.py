@@ -41,9 +41,22 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from fastnn import config
+from fastnn import config, model
+from fastnn.kernels.numba_inked import (
+    Ink,
+    from_panels,
+    ink_columns,
+    ink_lists,
+    ink_split,
+    ink_work,
+    inked_forward,
+    inked_grad_rows,
+    panel_width,
+    to_panels,
+)
 from fastnn.kernels.numba_intrinsics import SYNC_PAD, barrier
 from fastnn.kernels.numba_shared import (
+    OptState,
     apply_rule,
     argmax,
     gather_image,
@@ -338,19 +351,27 @@ class Work(NamedTuple):
     stats: np.ndarray  # float64 (rows, 2): column sums are (loss sum, hits)
     sync: np.ndarray  # int64 (2 * SYNC_PAD,): the samples strategy's barrier (rows: unused)
     spans: np.ndarray  # int64 input_spans: rows (chunk // 4 + 1, 2), samples (T, TILE // 4, 2)
+    ink: Ink  # rows with the inked first layer: a chunk's; others: none (0 rows)
 
 
-def rows_work(P, width, batch_size, nthreads, lanes, dtype):
+def rows_work(sizes, batch_size, nthreads, lanes, dtype, inked=False):
     chunk = min(batch_size, CHUNK)
-    return Work(np.empty(P, dtype), np.empty(2 * chunk * width, dtype),
+    return Work(np.empty(model.n_params(sizes), dtype),
+                np.empty(2 * chunk * int(sum(sizes)), dtype),
                 np.zeros((STATS_PAD * (chunk // 4 + 1) + 1, 2)), np.zeros(0, np.int64),
-                np.empty((chunk // 4 + 1, 2), np.int64))
+                np.empty((chunk // 4 + 1, 2), np.int64),
+                ink_work(chunk if inked else 0, sizes[0], dtype, columns=inked))
 
 
-def samples_work(P, width, batch_size, nthreads, lanes, dtype):
-    return Work(np.empty((lanes, P), dtype), np.empty((nthreads, 2 * TILE * width), dtype),
+def inked_work(sizes, batch_size, nthreads, lanes, dtype):
+    return rows_work(sizes, batch_size, nthreads, lanes, dtype, inked=True)
+
+
+def samples_work(sizes, batch_size, nthreads, lanes, dtype):
+    return Work(np.empty((lanes, model.n_params(sizes)), dtype),
+                np.empty((nthreads, 2 * TILE * int(sum(sizes))), dtype),
                 np.zeros((STATS_PAD * lanes, 2)), np.zeros(2 * SYNC_PAD, np.int64),
-                np.empty((nthreads, TILE // 4, 2), np.int64))
+                np.empty((nthreads, TILE // 4, 2), np.int64), ink_work(0, sizes[0], dtype))
 
 
 @njit(**config.JIT_EXACT)
@@ -380,7 +401,7 @@ def _input_and_deltas(buf, cap, aoff, sizes, layer, f, ns):
 
 @njit(**config.JIT)
 def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_lo, pf_hi,
-               spans):
+               spans, ink_idx, ink_vals, ink_counts, WT):
     # Forward and backward deltas of order positions first..first+ns, kept as rows
     # f..f+ns of buf's blocks: layer l's activations (cap, n_l) start at cap * aoff[l],
     # its deltas at cap * (aoff[L+1] + aoff[l]); aoff: (L+2,) prefix sums of sizes.
@@ -388,6 +409,9 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
     # pf_lo, pf_hi: order positions of the tile that comes next, prefetched here (one
     # row per row gathered) so that their images arrive while this tile computes.
     # spans: (>= (ns + 3) // 4, 2) int64 <- the input rows' spans; returns them (input_spans)
+    # WT: the first layer's weights transposed (flat), or empty: with them, the first
+    # layer runs from the rows' ink lists, written to ink_* (numba_inked.Ink's first
+    # fields; a named tuple cannot enter a prange unless it is an argument), no spans
     sizes = net.sizes
     L = sizes.shape[0] - 1
     X = _rows(buf, cap, 0, f, ns, sizes[0])
@@ -395,9 +419,18 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
         gather_row(batches, first + s, X[s])
         prefetch_samples(batches, min(pf_lo + s, pf_hi), min(pf_lo + s + 1, pf_hi))
     prefetch_samples(batches, min(pf_lo + ns, pf_hi), pf_hi)
-    spans = input_spans(X, ns, sizes[1], spans)
+    inked = WT.shape[0] > 0
+    if inked:
+        ink_lists(X, ns, ink_idx, ink_vals, ink_counts)
+        spans = spans[:0]
+    else:
+        spans = input_spans(X, ns, sizes[1], spans)
     for layer in range(L):
         W, b = layer_params(net.theta, net, layer)
+        if layer == 0 and inked:
+            inked_forward(ink_idx, ink_vals, ink_counts, ns, WT, b,
+                          _rows(buf, cap, aoff[1], f, ns, sizes[1]), L > 1)
+            continue
         _tile_forward(_rows(buf, cap, aoff[layer], f, ns, sizes[layer]), ns, W, b,
                       _rows(buf, cap, aoff[layer + 1], f, ns, sizes[layer + 1]), layer < L - 1,
                       _layer_spans(spans, layer))
@@ -419,12 +452,27 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
     #     hits) in row STATS_PAD * t (rows apart so that threads do not share a cache
     #     line), folded into the last row after each chunk
     theta, sizes, woff, boff = net
-    grad, buf, stats, _, sbuf = work
+    grad, buf, stats, _, sbuf, ink = work
     k, batch_size = batches.order.shape[0], batches.batch_size
     L = sizes.shape[0] - 1
     aoff = layer_offsets(sizes)
     chunk = buf.shape[0] // (2 * aoff[L + 1])
     total = stats.shape[0] - 1
+    # The inked first layer (work.ink has columns) trains its weights transposed, as
+    # panels (numba_inked), with the optimizer's state laid out alike, for this call:
+    # WT (n_in * n_hid,); DP: a chunk's first-layer deltas as panels
+    inked = ink.colptr.shape[0] > 0
+    ink_idx, ink_vals, ink_counts = ink.idx, ink.vals, ink.counts
+    n_px, n_hid = sizes[0], sizes[1]
+    WT = np.empty(n_px * n_hid if inked else 0, theta.dtype)
+    gWT = np.empty_like(WT)
+    DP = np.empty(chunk * n_hid if inked else 0, theta.dtype)
+    opt_t = OptState(opt.kind, opt.hyper, np.empty((opt.state.shape[0], WT.shape[0]),
+                                                   theta.dtype), opt.step)
+    if inked:
+        to_panels(theta, woff[0], n_hid, n_px, WT, True)
+        for j in range(opt.state.shape[0]):
+            to_panels(opt.state[j], woff[0], n_hid, n_px, opt_t.state[j], True)
     for start in range(0, k, batch_size):
         m = min(batch_size, k - start)
         inv_m = theta.dtype.type(1) / theta.dtype.type(m)
@@ -443,11 +491,15 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
                 f = tile * tsize
                 _tile_pass(net, aoff, buf, chunk, f, min(tsize, cn - f), batches, c0 + f, inv_m,
                            stats[STATS_PAD * tile], min(c0 + cn + f, k),
-                           min(c0 + cn + f + tsize, k), sbuf[f // 4:])
+                           min(c0 + cn + f + tsize, k), sbuf[f // 4:], ink_idx[f:],
+                           ink_vals[f:], ink_counts[f:], WT)
             # phase 2: each block of weight rows is owned by one thread
             last = c0 + cn >= start + m
             spans = _spans_of(sbuf, cn, sizes[1])  # as phase 1's tiles wrote them
-            for layer in range(L):
+            if inked:
+                _inked_first_grad(net, grad, buf, chunk, aoff, ink, cn, WT, gWT, DP,
+                                  c0 > start, last, lr, opt, opt_t, nthreads)
+            for layer in range(1 if inked else 0, L):
                 n_in, n_out = sizes[layer], sizes[layer + 1]
                 A, D = _input_and_deltas(buf, chunk, aoff, sizes, layer, 0, cn)
                 gW, gb = layer_params(grad, net, layer)
@@ -469,6 +521,50 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
                 stats[total, 0] += stats[row, 0]
                 stats[total, 1] += stats[row, 1]
                 stats[row, 0] = stats[row, 1] = 0.0
+    if inked:  # the first layer's weights and state back in place
+        from_panels(WT, n_px, n_hid, theta, woff[0])
+        for j in range(opt.state.shape[0]):
+            from_panels(opt_t.state[j], n_px, n_hid, opt.state[j], woff[0])
+
+
+@njit(**config.JIT_PARALLEL)
+def _inked_first_grad(net, grad, buf, chunk, aoff, ink, cn, WT, gWT, DP, accumulate, last,
+                      lr, opt, opt_t, nthreads):
+    # The first layer's gradient from a chunk of cn samples (their ink lists in ink, their
+    # deltas in buf as train_epoch_rows keeps them, copied into DP as panels): gWT
+    # (n_in * n_hid,) transposed, as panels,
+    # each thread over the pixels holding its share of the ink, and the bias's in grad;
+    # on the batch's last chunk, the update: WT with opt_t (the state transposed), the
+    # bias in net.theta with opt. Each pixel's row and each unit's bias: one thread's
+    # sum in sample order.
+    n_px, n_hid = net.sizes[0], net.sizes[1]
+    ink_columns(ink, cn)
+    base = chunk * (aoff[-1] + aoff[1])  # the first layer's deltas (cn, n_hid), flat
+    D = buf[base: base + cn * n_hid]
+    DP = DP[: cn * n_hid]
+    to_panels(D, 0, cn, n_hid, DP, False)
+    width = panel_width(WT)
+    gb = layer_params(grad, net, 0)[1]
+    zero = gWT.dtype.type(0)
+    for part in prange(nthreads):
+        p_lo, p_hi = ink_split(ink.colptr, nthreads, part)
+        for q in range(p_lo, p_hi, 16):  # 16 pixels' rows at a time, updated while in cache
+            q_hi = min(q + 16, p_hi)
+            inked_grad_rows(ink, DP, gWT, q, q_hi, accumulate)
+            if last:
+                for o0 in range(0, n_hid, width):
+                    w = min(width, n_hid - o0)
+                    apply_rule(WT, gWT, o0 * n_px + q * w, o0 * n_px + q_hi * w, lr, opt_t,
+                               opt.step[0])
+        u_lo, u_hi = (n_hid * part) // nthreads, (n_hid * (part + 1)) // nthreads
+        if not accumulate:
+            gb[u_lo:u_hi] = zero
+        for s in range(cn):
+            for o in range(u_lo, u_hi):
+                gb[o] += D[s * n_hid + o]
+        if last:
+            apply_rule(net.theta, grad, net.boff[0] + u_lo, net.boff[0] + u_hi, lr, opt,
+                       opt.step[0])
 
 
 @njit(**config.JIT)
@@ -514,7 +610,9 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
     # STATS_PAD * l; work.sync: (2 * SYNC_PAD,) int64 for the barrier. Every one of the
     # nthreads iterations of the prange must run at once (Numba's omp and workqueue
     # layers give each thread one: see config.THREADING_LAYERS).
-    gbuf, tbuf, stats, sync, sbuf = work
+    gbuf, tbuf, stats, sync, sbuf, ink = work
+    ink_idx, ink_vals, ink_counts = ink.idx, ink.vals, ink.counts  # unused: 0 rows
+    no_wt = net.theta[:0]  # the first layer runs dense
     k, batch_size, lanes = batches.order.shape[0], batches.batch_size, batches.lanes
     L = net.sizes.shape[0] - 1
     P = net.theta.shape[0]
@@ -536,7 +634,8 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
                     pf_lo, pf_hi = _next_tile(first + ns, hi, lane, t, start, k, batch_size,
                                               lanes, nthreads)
                     spans = _tile_pass(net, aoff, buf, TILE, 0, ns, batches, first, inv_m,
-                                       stats[STATS_PAD * lane], pf_lo, pf_hi, sbuf[t])
+                                       stats[STATS_PAD * lane], pf_lo, pf_hi, sbuf[t],
+                                       ink_idx, ink_vals, ink_counts, no_wt)
                     for layer in range(L):
                         A, D = _input_and_deltas(buf, TILE, aoff, net.sizes, layer, 0, ns)
                         gW, gb = layer_params(g, net, layer)
@@ -553,59 +652,30 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
 # Inference has no batches: tiles this large stream each weight row through a core
 # once per 128 images (measured on 2 cores, Zen 4: 2-4% faster than 32 at every width)
 PREDICT_TILE = 128
-# From this many first-layer units on, inference computes the first layer image by
-# image from its inked pixels alone (_inked_forward). An MNIST digit inks ~150 of its
-# 784 pixels, so the products are ~5x fewer than the tiles' (which skip blank rows of
-# four images only), but every inked pixel streams a whole row of the transposed
-# weights. Measured on the 10,000 test images, 2 cores, Zen 4 (min of 7): 43 against
-# 60 ms at 784-800-10, 28-30 against 31-39 at 384-512 units, equal at 256, slower at
-# 128 (14.5 against 11.2).
-SPARSE_FIRST_MIN = 256
 
 
-def predict_work(width, nthreads, dtype, tile=PREDICT_TILE):
-    """Per-thread buffers of predict_tiles, for tiles of ``tile`` samples: activations
-    and input_spans."""
-    return np.empty((nthreads, tile * width), dtype), np.empty((nthreads, -(-tile // 4), 2),
-                                                               np.int64)
+class PredictWork(NamedTuple):
+    """Per-thread buffers of predict_tiles, for tiles of ``tile`` samples."""
+
+    buf: np.ndarray  # (T, tile * sum sizes) activations
+    spans: np.ndarray  # (T, tile // 4, 2) int64 input_spans
+    ink: Ink  # (T * tile) rows of ink lists: thread t's at t * tile
 
 
-@njit(**config.JIT_PARALLEL)
-def _transposed(W):
-    # W: (n_out, n_in) -> (n_in, n_out), W's columns as rows, copied in parallel
-    n_out, n_in = W.shape
-    WT = np.empty((n_in, n_out), W.dtype)
-    for i in prange(n_in):
-        for o in range(n_out):
-            WT[i, o] = W[o, i]
-    return WT
-
-
-@njit(**config.JIT)
-def _inked_forward(images, first, ns, scale, WT, b, Z):
-    # images[first : first + ns] (uint8) -> Z: (>= ns, n_out) the first layer's
-    # ReLU(x W^T + b), as b plus one multiply-add of a weight row per inked pixel;
-    # WT: (784, n_out) the first layer's weights transposed
-    dt = Z.dtype.type
-    for s in range(ns):
-        z, row = Z[s], images[first + s]
-        for o in range(z.shape[0]):
-            z[o] = b[o]
-        for p in range(row.shape[0]):
-            if row[p] != 0:
-                x, w = dt(row[p]) * scale, WT[p]
-                for o in range(z.shape[0]):
-                    z[o] += x * w[o]
-    _relu_rows(Z, ns)
+def predict_work(sizes, nthreads, dtype, inked, tile=PREDICT_TILE):
+    """``inked``: the first layer from the images' ink lists (numba_inked)."""
+    return PredictWork(np.empty((nthreads, tile * int(sum(sizes))), dtype),
+                       np.empty((nthreads, -(-tile // 4), 2), np.int64),
+                       ink_work(nthreads * tile if inked else 0, sizes[0], dtype))
 
 
 @njit(**config.JIT_PARALLEL)
 def predict_tiles(net, images, scale, work, out):
     # images: (n, 784) uint8 -> out: (n,) int64 argmax of the logits
-    # work: (tbuf, sbuf) = predict_work: tbuf (T, tile * sum sizes) per-thread tile
-    # activations, sbuf (T, tile / 4, 2) int64 their input_spans. A first layer of
-    # SPARSE_FIRST_MIN units or more: _inked_forward, from its weights transposed once.
-    tbuf, sbuf = work
+    # work: PredictWork. With ink lists in it (predict_work's ``inked``), the first layer
+    # from them (numba_inked.inked_forward), its weights as panels made once.
+    tbuf, sbuf, ink = work
+    ink_idx, ink_vals, ink_counts = ink.idx, ink.vals, ink.counts  # a prange takes arrays
     sizes = net.sizes
     T = tbuf.shape[0]
     n = images.shape[0]
@@ -613,21 +683,25 @@ def predict_tiles(net, images, scale, work, out):
     aoff = layer_offsets(sizes)  # layer l's (tile, sizes[l]) block starts at tile * aoff[l]
     tile = tbuf.shape[1] // aoff[L + 1]
     W0, b0 = layer_params(net.theta, net, 0)
-    inked = sizes[1] >= SPARSE_FIRST_MIN
-    WT = _transposed(W0) if inked else np.empty((0, 0), W0.dtype)
+    inked = ink_counts.shape[0] > 0
+    WT = np.empty(W0.size if inked else 0, W0.dtype)
+    if inked:
+        to_panels(net.theta, net.woff[0], sizes[1], sizes[0], WT, True)
     for t in prange(T):
         buf = tbuf[t]
         hi = (n * (t + 1)) // T
         for first in range((n * t) // T, hi, tile):
             ns = min(tile, hi - first)
-            spans = sbuf[t][:0]  # (0, 2): no spans (the inked first layer needs none)
+            X = _rows(buf, tile, 0, 0, tile, sizes[0])
+            for s in range(ns):
+                gather_image(images, first + s, scale, X[s])
             if inked:
-                _inked_forward(images, first, ns, scale, WT, b0,
-                               _rows(buf, tile, aoff[1], 0, tile, sizes[1]))
+                r = t * tile  # the thread's rows of ink lists
+                ink_lists(X, ns, ink_idx[r:], ink_vals[r:], ink_counts[r:])
+                inked_forward(ink_idx[r:], ink_vals[r:], ink_counts[r:], ns, WT, b0,
+                              _rows(buf, tile, aoff[1], 0, tile, sizes[1]), L > 1)
+                spans = sbuf[t][:0]  # (0, 2): the first layer is done
             else:
-                X = _rows(buf, tile, 0, 0, tile, sizes[0])
-                for s in range(ns):
-                    gather_image(images, first + s, scale, X[s])
                 spans = input_spans(X, ns, sizes[1], sbuf[t])
             for layer in range(1 if inked else 0, L):
                 W, b = layer_params(net.theta, net, layer)

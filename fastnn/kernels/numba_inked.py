@@ -1,0 +1,217 @@
+"""The first layer from inked pixels alone: a sparse input times dense weights.
+
+An MNIST digit inks ~150 of its 784 pixels, and the first layer's products
+with the blank ones are exact zeros. Here a sample's input is the list of
+its inked pixels (``ink_list``) and the first layer's weights are read
+transposed, a row of W^T (one weight per unit) per pixel:
+
+* forward: z_s = b + sum over the pixels p that s inks of x_sp W^T[p], in
+  pixel order (``inked_forward``);
+* weight gradient: dW^T[p] = sum over the samples s that ink p of
+  x_sp d_s, in sample order (``inked_grad_rows``), from the batch's lists
+  regrouped by pixel (``ink_columns``).
+
+Both are numba_intrinsics.row_combination: a block of units whose sums stay
+in vector registers while the list streams past, so each multiply-add costs
+a load of the weights (or deltas) and no store. Against the dense products
+(which skip only the blank rows of four digits at once: ~80% of the inputs
+remain) this is ~5x fewer multiply-adds.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from fastnn import config
+from fastnn.kernels.numba_intrinsics import COMBINATION_BYTES, row_combination
+
+
+class Ink(NamedTuple):
+    """Ink lists of up to R rows of n_in inputs, and the same regrouped by input."""
+
+    idx: np.ndarray  # (R, n_in) int32: row s's inked inputs in idx[s, :counts[s]]
+    vals: np.ndarray  # (R, n_in) their values
+    counts: np.ndarray  # (R,) int64
+    colptr: np.ndarray  # (n_in + 1,) int64: ink_columns (empty: not needed)
+    rows: np.ndarray  # (R * n_in,) int32 ...
+    cvals: np.ndarray  # (R * n_in,) ...
+
+
+def ink_work(R, n_in, dtype, columns=False):
+    """Ink for R rows (``columns``: with room for ink_columns)."""
+    c = R * n_in if columns else 0
+    return Ink(np.empty((R, n_in), np.int32), np.empty((R, n_in), dtype),
+               np.zeros(R, np.int64), np.zeros(n_in + 1 if columns else 0, np.int64),
+               np.empty(c, np.int32), np.empty(c, dtype))
+
+
+@njit(**config.JIT)
+def ink_lists(X, ns, idx, vals, counts):
+    # X: (>= ns, n_in) input rows -> the first ns rows of idx, vals, counts (Ink's):
+    # their ink_lists
+    for s in range(ns):
+        counts[s] = ink_list(X[s], idx[s], vals[s])
+
+
+@njit(**config.JIT)
+def ink_list(x, idx, vals):
+    # x: (n_in,) one input row -> idx[:n] (int32) the positions of its nonzeros in
+    # order, vals[:n] their values; returns n. Branch-free: every position is written,
+    # the count grows only past a nonzero (ink edges would mispredict a branch).
+    zero = x.dtype.type(0)
+    n = 0
+    for p in range(x.shape[0]):
+        idx[n] = p
+        vals[n] = x[p]
+        n += x[p] != zero
+    return n
+
+
+# Panels: a (rows, n) matrix stored as blocks of ``width`` columns (row_combination's
+# width; fewer in the last), each (rows, w) row-major: the block of columns o0.. at
+# o0 * rows, rows w apart. The weights a sample's ink selects, or the deltas a pixel's
+# samples select, then lie in one block of a few hundred KB (a few dozen pages)
+# rather than strewn over the whole matrix: twice as fast as a row-major W^T.
+
+
+@njit(**config.JIT)
+def panel_width(dtype_like):
+    return COMBINATION_BYTES // dtype_like.itemsize
+
+
+@njit(**config.JIT)
+def _panel_rows(P, o0, rows, w, r):
+    # row r of the block of columns o0.. (w wide) of the panels P of a (rows, n) matrix
+    return P[o0 * rows + r * w: o0 * rows + (r + 1) * w]
+
+
+@njit(**config.JIT)
+def inked_forward(idx, vals, counts, ns, WP, b, Z, relu):
+    # idx, vals, counts: the ns input rows' ink lists (Ink's); WP: (n_in * n_out,) the
+    # layer's weights transposed (n_in, n_out), as panels; b: (n_out,)
+    # -> Z: (>= ns, n_out) rows [0, ns) = X W^T + b (+ ReLU). A panel at a time: its
+    # weights (200 KB for 64 units of 784 inputs) stay in L2 while the samples pass.
+    n_out = Z.shape[1]
+    n_in = WP.shape[0] // n_out
+    width = panel_width(Z)
+    for s in range(ns):
+        for o in range(n_out):
+            Z[s, o] = b[o]
+    for o0 in range(0, n_out, width):
+        w = min(width, n_out - o0)
+        for s in range(ns):
+            if w == width:
+                row_combination(Z[s], o0, WP, o0 * n_in, w, idx[s], vals[s], 0, counts[s])
+                continue
+            z = Z[s]  # the last, narrower panel
+            for k in range(counts[s]):
+                x, row = vals[s, k], _panel_rows(WP, o0, n_in, w, idx[s, k])
+                for u in range(w):
+                    z[o0 + u] += x * row[u]
+    if relu:
+        zero = Z.dtype.type(0)
+        for s in range(ns):
+            for o in range(n_out):
+                if Z[s, o] < zero:
+                    Z[s, o] = zero
+
+
+@njit(**config.JIT)
+def to_panels(src, s0, rows, cols, dst, transpose):
+    # the (rows, cols) matrix at s0 of the flat src -> dst: panels of it (of its
+    # transpose, (cols, rows), with ``transpose``)
+    width = panel_width(dst)
+    n, m = (rows, cols) if transpose else (cols, rows)  # the panels' columns, rows
+    for o0 in range(0, n, width):
+        w = min(width, n - o0)
+        if transpose:
+            transpose_into(src, s0 + o0 * cols, w, cols, dst, o0 * m)
+            continue
+        for r in range(m):
+            out = _panel_rows(dst, o0, m, w, r)
+            for u in range(w):
+                out[u] = src[s0 + r * cols + o0 + u]
+
+
+@njit(**config.JIT)
+def from_panels(src, rows, cols, dst, d0):
+    # to_panels(dst, d0, cols, rows, src, True) undone: the panels of a (rows, cols)
+    # matrix -> its transpose, (cols, rows), at d0 of the flat dst
+    width = panel_width(src)
+    for o0 in range(0, cols, width):
+        w = min(width, cols - o0)
+        transpose_into(src, o0 * rows, rows, w, dst, d0 + o0 * rows)
+
+
+@njit(**config.JIT)
+def ink_columns(ink, m):
+    # The ink lists of rows [0, m) regrouped by pixel (compressed columns): the rows
+    # that ink pixel p, in order, are ink.rows[colptr[p] : colptr[p + 1]] with values
+    # ink.cvals[...]
+    idx, vals, counts, colptr, rows, cvals = ink
+    n_in = colptr.shape[0] - 1
+    colptr[:] = 0
+    for s in range(m):
+        for k in range(counts[s]):
+            colptr[idx[s, k] + 1] += 1
+    for p in range(n_in):
+        colptr[p + 1] += colptr[p]
+    for s in range(m):  # colptr[p] moves past each entry written, ...
+        for k in range(counts[s]):
+            p = idx[s, k]
+            rows[colptr[p]] = s
+            cvals[colptr[p]] = vals[s, k]
+            colptr[p] += 1
+    for p in range(n_in, 0, -1):  # ... so it ends at its pixel's end: shift back
+        colptr[p] = colptr[p - 1]
+    colptr[0] = 0
+
+
+@njit(**config.JIT)
+def inked_grad_rows(ink, DP, gP, p_lo, p_hi, accumulate):
+    # DP: the layer's deltas (m, n_out) as panels; ink: its input's, with ink_columns
+    # -> rows p_lo..p_hi of gP, the weight gradient transposed (n_in, n_out) as panels,
+    # get (or, accumulating, add) sum over the rows s that ink p of x_sp D[s]
+    colptr, rows, cvals = ink.colptr, ink.rows, ink.cvals
+    n_in = colptr.shape[0] - 1
+    n_out = gP.shape[0] // n_in
+    m = DP.shape[0] // n_out
+    width = panel_width(gP)
+    zero = gP.dtype.type(0)
+    for o0 in range(0, n_out, width):  # the panel's deltas stay in L1 across the pixels
+        w = min(width, n_out - o0)
+        if not accumulate:
+            gP[o0 * n_in + p_lo * w: o0 * n_in + p_hi * w] = zero
+        for p in range(p_lo, p_hi):
+            if w == width:
+                row_combination(gP, o0 * n_in + p * w, DP, o0 * m, w, rows, cvals,
+                                colptr[p], colptr[p + 1])
+                continue
+            g = _panel_rows(gP, o0, n_in, w, p)
+            for k in range(colptr[p], colptr[p + 1]):
+                x, d = cvals[k], _panel_rows(DP, o0, m, w, rows[k])
+                for u in range(w):
+                    g[u] += x * d[u]
+
+
+@njit(**config.JIT)
+def ink_split(colptr, parts, part):
+    # pixels [lo, hi) of part ``part`` of ``parts``, cut where the entries (the gradient's
+    # multiply-adds) are shared equally: the ink sits in the middle of the image
+    total = colptr[colptr.shape[0] - 1]
+    n_in = colptr.shape[0] - 1
+    lo = np.searchsorted(colptr[:n_in], (total * part) // parts) if part > 0 else 0
+    hi = np.searchsorted(colptr[:n_in], (total * (part + 1)) // parts) if part < parts - 1 \
+        else n_in
+    return lo, hi
+
+
+@njit(**config.JIT_PARALLEL)
+def transpose_into(src, s0, rows, cols, dst, d0):
+    # dst[d0 + c * rows + r] = src[s0 + r * cols + c]: the (rows, cols) matrix at s0 of
+    # the flat src written transposed at d0 of the flat dst, 16 columns per task
+    for c0 in prange((cols + 15) // 16):
+        for r in range(rows):
+            for c in range(16 * c0, min(16 * c0 + 16, cols)):
+                dst[d0 + c * rows + r] = src[s0 + r * cols + c]
