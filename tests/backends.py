@@ -3,8 +3,9 @@
 The numba variants share their per-layer functions (forward, loss_and_grads,
 activations, sgd_step, apply_update), so those are tested under one name;
 train_epoch and predict differ per strategy and are tested under each name
-that has its own ("numba:samples", "numba:rows", "numba:simple"). Plain
-"numba" only picks one of those per net: test_numba_picks_its_strategy
+that has its own ("numba:samples", "numba:rows", "numba:inked",
+"numba:simple"). Plain "numba" only picks one of those per net:
+test_numba_picks_its_strategy
 checks that it trains exactly like the one it picks.
 
 ``near_ties`` counts the samples of an epoch whose predicted class two correct

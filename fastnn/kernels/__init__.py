@@ -9,10 +9,11 @@ distorted), ``predict(params, images)``, ``sgd_step(params, grads, lr)``,
 ``apply_update(params, grads, lr, opt)`` and ``warmup(sizes, dtype)``. A new
 backend is one module (or one variant) plus one line here.
 
-"numpy" is the reference. The numba backend has one name per way of sharing
-a batch between threads ("numba:samples", "numba:rows", and "numba:simple",
-the same fused epoch one sample at a time); plain "numba" picks "samples" or
-"rows" by the net's size (see numba_epoch).
+"numpy" is the reference. The numba backend has one name per way of
+training ("numba:samples", "numba:rows", "numba:inked", the first layer from
+the inked pixels only, and "numba:simple", the same fused epoch one sample
+at a time); plain "numba" picks one by the net's size and the images' ink
+(see numba_epoch).
 """
 
 import importlib

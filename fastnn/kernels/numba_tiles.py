@@ -5,8 +5,8 @@ that keep several accumulators in registers (4 units x 4 samples per sweep
 over the inputs, forward and for the weight gradient), so each loaded value
 feeds several multiply-adds. A batch is cut into lanes (numba_shared.Batches),
 each summed on its own and added in lane order. Two ways to share the lanes
-between threads, the "numba:samples" and "numba:rows" backends ("numba"
-picks one per net: numba_epoch.choose):
+between threads, the "numba:samples" and "numba:rows" (and "numba:inked")
+backends ("numba" picks one per net: numba_epoch.choose):
 
 * ``train_epoch_samples`` (small nets): one parallel region for the whole
   epoch. Each thread gathers, runs forward and backward and sums the
@@ -21,6 +21,11 @@ picks one per net: numba_epoch.choose):
      and applies the optimizer to four rows at a time while they are in L1.
      No gradient copies to add up: each gradient row is one thread's sum in
      sample order.
+  With work.ink ("numba:inked", inked_work), the first layer runs from the
+  samples' ink lists instead (numba_inked): forward in phase 1, and in
+  phase 2 its gradient over pixels, each thread taking the pixels that hold
+  its share of the batch's ink. For the call, its weights (and optimizer
+  state) are kept transposed as panels, and put back at the end.
 
 While one tile computes, the images and labels of the next are prefetched
 (a random training sample is in no cache). Compare ``numba_simple``, the
