@@ -1,6 +1,7 @@
 """numba_inked, the first layer from inked pixels: row_combination (the register-held
 sparse-times-dense kernel), the ink lists and their regrouping by pixel, the panel
-layout, and the forward pass and weight gradient built on them, each against NumPy.
+layout (padding included), and the forward pass and weight gradient built on them,
+each against NumPy.
 
 Sums are compared with the bound of a sum of n products computed in any order:
 |got - want| <= 2 n eps (|X| |W|^T), eps of the dtype (forward rounding error
@@ -21,6 +22,7 @@ from fastnn.kernels.numba_inked import (
     inked_forward,
     inked_grad_rows,
     panel_width,
+    panels_size,
     to_panels,
 )
 from fastnn.kernels.numba_intrinsics import combination_width, row_combination
@@ -95,8 +97,12 @@ def test_ink_lists_and_columns_hold_every_nonzero_in_order(dtype):
 
 
 def panels_of(A, width):
-    """The panel layout (numba_inked) of a (rows, n) matrix, built the slow way."""
-    return np.concatenate([A[:, o: o + width].ravel() for o in range(0, A.shape[1], width)])
+    """The panel layout (numba_inked) of a (rows, n) matrix, built the slow way: blocks
+    of ``width`` columns, the last padded with zeros."""
+    padded = np.zeros((A.shape[0], -(-A.shape[1] // width) * width), A.dtype)
+    padded[:, : A.shape[1]] = A
+    return np.concatenate([padded[:, o: o + width].ravel()
+                           for o in range(0, padded.shape[1], width)])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -106,13 +112,13 @@ def test_panels_round_trip(dtype, n_out):
     rng = np.random.default_rng(n_out)
     W = rng.standard_normal((n_out, 40)).astype(dtype)
     flat = np.concatenate([np.zeros(3, dtype), W.ravel()])  # at an offset, as in theta
-    P = np.empty(W.size, dtype)
+    P = np.full(panels_size(40, n_out, dtype), np.nan, dtype)
     to_panels(flat, 3, n_out, 40, P, True)
     assert np.array_equal(P, panels_of(W.T, panel_width(P)))
     back = np.full_like(flat, 7)
     from_panels(P, 40, n_out, back, 3)
     assert np.array_equal(back[3:], flat[3:]) and np.all(back[:3] == 7)
-    Q = np.empty(W.size, dtype)
+    Q = np.full(panels_size(n_out, 40, dtype), np.nan, dtype)
     to_panels(W.ravel(), 0, n_out, 40, Q, False)
     assert np.array_equal(Q, panels_of(W, panel_width(Q)))
 
@@ -154,7 +160,7 @@ def test_inked_grad_rows_is_x_transposed_times_d(dtype, n_out, parts):
     ink_columns(ink, m)
     width = panel_width(D)
     DP = panels_of(D, width)
-    g = np.full(n_in * n_out, np.nan, dtype)
+    g = np.full(panels_size(n_in, n_out, dtype), np.nan, dtype)
     cuts = [ink_split(ink.colptr, parts, part) for part in range(parts)]
     assert cuts[0][0] == 0 and cuts[-1][1] == n_in
     assert all(a[1] == b[0] for a, b in zip(cuts, cuts[1:]))

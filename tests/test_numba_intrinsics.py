@@ -82,22 +82,23 @@ def test_copy_pair_is_a_slice_assignment_at_any_offset(dtype):
 
 
 @njit
-def transpose_block(src, i, dst, j, stride, rows):
-    transpose16(src, i, dst, j, stride, rows)
+def transpose_block(src, i, sstride, dst, j, dstride, rows):
+    transpose16(src, i, sstride, dst, j, dstride, rows)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
-@pytest.mark.parametrize("stride, i, j, rows", [(16, 0, 0, 16), (32, 16, 512, 12),
-                                                 (21, 5, 3, 1), (40, 7, 0, 15)])
-def test_transpose16_is_a_block_transpose(dtype, stride, i, j, rows):
-    """Rows stride apart, any offsets; only the first ``rows`` rows of the result are
-    written, everything else in dst is left alone."""
+@pytest.mark.parametrize("stride, dstride, i, j, rows", [
+    (16, 16, 0, 0, 16), (32, 32, 16, 512, 12), (21, 21, 5, 3, 1), (40, 40, 7, 0, 15),
+    (784, 64, 3, 5, 16), (20, 33, 0, 2, 9)])
+def test_transpose16_is_a_block_transpose(dtype, stride, dstride, i, j, rows):
+    """Source rows stride apart, results dstride apart, any offsets; only the first
+    ``rows`` rows of the result are written, everything else in dst is left alone."""
     src = np.random.default_rng(stride).permutation(16 * stride + i + 16).astype(dtype)
-    dst = np.full(16 * stride + j + 16, -1, dtype)
-    transpose_block(src, i, dst, j, stride, rows)
+    dst = np.full(16 * dstride + j + 16, -1, dtype)
+    transpose_block(src, i, stride, dst, j, dstride, rows)
     block = np.lib.stride_tricks.as_strided(src[i:], (16, 16), (stride * src.itemsize,
                                                                 src.itemsize))
     want = np.full_like(dst, -1)
     for c in range(rows):
-        want[j + stride * c : j + stride * c + 16] = block[:, c]
+        want[j + dstride * c : j + dstride * c + 16] = block[:, c]
     assert np.array_equal(dst, want)

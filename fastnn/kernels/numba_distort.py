@@ -207,10 +207,10 @@ def _transpose(src, dst):
     # < 28, as four 16x16 blocks in registers (src rows and columns 28-31 are read;
     # they land in dst's unused columns, or in no dst row at all)
     H = 16
-    transpose16(src, 0, dst, 0, ROW, H)
-    transpose16(src, H, dst, H * ROW, ROW, SIDE - H)
-    transpose16(src, H * ROW, dst, H, ROW, H)
-    transpose16(src, H * ROW + H, dst, H * ROW + H, ROW, SIDE - H)
+    transpose16(src, 0, ROW, dst, 0, ROW, H)
+    transpose16(src, H, ROW, dst, H * ROW, ROW, SIDE - H)
+    transpose16(src, H * ROW, ROW, dst, H, ROW, H)
+    transpose16(src, H * ROW + H, ROW, dst, H * ROW + H, ROW, SIDE - H)
 
 
 @njit(**config.JIT)

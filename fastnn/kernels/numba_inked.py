@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from fastnn import config
-from fastnn.kernels.numba_intrinsics import COMBINATION_BYTES, row_combination
+from fastnn.kernels.numba_intrinsics import COMBINATION_BYTES, row_combination, transpose16
 
 
 class Ink(NamedTuple):
@@ -69,10 +69,11 @@ def ink_list(x, idx, vals):
 
 
 # Panels: a (rows, n) matrix stored as blocks of ``width`` columns (row_combination's
-# width; fewer in the last), each (rows, w) row-major: the block of columns o0.. at
-# o0 * rows, rows w apart. The weights a sample's ink selects, or the deltas a pixel's
-# samples select, then lie in one block of a few hundred KB (a few dozen pages)
-# rather than strewn over the whole matrix: twice as fast as a row-major W^T.
+# width), each (rows, width) row-major, the block of columns o0.. at o0 * rows; the
+# last block padded with zero columns (panels_size). The weights a sample's ink
+# selects, or the deltas a pixel's samples select, then lie in one block of a few
+# hundred KB (a few dozen pages) rather than strewn over the whole matrix (twice as
+# fast as a row-major W^T), and every block is a whole row_combination.
 
 
 @njit(**config.JIT)
@@ -80,21 +81,22 @@ def panel_width(dtype_like):
     return COMBINATION_BYTES // dtype_like.itemsize
 
 
-@njit(**config.JIT)
-def _panel_rows(P, o0, rows, w, r):
-    # row r of the block of columns o0.. (w wide) of the panels P of a (rows, n) matrix
-    return P[o0 * rows + r * w: o0 * rows + (r + 1) * w]
+def panels_size(rows, n, dtype):
+    """Elements of the panels of a (rows, n) matrix of ``dtype``."""
+    width = COMBINATION_BYTES // np.dtype(dtype).itemsize
+    return rows * -(-n // width) * width
 
 
 @njit(**config.JIT)
 def inked_forward(idx, vals, counts, ns, WP, b, Z, relu):
-    # idx, vals, counts: the ns input rows' ink lists (Ink's); WP: (n_in * n_out,) the
-    # layer's weights transposed (n_in, n_out), as panels; b: (n_out,)
+    # idx, vals, counts: the ns input rows' ink lists (Ink's); WP: the layer's weights
+    # transposed, (n_in, n_out), as panels; b: (n_out,)
     # -> Z: (>= ns, n_out) rows [0, ns) = X W^T + b (+ ReLU). A panel at a time: its
     # weights (200 KB for 64 units of 784 inputs) stay in L2 while the samples pass.
     n_out = Z.shape[1]
-    n_in = WP.shape[0] // n_out
     width = panel_width(Z)
+    n_in = WP.shape[0] // (-(-n_out // width) * width)
+    tail = np.empty(width, Z.dtype)  # the last panel's sums: Z's row ends before them
     for s in range(ns):
         for o in range(n_out):
             Z[s, o] = b[o]
@@ -102,13 +104,12 @@ def inked_forward(idx, vals, counts, ns, WP, b, Z, relu):
         w = min(width, n_out - o0)
         for s in range(ns):
             if w == width:
-                row_combination(Z[s], o0, WP, o0 * n_in, w, idx[s], vals[s], 0, counts[s])
+                row_combination(Z[s], o0, WP, o0 * n_in, width, idx[s], vals[s], 0,
+                                counts[s])
                 continue
-            z = Z[s]  # the last, narrower panel
-            for k in range(counts[s]):
-                x, row = vals[s, k], _panel_rows(WP, o0, n_in, w, idx[s, k])
-                for u in range(w):
-                    z[o0 + u] += x * row[u]
+            tail[:w] = Z[s, o0:]
+            row_combination(tail, 0, WP, o0 * n_in, width, idx[s], vals[s], 0, counts[s])
+            Z[s, o0:] = tail[:w]
     if relu:
         zero = Z.dtype.type(0)
         for s in range(ns):
@@ -120,18 +121,20 @@ def inked_forward(idx, vals, counts, ns, WP, b, Z, relu):
 @njit(**config.JIT)
 def to_panels(src, s0, rows, cols, dst, transpose):
     # the (rows, cols) matrix at s0 of the flat src -> dst: panels of it (of its
-    # transpose, (cols, rows), with ``transpose``)
+    # transpose, (cols, rows), with ``transpose``), padding included
     width = panel_width(dst)
     n, m = (rows, cols) if transpose else (cols, rows)  # the panels' columns, rows
     for o0 in range(0, n, width):
         w = min(width, n - o0)
         if transpose:
-            transpose_into(src, s0 + o0 * cols, w, cols, dst, o0 * m)
-            continue
-        for r in range(m):
-            out = _panel_rows(dst, o0, m, w, r)
-            for u in range(w):
-                out[u] = src[s0 + r * cols + o0 + u]
+            transpose_into(src, s0 + o0 * cols, w, cols, dst, o0 * m, width)
+        else:
+            for r in range(m):
+                d, s = o0 * m + r * width, s0 + r * cols + o0
+                dst[d: d + w] = src[s: s + w]
+        if w < width:
+            for r in range(m):
+                dst[o0 * m + r * width + w: o0 * m + (r + 1) * width] = 0
 
 
 @njit(**config.JIT)
@@ -141,7 +144,7 @@ def from_panels(src, rows, cols, dst, d0):
     width = panel_width(src)
     for o0 in range(0, cols, width):
         w = min(width, cols - o0)
-        transpose_into(src, o0 * rows, rows, w, dst, d0 + o0 * rows)
+        transpose_into(src, o0 * rows, rows, w, dst, d0 + o0 * rows, rows, width)
 
 
 @njit(**config.JIT)
@@ -172,27 +175,19 @@ def ink_columns(ink, m):
 def inked_grad_rows(ink, DP, gP, p_lo, p_hi, accumulate):
     # DP: the layer's deltas (m, n_out) as panels; ink: its input's, with ink_columns
     # -> rows p_lo..p_hi of gP, the weight gradient transposed (n_in, n_out) as panels,
-    # get (or, accumulating, add) sum over the rows s that ink p of x_sp D[s]
+    # get (or, accumulating, add) sum over the rows s that ink p of x_sp D[s] (zero in
+    # the padding, as DP's)
     colptr, rows, cvals = ink.colptr, ink.rows, ink.cvals
     n_in = colptr.shape[0] - 1
-    n_out = gP.shape[0] // n_in
-    m = DP.shape[0] // n_out
     width = panel_width(gP)
+    m = DP.shape[0] * n_in // gP.shape[0]
     zero = gP.dtype.type(0)
-    for o0 in range(0, n_out, width):  # the panel's deltas stay in L1 across the pixels
-        w = min(width, n_out - o0)
+    for o0 in range(0, gP.shape[0] // n_in, width):  # a panel's deltas stay in L1
         if not accumulate:
-            gP[o0 * n_in + p_lo * w: o0 * n_in + p_hi * w] = zero
+            gP[o0 * n_in + p_lo * width: o0 * n_in + p_hi * width] = zero
         for p in range(p_lo, p_hi):
-            if w == width:
-                row_combination(gP, o0 * n_in + p * w, DP, o0 * m, w, rows, cvals,
-                                colptr[p], colptr[p + 1])
-                continue
-            g = _panel_rows(gP, o0, n_in, w, p)
-            for k in range(colptr[p], colptr[p + 1]):
-                x, d = cvals[k], _panel_rows(DP, o0, m, w, rows[k])
-                for u in range(w):
-                    g[u] += x * d[u]
+            row_combination(gP, o0 * n_in + p * width, DP, o0 * m, width, rows, cvals,
+                            colptr[p], colptr[p + 1])
 
 
 @njit(**config.JIT)
@@ -208,10 +203,19 @@ def ink_split(colptr, parts, part):
 
 
 @njit(**config.JIT_PARALLEL)
-def transpose_into(src, s0, rows, cols, dst, d0):
-    # dst[d0 + c * rows + r] = src[s0 + r * cols + c]: the (rows, cols) matrix at s0 of
-    # the flat src written transposed at d0 of the flat dst, 16 columns per task
-    for c0 in prange((cols + 15) // 16):
-        for r in range(rows):
-            for c in range(16 * c0, min(16 * c0 + 16, cols)):
-                dst[d0 + c * rows + r] = src[s0 + r * cols + c]
+def transpose_into(src, s0, rows, cols, dst, d0, dst_stride, src_stride=0):
+    # dst[d0 + c * dst_stride + r] = src[s0 + r * src_stride + c]: the (rows, cols)
+    # matrix at s0 of the flat src (rows src_stride apart, default cols) written
+    # transposed at d0 of the flat dst (rows dst_stride apart), 16 columns per task:
+    # whole 16x16 blocks in registers (transpose16), the edges element by element
+    step = src_stride if src_stride else cols
+    whole = rows - rows % 16
+    for k in prange((cols + 15) // 16):
+        c0 = 16 * k
+        if c0 + 16 <= cols:
+            for r in range(0, whole, 16):
+                transpose16(src, s0 + r * step + c0, step, dst, d0 + c0 * dst_stride + r,
+                            dst_stride, 16)
+        for r in range(whole if c0 + 16 <= cols else 0, rows):
+            for c in range(c0, min(c0 + 16, cols)):
+                dst[d0 + c * dst_stride + r] = src[s0 + r * step + c]

@@ -24,7 +24,7 @@ one store; the distortion's bilinear reads (numba_distort) take their four
 neighbours as two such pairs (with the vectorised mix after them, ~2x faster
 than four scalar reads and the mix in one loop).
 
-``transpose16(src, i, dst, j, stride, rows)``: a 16x16 block transposed in
+``transpose16(src, i, sstride, dst, j, dstride, rows)``: a 16x16 block transposed in
 vector registers; the distortion's 28x28 field transposes, 4x faster than
 scalar moves (0.06 against 0.23 us a field in float32).
 """
@@ -148,27 +148,28 @@ def copy_pair(typingctx, dst, i, src, j):
 
 
 @intrinsic
-def transpose16(typingctx, src, i, dst, j, stride, rows):
-    """dst[j + stride c + r] = src[i + stride r + c] for r, c < 16, storing dst rows
-    c < rows only: a 16x16 block of rows ``stride`` apart transposed in registers (16
-    vector loads, 64 shuffles, up to 16 vector stores) instead of 256 scalar moves.
-    1-D contiguous arrays of one dtype; all 16 source rows are read."""
+def transpose16(typingctx, src, i, sstride, dst, j, dstride, rows):
+    """dst[j + dstride c + r] = src[i + sstride r + c] for r, c < 16, storing dst rows
+    c < rows only: a 16x16 block (rows sstride apart) transposed in registers (16
+    vector loads, 64 shuffles, up to 16 vector stores; rows dstride apart) instead of
+    256 scalar moves. 1-D contiguous arrays of one dtype; all 16 source rows are read."""
     if not (_vectors_of_one_dtype(src, dst)
-            and all(isinstance(n, types.Integer) for n in (i, j, stride, rows))):
+            and all(isinstance(n, types.Integer) for n in (i, sstride, j, dstride, rows))):
         return None
 
     def codegen(context, builder, sig, args):
         item = context.get_data_type(sig.args[0].dtype)
         vec = ir.VectorType(item, 16)
         align = context.get_abi_sizeof(item)
-        step = context.cast(builder, args[4], sig.args[4], types.intp)
+        sstep, dstep = (context.cast(builder, args[k], sig.args[k], types.intp)
+                        for k in (2, 5))
 
-        def row(ptr, k):  # a pointer to the 16 values k rows after ptr
+        def row(ptr, step, k):  # a pointer to the 16 values k rows (of step) after ptr
             offset = builder.mul(step, ir.Constant(step.type, k))
             return builder.bitcast(builder.gep(ptr, [offset]), vec.as_pointer())
 
-        frm, to = (_element_pointer(context, builder, sig, args, k) for k in (0, 2))
-        r = [builder.load(row(frm, k), align=align) for k in range(16)]
+        frm, to = (_element_pointer(context, builder, sig, args, k) for k in (0, 3))
+        r = [builder.load(row(frm, sstep, k), align=align) for k in range(16)]
         # swap bit b of the row and column indices, for b = 1, 2, 4, 8: rows k and
         # k + b (bit b of k clear) trade their elements whose column has bit b set
         # for the other's with it clear
@@ -180,14 +181,14 @@ def transpose16(typingctx, src, i, dst, j, stride, rows):
                 if k & b == 0:
                     r[k], r[k + b] = (builder.shuffle_vector(r[k], r[k + b], low),
                                       builder.shuffle_vector(r[k], r[k + b], high))
-        n = context.cast(builder, args[5], sig.args[5], types.intp)
+        n = context.cast(builder, args[6], sig.args[6], types.intp)
         for k in range(16):
             with builder.if_then(builder.icmp_signed("<", ir.Constant(n.type, k), n),
                                  likely=True):
-                builder.store(r[k], row(to, k), align=align)
+                builder.store(r[k], row(to, dstep, k), align=align)
         return context.get_dummy_value()
 
-    return types.void(src, i, dst, j, stride, rows), codegen
+    return types.void(src, i, sstride, dst, j, dstride, rows), codegen
 
 
 # row_combination's accumulator: this many bytes (four 64-byte vectors: 64 float32 or 32
@@ -264,10 +265,10 @@ if numba.config.DISABLE_JIT:  # plain Python (the nojit test session): no hint, 
     def copy_pair(dst, i, src, j):  # noqa: F811
         dst[i : i + 2] = src[j : j + 2]
 
-    def transpose16(src, i, dst, j, stride, rows):  # noqa: F811
+    def transpose16(src, i, sstride, dst, j, dstride, rows):  # noqa: F811
         for c in range(rows):
             for r in range(16):
-                dst[j + stride * c + r] = src[i + stride * r + c]
+                dst[j + dstride * c + r] = src[i + sstride * r + c]
 
     def row_combination(acc, a, rows, r0, stride, idx, vals, lo, hi):  # noqa: F811
         width = combination_width(acc.dtype)

@@ -465,13 +465,15 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
     total = stats.shape[0] - 1
     # The inked first layer (work.ink has columns) trains its weights transposed, as
     # panels (numba_inked), with the optimizer's state laid out alike, for this call:
-    # WT (n_in * n_hid,); DP: a chunk's first-layer deltas as panels
+    # WT (n_in * n_pad,), n_hid padded to whole panels; DP: a chunk's first-layer deltas
+    # as panels
     inked = ink.colptr.shape[0] > 0
     ink_idx, ink_vals, ink_counts = ink.idx, ink.vals, ink.counts
     n_px, n_hid = sizes[0], sizes[1]
-    WT = np.empty(n_px * n_hid if inked else 0, theta.dtype)
+    n_pad = -(-n_hid // panel_width(theta)) * panel_width(theta)
+    WT = np.empty(n_px * n_pad if inked else 0, theta.dtype)
     gWT = np.empty_like(WT)
-    DP = np.empty(chunk * n_hid if inked else 0, theta.dtype)
+    DP = np.empty(chunk * n_pad if inked else 0, theta.dtype)
     opt_t = OptState(opt.kind, opt.hyper, np.empty((opt.state.shape[0], WT.shape[0]),
                                                    theta.dtype), opt.step)
     if inked:
@@ -537,8 +539,8 @@ def _inked_first_grad(net, grad, buf, chunk, aoff, ink, cn, WT, gWT, DP, accumul
                       lr, opt, opt_t, nthreads):
     # The first layer's gradient from a chunk of cn samples (their ink lists in ink, their
     # deltas in buf as train_epoch_rows keeps them, copied into DP as panels): gWT
-    # (n_in * n_hid,) transposed, as panels,
-    # each thread over the pixels holding its share of the ink, and the bias's in grad;
+    # transposed, as panels, each thread over the pixels holding its share of the ink,
+    # and the bias's in grad;
     # on the batch's last chunk, the update: WT with opt_t (the state transposed), the
     # bias in net.theta with opt. Each pixel's row and each unit's bias: one thread's
     # sum in sample order.
@@ -546,7 +548,7 @@ def _inked_first_grad(net, grad, buf, chunk, aoff, ink, cn, WT, gWT, DP, accumul
     ink_columns(ink, cn)
     base = chunk * (aoff[-1] + aoff[1])  # the first layer's deltas (cn, n_hid), flat
     D = buf[base: base + cn * n_hid]
-    DP = DP[: cn * n_hid]
+    DP = DP[: cn * (DP.shape[0] // chunk)]
     to_panels(D, 0, cn, n_hid, DP, False)
     width = panel_width(WT)
     gb = layer_params(grad, net, 0)[1]
@@ -556,11 +558,10 @@ def _inked_first_grad(net, grad, buf, chunk, aoff, ink, cn, WT, gWT, DP, accumul
         for q in range(p_lo, p_hi, 16):  # 16 pixels' rows at a time, updated while in cache
             q_hi = min(q + 16, p_hi)
             inked_grad_rows(ink, DP, gWT, q, q_hi, accumulate)
-            if last:
+            if last:  # (the padding's weights and gradients are zeros: they stay so)
                 for o0 in range(0, n_hid, width):
-                    w = min(width, n_hid - o0)
-                    apply_rule(WT, gWT, o0 * n_px + q * w, o0 * n_px + q_hi * w, lr, opt_t,
-                               opt.step[0])
+                    apply_rule(WT, gWT, o0 * n_px + q * width, o0 * n_px + q_hi * width, lr,
+                               opt_t, opt.step[0])
         u_lo, u_hi = (n_hid * part) // nthreads, (n_hid * (part + 1)) // nthreads
         if not accumulate:
             gb[u_lo:u_hi] = zero
@@ -689,7 +690,8 @@ def predict_tiles(net, images, scale, work, out):
     tile = tbuf.shape[1] // aoff[L + 1]
     W0, b0 = layer_params(net.theta, net, 0)
     inked = ink_counts.shape[0] > 0
-    WT = np.empty(W0.size if inked else 0, W0.dtype)
+    n_pad = -(-sizes[1] // panel_width(W0)) * panel_width(W0)
+    WT = np.empty(sizes[0] * n_pad if inked else 0, W0.dtype)
     if inked:
         to_panels(net.theta, net.woff[0], sizes[1], sizes[0], WT, True)
     for t in prange(T):
