@@ -23,6 +23,7 @@ from fastnn.kernels.numba_inked import (
     inked_grad_rows,
     panel_width,
     panels_size,
+    rows_to_panels,
     to_panels,
 )
 from fastnn.kernels.numba_intrinsics import combination_width, row_combination
@@ -88,12 +89,14 @@ def test_ink_lists_and_columns_hold_every_nonzero_in_order(dtype):
         assert n == len(where)
         assert np.array_equal(ink.idx[s, :n], where) and np.array_equal(ink.vals[s, :n],
                                                                         X[s, where])
-    ink_columns(ink, 9)
+    ink_columns(ink.idx[4:], ink.vals[4:], ink.counts[4:], 5, 4, ink.colptr[0], ink.rows,
+                ink.cvals, 200)  # rows 4..8, numbered from 4, the entries from 200 on
+    assert ink.colptr[0, 0] == 200 and ink.colptr[0, -1] == 200 + ink.counts[4:9].sum()
     for p in range(50):  # the rows inking pixel p, in row order, with their values
-        (where,) = np.nonzero(X[:, p])
-        lo, hi = ink.colptr[p], ink.colptr[p + 1]
-        assert np.array_equal(ink.rows[lo:hi], where)
-        assert np.array_equal(ink.cvals[lo:hi], X[where, p])
+        (where,) = np.nonzero(X[4:, p])
+        lo, hi = ink.colptr[0, p], ink.colptr[0, p + 1]
+        assert np.array_equal(ink.rows[lo:hi], 4 + where)
+        assert np.array_equal(ink.cvals[lo:hi], X[4 + where, p])
 
 
 def panels_of(A, width):
@@ -108,7 +111,8 @@ def panels_of(A, width):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_out", [10, 64, 150])
 def test_panels_round_trip(dtype, n_out):
-    """to_panels of W's transpose and of a plain matrix; from_panels undoes the first."""
+    """to_panels of W's transpose and of a plain matrix (also rows_to_panels, a group of
+    rows at a time); from_panels undoes the first."""
     rng = np.random.default_rng(n_out)
     W = rng.standard_normal((n_out, 40)).astype(dtype)
     flat = np.concatenate([np.zeros(3, dtype), W.ravel()])  # at an offset, as in theta
@@ -121,6 +125,10 @@ def test_panels_round_trip(dtype, n_out):
     Q = np.full(panels_size(n_out, 40, dtype), np.nan, dtype)
     to_panels(W.ravel(), 0, n_out, 40, Q, False)
     assert np.array_equal(Q, panels_of(W, panel_width(Q)))
+    R = np.full_like(Q, np.nan)  # the same, rows by rows, in two groups
+    rows_to_panels(W[: n_out // 3], 0, n_out, R)
+    rows_to_panels(W[n_out // 3:], n_out // 3, n_out, R)
+    assert np.array_equal(R, Q)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -150,26 +158,33 @@ def test_inked_forward_is_the_dense_product(dtype, n_out, relu):
 @pytest.mark.parametrize("n_out", [10, 71, 150])
 @pytest.mark.parametrize("parts", [1, 3])
 def test_inked_grad_rows_is_x_transposed_times_d(dtype, n_out, parts):
-    """Rows split by ink_split (every pixel in exactly one part); set, then added to."""
+    """The rows' ink by pixel in three groups (as the tiles of a chunk); pixels split by
+    ink_split (every pixel in exactly one part); set, then added to."""
     rng = np.random.default_rng(n_out + parts)
     m, n_in = 21, 50
     X = sparse_rows(rng, m, n_in, dtype)
     D = rng.standard_normal((m, n_out)).astype(dtype)
     ink = ink_work(m, n_in, dtype, columns=True)
     ink_lists(X, m, ink.idx, ink.vals, ink.counts)
-    ink_columns(ink, m)
+    groups = [(0, 8), (8, 12), (12, m)]
+    for t, (a, b) in enumerate(groups):
+        ink_columns(ink.idx[a:], ink.vals[a:], ink.counts[a:], b - a, a, ink.colptr[t],
+                    ink.rows, ink.cvals, a * n_in)
+    colptr, total = ink.colptr[:3], np.zeros(n_in + 1, np.int64)
+    for t in range(3):
+        total += colptr[t] - colptr[t, 0]
     width = panel_width(D)
     DP = panels_of(D, width)
     g = np.full(panels_size(n_in, n_out, dtype), np.nan, dtype)
-    cuts = [ink_split(ink.colptr, parts, part) for part in range(parts)]
+    cuts = [ink_split(total, parts, part) for part in range(parts)]
     assert cuts[0][0] == 0 and cuts[-1][1] == n_in
     assert all(a[1] == b[0] for a, b in zip(cuts, cuts[1:]))
     for lo, hi in cuts:
-        inked_grad_rows(ink, DP, g, lo, hi, False)
+        inked_grad_rows(colptr, ink.rows, ink.cvals, DP, g, lo, hi, False)
     X64, D64 = X.astype(np.float64), D.astype(np.float64)
     want, bound = X64.T @ D64, np.abs(X64).T @ np.abs(D64)
     assert_sum_close(g, panels_of(want, width), panels_of(bound, width), m, dtype)
     for lo, hi in cuts:  # accumulating: the same sums again on top
-        inked_grad_rows(ink, DP, g, lo, hi, True)
+        inked_grad_rows(colptr, ink.rows, ink.cvals, DP, g, lo, hi, True)
     assert_sum_close(g, panels_of(2 * want, width), panels_of(2 * bound, width), m + 1,
                      dtype)

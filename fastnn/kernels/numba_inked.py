@@ -21,7 +21,7 @@ remain) this is ~5x fewer multiply-adds.
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from fastnn import config
 from fastnn.kernels.numba_intrinsics import COMBINATION_BYTES, row_combination, transpose16
@@ -33,16 +33,18 @@ class Ink(NamedTuple):
     idx: np.ndarray  # (R, n_in) int32: row s's inked inputs in idx[s, :counts[s]]
     vals: np.ndarray  # (R, n_in) their values
     counts: np.ndarray  # (R,) int64
-    colptr: np.ndarray  # (n_in + 1,) int64: ink_columns (empty: not needed)
+    colptr: np.ndarray  # (T + 1, n_in + 1) int64: T groups' ink_columns, then their sum
     rows: np.ndarray  # (R * n_in,) int32 ...
     cvals: np.ndarray  # (R * n_in,) ...
 
 
 def ink_work(R, n_in, dtype, columns=False):
-    """Ink for R rows (``columns``: with room for ink_columns)."""
+    """Ink for R rows (``columns``: with room for the ink_columns of groups of at least
+    4 rows)."""
     c = R * n_in if columns else 0
     return Ink(np.empty((R, n_in), np.int32), np.empty((R, n_in), dtype),
-               np.zeros(R, np.int64), np.zeros(n_in + 1 if columns else 0, np.int64),
+               np.zeros(R, np.int64), np.zeros((R // 4 + 2, n_in + 1) if columns else (0, 0),
+                                               np.int64),
                np.empty(c, np.int32), np.empty(c, dtype))
 
 
@@ -119,6 +121,19 @@ def inked_forward(idx, vals, counts, ns, WP, b, Z, relu):
 
 
 @njit(**config.JIT)
+def rows_to_panels(A, f, m, dst):
+    # A: (ns, n) rows f..f+ns of an (m, n) matrix -> those rows of dst, its panels
+    ns, n = A.shape
+    width = panel_width(dst)
+    for o0 in range(0, n, width):
+        w = min(width, n - o0)
+        for s in range(ns):
+            d = o0 * m + (f + s) * width
+            dst[d: d + w] = A[s, o0: o0 + w]
+            dst[d + w: d + width] = 0
+
+
+@njit(**config.JIT)
 def to_panels(src, s0, rows, cols, dst, transpose):
     # the (rows, cols) matrix at s0 of the flat src -> dst: panels of it (of its
     # transpose, (cols, rows), with ``transpose``), padding included
@@ -148,13 +163,14 @@ def from_panels(src, rows, cols, dst, d0):
 
 
 @njit(**config.JIT)
-def ink_columns(ink, m):
-    # The ink lists of rows [0, m) regrouped by pixel (compressed columns): the rows
-    # that ink pixel p, in order, are ink.rows[colptr[p] : colptr[p + 1]] with values
-    # ink.cvals[...]
-    idx, vals, counts, colptr, rows, cvals = ink
+def ink_columns(idx, vals, counts, m, row0, colptr, rows, cvals, base):
+    # The ink lists (Ink's idx, vals, counts) of rows [0, m) regrouped by pixel
+    # (compressed columns): the rows that ink pixel p, numbered from row0, in order, are
+    # rows[colptr[p] : colptr[p + 1]] with values cvals[...], from rows[base] on.
+    # colptr: (n_in + 1,) int64
     n_in = colptr.shape[0] - 1
     colptr[:] = 0
+    colptr[0] = base
     for s in range(m):
         for k in range(counts[s]):
             colptr[idx[s, k] + 1] += 1
@@ -163,22 +179,22 @@ def ink_columns(ink, m):
     for s in range(m):  # colptr[p] moves past each entry written, ...
         for k in range(counts[s]):
             p = idx[s, k]
-            rows[colptr[p]] = s
+            rows[colptr[p]] = row0 + s
             cvals[colptr[p]] = vals[s, k]
             colptr[p] += 1
     for p in range(n_in, 0, -1):  # ... so it ends at its pixel's end: shift back
         colptr[p] = colptr[p - 1]
-    colptr[0] = 0
+    colptr[0] = base
 
 
 @njit(**config.JIT)
-def inked_grad_rows(ink, DP, gP, p_lo, p_hi, accumulate):
-    # DP: the layer's deltas (m, n_out) as panels; ink: its input's, with ink_columns
+def inked_grad_rows(colptr, rows, cvals, DP, gP, p_lo, p_hi, accumulate):
+    # DP: the layer's deltas (m, n_out) as panels; colptr: (T, n_in + 1) the ink_columns
+    # of its input rows in T groups, in row order, into rows and cvals
     # -> rows p_lo..p_hi of gP, the weight gradient transposed (n_in, n_out) as panels,
-    # get (or, accumulating, add) sum over the rows s that ink p of x_sp D[s] (zero in
-    # the padding, as DP's)
-    colptr, rows, cvals = ink.colptr, ink.rows, ink.cvals
-    n_in = colptr.shape[0] - 1
+    # get (or, accumulating, add) sum over the rows s that ink p, in order, of x_sp D[s]
+    # (zero in the padding, as DP's)
+    n_in = colptr.shape[1] - 1
     width = panel_width(gP)
     m = DP.shape[0] * n_in // gP.shape[0]
     zero = gP.dtype.type(0)
@@ -186,8 +202,9 @@ def inked_grad_rows(ink, DP, gP, p_lo, p_hi, accumulate):
         if not accumulate:
             gP[o0 * n_in + p_lo * width: o0 * n_in + p_hi * width] = zero
         for p in range(p_lo, p_hi):
-            row_combination(gP, o0 * n_in + p * width, DP, o0 * m, width, rows, cvals,
-                            colptr[p], colptr[p + 1])
+            for t in range(colptr.shape[0]):
+                row_combination(gP, o0 * n_in + p * width, DP, o0 * m, width, rows, cvals,
+                                colptr[t, p], colptr[t, p + 1])
 
 
 @njit(**config.JIT)
@@ -202,15 +219,17 @@ def ink_split(colptr, parts, part):
     return lo, hi
 
 
-@njit(**config.JIT_PARALLEL)
+@njit(**config.JIT)
 def transpose_into(src, s0, rows, cols, dst, d0, dst_stride, src_stride=0):
     # dst[d0 + c * dst_stride + r] = src[s0 + r * src_stride + c]: the (rows, cols)
     # matrix at s0 of the flat src (rows src_stride apart, default cols) written
-    # transposed at d0 of the flat dst (rows dst_stride apart), 16 columns per task:
-    # whole 16x16 blocks in registers (transpose16), the edges element by element
+    # transposed at d0 of the flat dst (rows dst_stride apart): whole 16x16 blocks in
+    # registers (transpose16), the edges element by element. Serial: a cached function
+    # calling a cached parallel one crashed after its cache was reloaded (a segfault,
+    # gone with an empty cache), and 784-800-10's weights take ~0.1 ms this way.
     step = src_stride if src_stride else cols
     whole = rows - rows % 16
-    for k in prange((cols + 15) // 16):
+    for k in range((cols + 15) // 16):
         c0 = 16 * k
         if c0 + 16 <= cols:
             for r in range(0, whole, 16):

@@ -57,6 +57,7 @@ from fastnn.kernels.numba_inked import (
     inked_forward,
     inked_grad_rows,
     panel_width,
+    rows_to_panels,
     to_panels,
 )
 from fastnn.kernels.numba_intrinsics import SYNC_PAD, barrier
@@ -468,7 +469,7 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
     # WT (n_in * n_pad,), n_hid padded to whole panels; DP: a chunk's first-layer deltas
     # as panels
     inked = ink.colptr.shape[0] > 0
-    ink_idx, ink_vals, ink_counts = ink.idx, ink.vals, ink.counts
+    ink_idx, ink_vals, ink_counts, ink_colptr, ink_rows, ink_cvals = ink  # a prange
     n_px, n_hid = sizes[0], sizes[1]
     n_pad = -(-n_hid // panel_width(theta)) * panel_width(theta)
     WT = np.empty(n_px * n_pad if inked else 0, theta.dtype)
@@ -494,18 +495,26 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
             n_tiles = (cn + tsize - 1) // tsize
             # phase 1: forward and deltas of every tile (independent samples); each
             # prefetches the same tile of the next chunk, which its thread runs next
+            # (inked: and the tile's ink by pixel, its first-layer deltas as panels)
+            DPc = DP[: cn * (DP.shape[0] // chunk)]
             for tile in prange(n_tiles):
                 f = tile * tsize
-                _tile_pass(net, aoff, buf, chunk, f, min(tsize, cn - f), batches, c0 + f, inv_m,
+                ns = min(tsize, cn - f)
+                _tile_pass(net, aoff, buf, chunk, f, ns, batches, c0 + f, inv_m,
                            stats[STATS_PAD * tile], min(c0 + cn + f, k),
                            min(c0 + cn + f + tsize, k), sbuf[f // 4:], ink_idx[f:],
                            ink_vals[f:], ink_counts[f:], WT)
+                if inked:
+                    ink_columns(ink_idx[f:], ink_vals[f:], ink_counts[f:], ns, f,
+                                ink_colptr[tile], ink_rows, ink_cvals, f * n_px)
+                    rows_to_panels(_input_and_deltas(buf, chunk, aoff, sizes, 0, f, ns)[1], f,
+                                   cn, DPc)
             # phase 2: each block of weight rows is owned by one thread
             last = c0 + cn >= start + m
             spans = _spans_of(sbuf, cn, sizes[1])  # as phase 1's tiles wrote them
             if inked:
-                _inked_first_grad(net, grad, buf, chunk, aoff, ink, cn, WT, gWT, DP,
-                                  c0 > start, last, lr, opt, opt_t, nthreads)
+                _inked_first_grad(net, grad, buf, chunk, aoff, ink, cn, n_tiles, WT, gWT,
+                                  DPc, c0 > start, last, lr, opt, opt_t, nthreads)
             for layer in range(1 if inked else 0, L):
                 n_in, n_out = sizes[layer], sizes[layer + 1]
                 A, D = _input_and_deltas(buf, chunk, aoff, sizes, layer, 0, cn)
@@ -535,29 +544,31 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
 
 
 @njit(**config.JIT_PARALLEL)
-def _inked_first_grad(net, grad, buf, chunk, aoff, ink, cn, WT, gWT, DP, accumulate, last,
-                      lr, opt, opt_t, nthreads):
-    # The first layer's gradient from a chunk of cn samples (their ink lists in ink, their
-    # deltas in buf as train_epoch_rows keeps them, copied into DP as panels): gWT
-    # transposed, as panels, each thread over the pixels holding its share of the ink,
-    # and the bias's in grad;
+def _inked_first_grad(net, grad, buf, chunk, aoff, ink, cn, n_tiles, WT, gWT, DP, accumulate,
+                      last, lr, opt, opt_t, nthreads):
+    # The first layer's gradient from a chunk of cn samples (their ink by pixel in ink, a
+    # tile's per row of ink.colptr; their deltas in buf as train_epoch_rows keeps them,
+    # and in DP as panels): gWT transposed, as panels, each thread over the pixels
+    # holding its share of the ink, and the bias's in grad;
     # on the batch's last chunk, the update: WT with opt_t (the state transposed), the
     # bias in net.theta with opt. Each pixel's row and each unit's bias: one thread's
     # sum in sample order.
     n_px, n_hid = net.sizes[0], net.sizes[1]
-    ink_columns(ink, cn)
     base = chunk * (aoff[-1] + aoff[1])  # the first layer's deltas (cn, n_hid), flat
     D = buf[base: base + cn * n_hid]
-    DP = DP[: cn * (DP.shape[0] // chunk)]
-    to_panels(D, 0, cn, n_hid, DP, False)
+    colptr, total = ink.colptr[:n_tiles], ink.colptr[-1]
+    total[:] = 0  # the entries before each pixel, over all tiles
+    for t in range(n_tiles):
+        for p in range(n_px + 1):
+            total[p] += colptr[t, p] - colptr[t, 0]
     width = panel_width(WT)
     gb = layer_params(grad, net, 0)[1]
     zero = gWT.dtype.type(0)
     for part in prange(nthreads):
-        p_lo, p_hi = ink_split(ink.colptr, nthreads, part)
+        p_lo, p_hi = ink_split(total, nthreads, part)
         for q in range(p_lo, p_hi, 16):  # 16 pixels' rows at a time, updated while in cache
             q_hi = min(q + 16, p_hi)
-            inked_grad_rows(ink, DP, gWT, q, q_hi, accumulate)
+            inked_grad_rows(colptr, ink.rows, ink.cvals, DP, gWT, q, q_hi, accumulate)
             if last:  # (the padding's weights and gradients are zeros: they stay so)
                 for o0 in range(0, n_hid, width):
                     apply_rule(WT, gWT, o0 * n_px + q * width, o0 * n_px + q_hi * width, lr,
