@@ -57,6 +57,7 @@ from fastnn.kernels.numba_inked import (
     inked_forward,
     inked_grad_rows,
     panel_width,
+    panels_size,
     rows_to_panels,
     to_panels,
 )
@@ -406,6 +407,19 @@ def _input_and_deltas(buf, cap, aoff, sizes, layer, f, ns):
 
 
 @njit(**config.JIT)
+def _inked_first_layer(WP, X, ns, idx, vals, counts, b, Z, relu):
+    # X: (>= ns, n_in) -> Z: (>= ns, n_out), the first layer from X's ink lists (written
+    # to idx, vals, counts) when its weights are given as panels WP; True if done. With
+    # WP None (a kernel compiled for the dense path: "samples", "rows", predict on
+    # dense images) Numba drops the branch: none of numba_inked is compiled for it.
+    if WP is None:
+        return False
+    ink_lists(X, ns, idx, vals, counts)
+    inked_forward(idx, vals, counts, ns, WP, b, Z, relu)
+    return True
+
+
+@njit(**config.JIT)
 def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_lo, pf_hi,
                spans, ink_idx, ink_vals, ink_counts, WT):
     # Forward and backward deltas of order positions first..first+ns, kept as rows
@@ -415,9 +429,9 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
     # pf_lo, pf_hi: order positions of the tile that comes next, prefetched here (one
     # row per row gathered) so that their images arrive while this tile computes.
     # spans: (>= (ns + 3) // 4, 2) int64 <- the input rows' spans; returns them (input_spans)
-    # WT: the first layer's weights transposed (flat), or empty: with them, the first
-    # layer runs from the rows' ink lists, written to ink_* (numba_inked.Ink's first
-    # fields; a named tuple cannot enter a prange unless it is an argument), no spans
+    # WT: the first layer's weights as panels (numba_inked), or None: with them, the
+    # first layer runs from the rows' ink lists, written to ink_* (numba_inked.Ink's
+    # first fields; a named tuple cannot enter a prange unless it is an argument)
     sizes = net.sizes
     L = sizes.shape[0] - 1
     X = _rows(buf, cap, 0, f, ns, sizes[0])
@@ -425,18 +439,12 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
         gather_row(batches, first + s, X[s])
         prefetch_samples(batches, min(pf_lo + s, pf_hi), min(pf_lo + s + 1, pf_hi))
     prefetch_samples(batches, min(pf_lo + ns, pf_hi), pf_hi)
-    inked = WT.shape[0] > 0
-    if inked:
-        ink_lists(X, ns, ink_idx, ink_vals, ink_counts)
-        spans = spans[:0]
-    else:
-        spans = input_spans(X, ns, sizes[1], spans)
-    for layer in range(L):
+    inked = _inked_first_layer(WT, X, ns, ink_idx, ink_vals, ink_counts,
+                               layer_params(net.theta, net, 0)[1],
+                               _rows(buf, cap, aoff[1], f, ns, sizes[1]), L > 1)
+    spans = spans[:0] if inked else input_spans(X, ns, sizes[1], spans)
+    for layer in range(1 if inked else 0, L):
         W, b = layer_params(net.theta, net, layer)
-        if layer == 0 and inked:
-            inked_forward(ink_idx, ink_vals, ink_counts, ns, WT, b,
-                          _rows(buf, cap, aoff[1], f, ns, sizes[1]), L > 1)
-            continue
         _tile_forward(_rows(buf, cap, aoff[layer], f, ns, sizes[layer]), ns, W, b,
                       _rows(buf, cap, aoff[layer + 1], f, ns, sizes[layer + 1]), layer < L - 1,
                       _layer_spans(spans, layer))
@@ -500,11 +508,15 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
             for tile in prange(n_tiles):
                 f = tile * tsize
                 ns = min(tsize, cn - f)
-                _tile_pass(net, aoff, buf, chunk, f, ns, batches, c0 + f, inv_m,
-                           stats[STATS_PAD * tile], min(c0 + cn + f, k),
-                           min(c0 + cn + f + tsize, k), sbuf[f // 4:], ink_idx[f:],
-                           ink_vals[f:], ink_counts[f:], WT)
-                if inked:
+                pf_lo, pf_hi = min(c0 + cn + f, k), min(c0 + cn + f + tsize, k)
+                if not inked:
+                    _tile_pass(net, aoff, buf, chunk, f, ns, batches, c0 + f, inv_m,
+                               stats[STATS_PAD * tile], pf_lo, pf_hi, sbuf[f // 4:],
+                               ink_idx, ink_vals, ink_counts, None)
+                else:
+                    _tile_pass(net, aoff, buf, chunk, f, ns, batches, c0 + f, inv_m,
+                               stats[STATS_PAD * tile], pf_lo, pf_hi, sbuf[f // 4:],
+                               ink_idx[f:], ink_vals[f:], ink_counts[f:], WT)
                     ink_columns(ink_idx[f:], ink_vals[f:], ink_counts[f:], ns, f,
                                 ink_colptr[tile], ink_rows, ink_cvals, f * n_px)
                     rows_to_panels(_input_and_deltas(buf, chunk, aoff, sizes, 0, f, ns)[1], f,
@@ -629,7 +641,6 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
     # layers give each thread one: see config.THREADING_LAYERS).
     gbuf, tbuf, stats, sync, sbuf, ink = work
     ink_idx, ink_vals, ink_counts = ink.idx, ink.vals, ink.counts  # unused: 0 rows
-    no_wt = net.theta[:0]  # the first layer runs dense
     k, batch_size, lanes = batches.order.shape[0], batches.batch_size, batches.lanes
     L = net.sizes.shape[0] - 1
     P = net.theta.shape[0]
@@ -652,7 +663,7 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
                                               lanes, nthreads)
                     spans = _tile_pass(net, aoff, buf, TILE, 0, ns, batches, first, inv_m,
                                        stats[STATS_PAD * lane], pf_lo, pf_hi, sbuf[t],
-                                       ink_idx, ink_vals, ink_counts, no_wt)
+                                       ink_idx, ink_vals, ink_counts, None)
                     for layer in range(L):
                         A, D = _input_and_deltas(buf, TILE, aoff, net.sizes, layer, 0, ns)
                         gW, gb = layer_params(g, net, layer)
@@ -676,51 +687,56 @@ class PredictWork(NamedTuple):
 
     buf: np.ndarray  # (T, tile * sum sizes) activations
     spans: np.ndarray  # (T, tile // 4, 2) int64 input_spans
-    ink: Ink  # (T * tile) rows of ink lists: thread t's at t * tile
+    ink_idx: np.ndarray  # (T * tile) rows of ink lists (numba_inked.Ink's first fields):
+    ink_vals: np.ndarray  # thread t's from row t * tile; 0 rows without panels
+    ink_counts: np.ndarray
+    panels: object  # the first layer's weights as panels, to be filled; or None (dense)
 
 
 def predict_work(sizes, nthreads, dtype, inked, tile=PREDICT_TILE):
     """``inked``: the first layer from the images' ink lists (numba_inked)."""
+    ink = ink_work(nthreads * tile if inked else 0, sizes[0], dtype)
     return PredictWork(np.empty((nthreads, tile * int(sum(sizes))), dtype),
-                       np.empty((nthreads, -(-tile // 4), 2), np.int64),
-                       ink_work(nthreads * tile if inked else 0, sizes[0], dtype))
+                       np.empty((nthreads, -(-tile // 4), 2), np.int64), ink.idx, ink.vals,
+                       ink.counts, np.empty(panels_size(sizes[0], sizes[1], dtype), dtype)
+                       if inked else None)
+
+
+@njit(**config.JIT)
+def _fill_panels(WP, net):
+    # WP <- the first layer's weights as panels (nothing if WP is None)
+    if WP is None:
+        return
+    to_panels(net.theta, net.woff[0], net.sizes[1], net.sizes[0], WP, True)
 
 
 @njit(**config.JIT_PARALLEL)
 def predict_tiles(net, images, scale, work, out):
     # images: (n, 784) uint8 -> out: (n,) int64 argmax of the logits
-    # work: PredictWork. With ink lists in it (predict_work's ``inked``), the first layer
-    # from them (numba_inked.inked_forward), its weights as panels made once.
-    tbuf, sbuf, ink = work
-    ink_idx, ink_vals, ink_counts = ink.idx, ink.vals, ink.counts  # a prange takes arrays
+    # work: PredictWork. With panels in it (predict_work's ``inked``), the first layer
+    # from the images' ink lists (numba_inked.inked_forward); compiled apart from the
+    # dense kernel (panels None), which holds none of that code.
+    tbuf, sbuf, ink_idx, ink_vals, ink_counts, WP = work
     sizes = net.sizes
     T = tbuf.shape[0]
     n = images.shape[0]
     L = sizes.shape[0] - 1
     aoff = layer_offsets(sizes)  # layer l's (tile, sizes[l]) block starts at tile * aoff[l]
     tile = tbuf.shape[1] // aoff[L + 1]
-    W0, b0 = layer_params(net.theta, net, 0)
-    inked = ink_counts.shape[0] > 0
-    n_pad = -(-sizes[1] // panel_width(W0)) * panel_width(W0)
-    WT = np.empty(sizes[0] * n_pad if inked else 0, W0.dtype)
-    if inked:
-        to_panels(net.theta, net.woff[0], sizes[1], sizes[0], WT, True)
+    b0 = layer_params(net.theta, net, 0)[1]
+    _fill_panels(WP, net)
     for t in prange(T):
         buf = tbuf[t]
         hi = (n * (t + 1)) // T
+        r = t * tile  # the thread's rows of ink lists
         for first in range((n * t) // T, hi, tile):
             ns = min(tile, hi - first)
             X = _rows(buf, tile, 0, 0, tile, sizes[0])
             for s in range(ns):
                 gather_image(images, first + s, scale, X[s])
-            if inked:
-                r = t * tile  # the thread's rows of ink lists
-                ink_lists(X, ns, ink_idx[r:], ink_vals[r:], ink_counts[r:])
-                inked_forward(ink_idx[r:], ink_vals[r:], ink_counts[r:], ns, WT, b0,
-                              _rows(buf, tile, aoff[1], 0, tile, sizes[1]), L > 1)
-                spans = sbuf[t][:0]  # (0, 2): the first layer is done
-            else:
-                spans = input_spans(X, ns, sizes[1], sbuf[t])
+            inked = _inked_first_layer(WP, X, ns, ink_idx[r:], ink_vals[r:], ink_counts[r:],
+                                       b0, _rows(buf, tile, aoff[1], 0, tile, sizes[1]), L > 1)
+            spans = sbuf[t][:0] if inked else input_spans(X, ns, sizes[1], sbuf[t])
             for layer in range(1 if inked else 0, L):
                 W, b = layer_params(net.theta, net, layer)
                 _tile_forward(_rows(buf, tile, aoff[layer], 0, tile, sizes[layer]), ns, W, b,
