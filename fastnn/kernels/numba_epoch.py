@@ -52,7 +52,7 @@ class Strategy(NamedTuple):
     train: object  # the fused epoch kernel
     work: object  # (sizes, batch_size, nthreads, lanes, dtype) -> its buffers
     predict: object  # the fused inference kernel
-    predict_work: object  # (sizes, nthreads, dtype) -> its buffers
+    predict_work: object  # (sizes, nthreads, dtype, inked) -> its buffers
 
 
 STRATEGIES = {
@@ -278,8 +278,10 @@ class Backend:
         self._pacers.clear()
 
     def _strategy(self, sizes, images):
-        return STRATEGIES[self.strategy or choose(sizes, config.max_threads(),
-                                                  ink_fraction(images))]
+        if self.strategy:
+            return STRATEGIES[self.strategy]
+        ink = ink_fraction(images) if sizes[1] >= INKED_MIN_UNITS else 1.0  # else moot
+        return STRATEGIES[choose(sizes, config.max_threads(), ink)]
 
     def implementation(self, attr):
         """The kernel behind ``attr``: what tells two registry names' code apart."""
