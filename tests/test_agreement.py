@@ -671,6 +671,38 @@ def test_numba_picks_its_strategy(hidden):
                 assert np.array_equal(a, b)
 
 
+_WARM_THEN_RUN = """import sys, numpy as np
+from fastnn.kernels import get_kernel, numba_tiles
+from fastnn.model import init_params
+kernels = (numba_tiles.train_epoch_rows, numba_tiles.predict_tiles)
+get_kernel("numba").warmup([784, 300, 10], np.float32)
+warm = [len(k.signatures) for k in kernels]
+rng = np.random.default_rng(151)
+images = rng.integers(0, 256, (64, 784)).astype(np.uint8)
+images[rng.random(images.shape) < 0.8] = 0  # sparse ink: the inked paths
+params = init_params([784, 300, 10], 152)
+get_kernel("numba").train_epoch(params, images, rng.integers(0, 10, 64), np.arange(64), 16, 0.1)
+get_kernel("numba").predict(params, images)
+print(warm)
+print([len(k.signatures) for k in kernels])"""
+
+
+def test_warmup_compiles_what_a_wide_net_runs():
+    """In a fresh process, warmup loads (or compiles) every kernel a wide net's training
+    and predict then run on sparse ink: their first call compiles nothing more (which
+    the training command would count as training time)."""
+    if SMALL or numba.config.DISABLE_JIT:
+        pytest.skip("about the JIT's compiled signatures")
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _WARM_THEN_RUN], capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    warm, used = run.stdout.split("\n")[:2]  # signatures of each kernel
+    assert warm == used
+
+
 def test_numba_trains_params_in_place_only_when_flat():
     """The fused kernels update the flat vector itself: a plain list is refused, not
     silently left unchanged."""

@@ -369,4 +369,7 @@ class Backend:
         backend = Backend(self.strategy or choose(sizes, config.max_threads()))  # ink 0
         backend.train_epoch(params, images, np.zeros(3, np.int64), np.arange(3), 2, 0.0)
         backend.predict(params, images)
+        if sizes[1] >= INKED_PREDICT_MIN_UNITS:  # predict's inked path (blank images: no ink)
+            backend.predict(model.init_params([sizes[0], INKED_PREDICT_MIN_UNITS, sizes[-1]],
+                                              dtype=dtype), images)
         return time.perf_counter() - t0
