@@ -111,24 +111,21 @@ def panels_of(A, width):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_out", [10, 64, 150])
 def test_panels_round_trip(dtype, n_out):
-    """to_panels of W's transpose and of a plain matrix (also rows_to_panels, a group of
-    rows at a time); from_panels undoes the first."""
+    """to_panels of W's transpose, rows_to_panels of W itself (a group of rows at a
+    time); from_panels undoes the first."""
     rng = np.random.default_rng(n_out)
     W = rng.standard_normal((n_out, 40)).astype(dtype)
     flat = np.concatenate([np.zeros(3, dtype), W.ravel()])  # at an offset, as in theta
     P = np.full(panels_size(40, n_out, dtype), np.nan, dtype)
-    to_panels(flat, 3, n_out, 40, P, True)
+    to_panels(flat, 3, n_out, 40, P)
     assert np.array_equal(P, panels_of(W.T, panel_width(P)))
     back = np.full_like(flat, 7)
     from_panels(P, 40, n_out, back, 3)
     assert np.array_equal(back[3:], flat[3:]) and np.all(back[:3] == 7)
-    Q = np.full(panels_size(n_out, 40, dtype), np.nan, dtype)
-    to_panels(W.ravel(), 0, n_out, 40, Q, False)
-    assert np.array_equal(Q, panels_of(W, panel_width(Q)))
-    R = np.full_like(Q, np.nan)  # the same, rows by rows, in two groups
+    R = np.full(panels_size(n_out, 40, dtype), np.nan, dtype)  # in two groups of rows
     rows_to_panels(W[: n_out // 3], 0, n_out, R)
     rows_to_panels(W[n_out // 3:], n_out // 3, n_out, R)
-    assert np.array_equal(R, Q)
+    assert np.array_equal(R, panels_of(W, panel_width(R)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -277,11 +277,9 @@ class Backend:
         this before each case: a case must not inherit another's thread choice)."""
         self._pacers.clear()
 
-    def _strategy(self, sizes, images):
-        if self.strategy:
-            return STRATEGIES[self.strategy]
-        ink = ink_fraction(images) if sizes[1] >= INKED_MIN_UNITS else 1.0  # else moot
-        return STRATEGIES[choose(sizes, config.max_threads(), ink)]
+    def _strategy(self, sizes, ink):
+        # ink: the images' ink_fraction (1.0 where it does not matter)
+        return STRATEGIES[self.strategy or choose(sizes, config.max_threads(), ink)]
 
     def implementation(self, attr):
         """The kernel behind ``attr``: what tells two registry names' code apart."""
@@ -308,7 +306,9 @@ class Backend:
         opt = opt if opt is not None else Optimizer("sgd")
         state = _opt_state(opt, params)
         nthreads = numba.get_num_threads()
-        kernels = self._strategy(net.sizes, images)
+        # the images' ink only for a first layer wide enough to use it
+        kernels = self._strategy(net.sizes, ink_fraction(images)
+                                 if net.sizes[1] >= INKED_MIN_UNITS else 1.0)
         if kernels.train is numba_tiles.train_epoch_samples and not _barriers_safe():
             nthreads = 1
         work = kernels.work(net.sizes, bs, nthreads, lanes, net.theta.dtype)
@@ -343,9 +343,9 @@ class Backend:
         """images (n, 784) uint8 -> predicted labels (n,) int64."""
         params = params if isinstance(params, model.Params) else model.flat_params(params)
         net, nthreads, images = params.flat, numba.get_num_threads(), _images(images)
-        kernels = self._strategy(net.sizes, images)
-        inked = (net.sizes[1] >= INKED_PREDICT_MIN_UNITS
-                 and ink_fraction(images) <= INKED_MAX_INK)
+        ink = ink_fraction(images) if net.sizes[1] >= INKED_PREDICT_MIN_UNITS else 1.0
+        kernels = self._strategy(net.sizes, ink)
+        inked = ink <= INKED_MAX_INK
         out = np.empty(len(images), np.int64)
         kernels.predict(net, images, net.theta.dtype.type(PIXEL_SCALE),
                         kernels.predict_work(net.sizes, nthreads, net.theta.dtype, inked),

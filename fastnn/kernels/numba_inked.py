@@ -24,7 +24,13 @@ import numpy as np
 from numba import njit
 
 from fastnn import config
-from fastnn.kernels.numba_intrinsics import COMBINATION_BYTES, row_combination, transpose16
+from fastnn.kernels.numba_intrinsics import (
+    COMBINATION_BYTES,
+    combination_width,
+    row_combination,
+    transpose16,
+)
+from fastnn.kernels.numba_shared import relu_rows
 
 
 class Ink(NamedTuple):
@@ -83,10 +89,15 @@ def panel_width(dtype_like):
     return COMBINATION_BYTES // dtype_like.itemsize
 
 
+@njit(**config.JIT)
+def padded(n, width):
+    # n columns rounded up to whole panels of ``width``
+    return -(-n // width) * width
+
+
 def panels_size(rows, n, dtype):
     """Elements of the panels of a (rows, n) matrix of ``dtype``."""
-    width = COMBINATION_BYTES // np.dtype(dtype).itemsize
-    return rows * -(-n // width) * width
+    return rows * padded(n, combination_width(dtype))
 
 
 @njit(**config.JIT)
@@ -97,7 +108,7 @@ def inked_forward(idx, vals, counts, ns, WP, b, Z, relu):
     # weights (200 KB for 64 units of 784 inputs) stay in L2 while the samples pass.
     n_out = Z.shape[1]
     width = panel_width(Z)
-    n_in = WP.shape[0] // (-(-n_out // width) * width)
+    n_in = WP.shape[0] // padded(n_out, width)
     tail = np.empty(width, Z.dtype)  # the last panel's sums: Z's row ends before them
     for s in range(ns):
         for o in range(n_out):
@@ -113,11 +124,7 @@ def inked_forward(idx, vals, counts, ns, WP, b, Z, relu):
             row_combination(tail, 0, WP, o0 * n_in, width, idx[s], vals[s], 0, counts[s])
             Z[s, o0:] = tail[:w]
     if relu:
-        zero = Z.dtype.type(0)
-        for s in range(ns):
-            for o in range(n_out):
-                if Z[s, o] < zero:
-                    Z[s, o] = zero
+        relu_rows(Z, ns)
 
 
 @njit(**config.JIT)
@@ -134,27 +141,21 @@ def rows_to_panels(A, f, m, dst):
 
 
 @njit(**config.JIT)
-def to_panels(src, s0, rows, cols, dst, transpose):
-    # the (rows, cols) matrix at s0 of the flat src -> dst: panels of it (of its
-    # transpose, (cols, rows), with ``transpose``), padding included
+def to_panels(src, s0, rows, cols, dst):
+    # the (rows, cols) matrix at s0 of the flat src -> dst: panels of its transpose,
+    # (cols, rows), padding included (rows_to_panels: of a matrix itself)
     width = panel_width(dst)
-    n, m = (rows, cols) if transpose else (cols, rows)  # the panels' columns, rows
-    for o0 in range(0, n, width):
-        w = min(width, n - o0)
-        if transpose:
-            transpose_into(src, s0 + o0 * cols, w, cols, dst, o0 * m, width)
-        else:
-            for r in range(m):
-                d, s = o0 * m + r * width, s0 + r * cols + o0
-                dst[d: d + w] = src[s: s + w]
+    for o0 in range(0, rows, width):
+        w = min(width, rows - o0)
+        transpose_into(src, s0 + o0 * cols, w, cols, dst, o0 * cols, width)
         if w < width:
-            for r in range(m):
-                dst[o0 * m + r * width + w: o0 * m + (r + 1) * width] = 0
+            for r in range(cols):
+                dst[o0 * cols + r * width + w: o0 * cols + (r + 1) * width] = 0
 
 
 @njit(**config.JIT)
 def from_panels(src, rows, cols, dst, d0):
-    # to_panels(dst, d0, cols, rows, src, True) undone: the panels of a (rows, cols)
+    # to_panels(dst, d0, cols, rows, src) undone: the panels of a (rows, cols)
     # matrix -> its transpose, (cols, rows), at d0 of the flat dst
     width = panel_width(src)
     for o0 in range(0, cols, width):

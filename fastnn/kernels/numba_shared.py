@@ -136,6 +136,18 @@ def prefetch_samples(batches, lo, hi):
         prefetch(batches.labels, j)
 
 
+@njit(**config.JIT)
+def relu_rows(Z, ns):
+    # Z: (>= ns, n) -> its first ns rows ReLU(Z), in place (a serial loop: the tile
+    # kernels call it inside their own parallel loops; numba_layers.relu_forward is the
+    # parallel one)
+    zero = Z.dtype.type(0)
+    for s in range(ns):
+        for o in range(Z.shape[1]):
+            if Z[s, o] < zero:
+                Z[s, o] = zero
+
+
 # ---------------------------------------------------------------- softmax and cross-entropy
 
 

@@ -56,6 +56,7 @@ from fastnn.kernels.numba_inked import (
     ink_work,
     inked_forward,
     inked_grad_rows,
+    padded,
     panel_width,
     panels_size,
     rows_to_panels,
@@ -71,6 +72,7 @@ from fastnn.kernels.numba_shared import (
     layer_offsets,
     layer_params,
     prefetch_samples,
+    relu_rows,
     softmax_xent_row,
     sum_and_apply,
 )
@@ -239,17 +241,7 @@ def _tile_forward(A, ns, W, b, Z, relu, spans):
                                                             c[6] + b[o], c[7] + b[o1])
         o += 4 if four else 2
     if relu:
-        _relu_rows(Z, ns)
-
-
-@njit(**config.JIT)
-def _relu_rows(Z, ns):
-    # Z: (>= ns, n) -> its first ns rows ReLU(Z), in place
-    zero = Z.dtype.type(0)
-    for s in range(ns):
-        for o in range(Z.shape[1]):
-            if Z[s, o] < zero:
-                Z[s, o] = zero
+        relu_rows(Z, ns)
 
 
 @njit(**config.JIT)
@@ -479,16 +471,16 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
     inked = ink.colptr.shape[0] > 0
     ink_idx, ink_vals, ink_counts, ink_colptr, ink_rows, ink_cvals = ink  # a prange
     n_px, n_hid = sizes[0], sizes[1]
-    n_pad = -(-n_hid // panel_width(theta)) * panel_width(theta)
+    n_pad = padded(n_hid, panel_width(theta))
     WT = np.empty(n_px * n_pad if inked else 0, theta.dtype)
     gWT = np.empty_like(WT)
     DP = np.empty(chunk * n_pad if inked else 0, theta.dtype)
     opt_t = OptState(opt.kind, opt.hyper, np.empty((opt.state.shape[0], WT.shape[0]),
                                                    theta.dtype), opt.step)
     if inked:
-        to_panels(theta, woff[0], n_hid, n_px, WT, True)
+        to_panels(theta, woff[0], n_hid, n_px, WT)
         for j in range(opt.state.shape[0]):
-            to_panels(opt.state[j], woff[0], n_hid, n_px, opt_t.state[j], True)
+            to_panels(opt.state[j], woff[0], n_hid, n_px, opt_t.state[j])
     for start in range(0, k, batch_size):
         m = min(batch_size, k - start)
         inv_m = theta.dtype.type(1) / theta.dtype.type(m)
@@ -509,6 +501,8 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
                 f = tile * tsize
                 ns = min(tsize, cn - f)
                 pf_lo, pf_hi = min(c0 + cn + f, k), min(c0 + cn + f + tsize, k)
+                # WT or None (never both in one call): with None, _tile_pass's inked
+                # branch is not compiled, and "samples" calls it only so
                 if not inked:
                     _tile_pass(net, aoff, buf, chunk, f, ns, batches, c0 + f, inv_m,
                                stats[STATS_PAD * tile], pf_lo, pf_hi, sbuf[f // 4:],
@@ -707,7 +701,7 @@ def _fill_panels(WP, net):
     # WP <- the first layer's weights as panels (nothing if WP is None)
     if WP is None:
         return
-    to_panels(net.theta, net.woff[0], net.sizes[1], net.sizes[0], WP, True)
+    to_panels(net.theta, net.woff[0], net.sizes[1], net.sizes[0], WP)
 
 
 @njit(**config.JIT_PARALLEL)
