@@ -671,7 +671,7 @@ def test_numba_picks_its_strategy(hidden):
                 assert np.array_equal(a, b)
 
 
-_WARM_THEN_RUN = """import sys, numpy as np
+_WARM_THEN_RUN = """import numpy as np
 from fastnn.kernels import get_kernel, numba_tiles
 from fastnn.model import init_params
 kernels = (numba_tiles.train_epoch_rows, numba_tiles.predict_tiles)

@@ -83,7 +83,7 @@ INKED_MIN_UNITS = 128
 INKED_MAX_INK = 0.35
 # ... and inference from the inked pixels from this many first-layer units on (10,000
 # MNIST test images, 2 threads: 784-64-10 9.1 ms against 10.8 for the tiles, 784-800-10
-# 40 against 60)
+# 29-35 against 60)
 INKED_PREDICT_MIN_UNITS = 64
 
 
