@@ -35,8 +35,9 @@ DTYPE_IDS = ["float32", "float64"]
 
 # hypothesis: batch and hidden widths up to these, this many examples per backend
 MAX_BATCH, MAX_WIDTH, EXAMPLES = (20, 20, 8) if SMALL else (300, 300, 40)
-# a first layer wide enough for the tile kernels' input spans (numba_tiles.SPAN_MIN_UNITS)
-WIDE = [] if SMALL else [[784, numba_tiles.SPAN_MIN_UNITS + 3, 10]]
+# a first layer of 67 units: the tile kernels' 4-unit blocks with a tail of 3, and
+# numba's inked predict (from numba_epoch.INKED_PREDICT_MIN_UNITS = 64 units)
+WIDE = [] if SMALL else [[784, 67, 10]]
 N_SYNTHETIC = 60 if SMALL else 500  # images in the train_epoch agreement tests
 MNIST_STEPS = 20 if SMALL else 200  # steps in the real-data trajectory test
 
@@ -82,7 +83,7 @@ def random_batch(sizes, m, dtype, init, seed):
 
 def mnist_like_images(n, seed):
     """uint8 (n, 784): random pixels, about 70% of them zero, between blank rows above
-    and below (0-9 of each, as MNIST's border; the wide kernels skip them: ink_spans);
+    and below (0-9 of each, as MNIST's border; the wide kernels skip them: widen_span);
     every seventh image blank."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, 784)).astype(np.uint8)
@@ -307,42 +308,74 @@ def test_train_epoch_agrees(name, dtype, sizes, batch_size):
     assert not np.array_equal(ref[0][0], params0[0][0])
 
 
+@pytest.mark.parametrize("n", [784, 20, 13])
+def test_ink_bounds_hold_every_nonzero_pixel(n):
+    """ink_bounds (a uint64 word at a time where the row allows) and nonzero_bounds: no
+    ink outside [lo, hi), at most 7 pixels of blank inside at either end (exact for
+    nonzero_bounds and rows that are not whole words), (0, 0) for a blank row."""
+    from fastnn.kernels.numba_shared import ink_bounds, nonzero_bounds
+
+    rng = np.random.default_rng(n)
+    rows = [np.zeros(n, np.uint8), np.full(n, 7, np.uint8)]
+    for _ in range(40):
+        row = np.zeros(n, np.uint8)
+        lo = int(rng.integers(0, n))
+        hi = int(rng.integers(lo + 1, n + 1))
+        row[[lo, hi - 1]] = rng.integers(1, 256, 2)
+        rows.append(row)
+    slack = 7 if n % 8 == 0 else 0
+    for row in rows:
+        ink = np.flatnonzero(row)
+        for bounds, most in ((ink_bounds, slack), (nonzero_bounds, 0)):
+            lo, hi = bounds(row)
+            if ink.size == 0:
+                assert (lo, hi) == (0, 0)
+            else:
+                assert 0 <= lo <= ink[0] and ink[-1] < hi <= n
+                assert ink[0] - lo <= most and hi - 1 - ink[-1] <= most
+
+
 @pytest.mark.parametrize("ns", [1, 4, 6, 13])
-def test_ink_spans_cover_every_nonzero_input(ns):
+def test_spans_cover_every_nonzero_input(ns):
     """Each group of four rows gets the smallest [lo, hi), widened to whole vectors, out of
-    which all four rows are zero: ink at the very first and last input, blank rows and
+    which all four rows are zero, whatever bounds of a row's ink widen_span is given
+    (exact or a few pixels wider): ink at the very first and last input, blank rows and
     groups, a partial last group."""
+    from fastnn.kernels.numba_shared import ink_bounds, nonzero_bounds
+
     rng = np.random.default_rng(ns)
-    X = np.zeros((ns + 2, 784), np.float32)  # rows past ns are not looked at
-    X[ns:] = 1.0
+    X = np.zeros((ns, 784), np.uint8)
     for r in range(ns):
         if r % 5 != 3:  # some blank rows
             lo = int(rng.integers(0, 400))
             hi = int(rng.integers(lo + 1, 785))
-            X[r, [lo, hi - 1]] = rng.random(2) + 0.5
-    X[0, 0] = X[min(2, ns - 1), 783] = 1.0
-    spans = np.full((ns // 4 + 2, 2), -1, np.int64)
-    numba_tiles.ink_spans(X, ns, spans)
+            X[r, [lo, hi - 1]] = rng.integers(1, 256, 2)
+    X[0, 0] = X[min(2, ns - 1), 783] = 1
     align = numba_tiles.SPAN_ALIGN
-    for g in range((ns + 3) // 4):
-        ink = np.flatnonzero(X[4 * g: min(4 * g + 4, ns)].any(axis=0))
-        lo, hi = spans[g]
-        if ink.size == 0:
-            assert (lo, hi) == (0, 0)
-        else:
-            assert lo == ink[0] // align * align
-            assert hi == min(784, -(-(ink[-1] + 1) // align) * align)
-    assert (spans[(ns + 3) // 4:] == -1).all()  # nothing written past the groups
+    for bounds in (ink_bounds, nonzero_bounds):
+        spans = np.full((ns // 4 + 2, 2), -1, np.int64)
+        for r in range(ns):
+            numba_tiles.widen_span(spans[: (ns + 3) // 4], r, *bounds(X[r]), 784)
+        for g in range((ns + 3) // 4):
+            ink = np.flatnonzero(X[4 * g: min(4 * g + 4, ns)].any(axis=0))
+            lo, hi = spans[g]
+            if ink.size == 0:
+                assert (lo, hi) == (0, 0)
+            else:
+                assert lo == ink[0] // align * align
+                assert hi == min(784, -(-(ink[-1] + 1) // align) * align)
+        assert (spans[(ns + 3) // 4:] == -1).all()  # nothing written past the groups
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name", list(dict.fromkeys([*TRAINERS, *PREDICTORS])))
-def test_wide_first_layer_with_blank_rows(name, dtype):
-    """A first layer wide enough for the input spans, on images with blank rows and
-    blank images, in batches and tiles of every remainder mod 4 (small: the JIT-less
-    session runs it too)."""
+@pytest.mark.parametrize("hidden", [10, numba_epoch.INKED_PREDICT_MIN_UNITS])
+def test_blank_rows_and_images(name, dtype, hidden):
+    """Images with blank rows (the tile kernels' input spans skip them) and blank images,
+    in batches and tiles of every remainder mod 4; at 64 units predict takes the inked
+    path (small: the JIT-less session runs it too)."""
     images, labels = mnist_like_images(23, seed=141)
-    params0 = init_params([784, numba_tiles.SPAN_MIN_UNITS, 10], 142, dtype, "he")
+    params0 = init_params([784, hidden, 10], 142, dtype, "he")
     order = np.random.default_rng(143).permutation(23)
     for batch_size in (5, 6, 23):
         assert_training_agrees(name, params0, images, labels, order, batch_size)

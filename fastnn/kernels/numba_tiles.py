@@ -34,8 +34,10 @@ work, lr, nthreads): see numba_epoch.
 
 The first layer's products skip, for each group of four samples, the inputs
 before the first and after the last that holds ink in any of the four
-(``ink_spans``: MNIST's blank rows above and below the digit, about a fifth
-of the pixels once four digits are combined); skipped terms are exact zeros.
+(``widen_span``: MNIST's blank rows above and below the digit, about a fifth
+of the pixels once four digits are combined), known from the gather, which
+finds each image's first and last inked word (numba_shared.ink_bounds);
+skipped terms are exact zeros.
 
 Tails (fewer than 4 samples or units left) clamp their indices to the last
 valid one: the duplicate recomputes and rewrites an identical value in the
@@ -139,58 +141,35 @@ SPAN_ALIGN = 16  # span ends are rounded to this many inputs: whole vectors
 
 
 @njit(**config.JIT)
-def ink_spans(A, ns, spans):
-    # A: (>=ns, n_in) rows [0, ns) valid -> spans: (>= (ns + 3) // 4, 2) int64: for each
-    # group of four rows 4g..4g+3 (as the tile loops group them), the [lo, hi) outside
-    # which all four rows are zero, widened to multiples of SPAN_ALIGN ((0, 0): all zero).
+def widen_span(spans, s, lo, hi, n_in):
+    # row s of a tile of n_in inputs is zero outside [lo, hi) ((0, 0): a blank row);
+    # spans: (>= s // 4 + 1, 2) int64, for each group of four rows 4g..4g+3 (as the tile
+    # loops group them) the [lo, hi) outside which all four are zero, widened to
+    # multiples of SPAN_ALIGN ((0, 0): all zero), grown here by row s (its group's
+    # first row starts it); spans (0, 2): no spans, nothing to do.
     # The first layer's products skip the rest: the blank rows above and below the ink
     # (on MNIST ~640 of the 784 inputs remain for a group of four digits) cost nothing,
-    # and the sums lose only exact zeros (0 * w). Each row's scan stops at its first ink
-    # from either end.
-    n_in = A.shape[1]
-    zero = A.dtype.type(0)
-    for g in range((ns + 3) // 4):
-        lo, hi = n_in, 0
-        for r in range(4 * g, min(4 * g + 4, ns)):
-            a = A[r]
-            i = 0
-            while i < n_in and a[i] == zero:
-                i += 1
-            if i == n_in:  # a blank row
-                continue
-            j = n_in
-            while a[j - 1] == zero:  # stops at a[i] at the latest
-                j -= 1
-            lo, hi = min(lo, i), max(hi, j)
-        if hi <= lo:
-            lo = hi = 0
-        spans[g, 0] = (lo // SPAN_ALIGN) * SPAN_ALIGN
-        spans[g, 1] = min(n_in, -(-hi // SPAN_ALIGN) * SPAN_ALIGN)
-
-
-# A first layer narrower than this runs dense: its products cost too little per sample
-# for the scan (~0.14 us a sample) to pay (measured on 2 cores, Zen 4: 784-10-10 15%
-# slower with spans; 784-128-10 and 784-800-10 10-12% faster)
-SPAN_MIN_UNITS = 64
+    # and the sums lose only exact zeros (0 * w).
+    if spans.shape[0] == 0:
+        return
+    g = s // 4
+    if lo < hi:
+        lo, hi = lo // SPAN_ALIGN * SPAN_ALIGN, min(n_in, -(-hi // SPAN_ALIGN) * SPAN_ALIGN)
+    if s % 4 == 0 or spans[g, 0] >= spans[g, 1]:
+        spans[g, 0], spans[g, 1] = lo, hi
+    elif lo < hi:
+        spans[g, 0], spans[g, 1] = min(spans[g, 0], lo), max(spans[g, 1], hi)
 
 
 @njit(**config.JIT)
-def _spans_of(spans, ns, n_out):
+def spans_of(spans, ns, n_out):
     # spans: (>= (ns + 3) // 4, 2) int64 buffer -> the view that holds (or will hold) the
-    # spans of ns rows feeding a first layer of n_out units: spans[:0] (every input
-    # counts) for a layer under SPAN_MIN_UNITS
-    return spans[: (ns + 3) // 4] if n_out >= SPAN_MIN_UNITS else spans[:0]
-
-
-@njit(**config.JIT)
-def input_spans(X, ns, n_out, spans):
-    # X: (>=ns, n_in) input rows, n_out the first layer's width; spans: (>= (ns + 3) // 4,
-    # 2) int64 buffer -> the rows' ink_spans in its first rows, returned as a view
-    # (_spans_of: empty for a narrow first layer)
-    view = _spans_of(spans, ns, n_out)
-    if view.shape[0] > 0:
-        ink_spans(X, ns, view)
-    return view
+    # spans of ns rows feeding a first layer of n_out units; n_out 0: spans[:0] (none,
+    # every input counts: an inked first layer has no use for them). Since the gather
+    # finds the rows' ink (numba_shared.ink_bounds), spans pay from the narrowest
+    # layers on (784-10-10 on 2 cores, Zen 4: +7-9% samples/s on 1 thread, +4-6% on 2
+    # at batch 32, +11% at batch 128; 784-32-10 +8-10%)
+    return spans[: (ns + 3) // 4] if n_out > 0 else spans[:0]
 
 
 @njit(**config.JIT)
@@ -216,7 +195,7 @@ def _tile_forward(A, ns, W, b, Z, relu, spans):
     # the units left (a last odd unit is computed twice: same value). Sample indices
     # past ns are clamped to ns - 1: recomputed, rewritten, identical. Units outside:
     # a block's weight rows stay in L1 while the tile's rows stream past them.
-    # spans: ink_spans of A (the first layer), or (0, 2): every input counts
+    # spans: widen_span's for A (the first layer), or (0, 2): every input counts
     n_out, n_in = W.shape
     o = 0
     while o < n_out:
@@ -349,7 +328,7 @@ class Work(NamedTuple):
     #                  samples (T, 2 * TILE * width); width = sum(sizes)
     stats: np.ndarray  # float64 (rows, 2): column sums are (loss sum, hits)
     sync: np.ndarray  # int64 (2 * SYNC_PAD,): the samples strategy's barrier (rows: unused)
-    spans: np.ndarray  # int64 input_spans: rows (chunk // 4 + 1, 2), samples (T, TILE // 4, 2)
+    spans: np.ndarray  # int64 widen_span's: rows (chunk // 4 + 1, 2), samples (T, TILE // 4, 2)
     ink: Ink  # rows with the inked first layer: a chunk's; others: none (0 rows)
 
 
@@ -420,21 +399,23 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
     # stats_row: (2,) float64 += (loss sum, hits) of these samples
     # pf_lo, pf_hi: order positions of the tile that comes next, prefetched here (one
     # row per row gathered) so that their images arrive while this tile computes.
-    # spans: (>= (ns + 3) // 4, 2) int64 <- the input rows' spans; returns them (input_spans)
+    # spans: (>= (ns + 3) // 4, 2) int64 <- the input rows' spans (widen_span); returns
+    # them as spans_of's view (none for a narrow or an inked first layer)
     # WT: the first layer's weights as panels (numba_inked), or None: with them, the
     # first layer runs from the rows' ink lists, written to ink_* (numba_inked.Ink's
     # first fields; a named tuple cannot enter a prange unless it is an argument)
     sizes = net.sizes
     L = sizes.shape[0] - 1
     X = _rows(buf, cap, 0, f, ns, sizes[0])
+    spans = spans_of(spans, ns, 0 if WT is not None else sizes[1])  # inked: none
     for s in range(ns):
-        gather_row(batches, first + s, X[s])
+        ink_lo, ink_hi = gather_row(batches, first + s, X[s])
+        widen_span(spans, s, ink_lo, ink_hi, sizes[0])
         prefetch_samples(batches, min(pf_lo + s, pf_hi), min(pf_lo + s + 1, pf_hi))
     prefetch_samples(batches, min(pf_lo + ns, pf_hi), pf_hi)
     inked = _inked_first_layer(WT, X, ns, ink_idx, ink_vals, ink_counts,
                                layer_params(net.theta, net, 0)[1],
                                _rows(buf, cap, aoff[1], f, ns, sizes[1]), L > 1)
-    spans = spans[:0] if inked else input_spans(X, ns, sizes[1], spans)
     for layer in range(1 if inked else 0, L):
         W, b = layer_params(net.theta, net, layer)
         _tile_forward(_rows(buf, cap, aoff[layer], f, ns, sizes[layer]), ns, W, b,
@@ -517,7 +498,7 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
                                    cn, DPc)
             # phase 2: each block of weight rows is owned by one thread
             last = c0 + cn >= start + m
-            spans = _spans_of(sbuf, cn, sizes[1])  # as phase 1's tiles wrote them
+            spans = spans_of(sbuf, cn, 0 if inked else sizes[1])  # as phase 1's tiles wrote them
             if inked:
                 _inked_first_grad(net, grad, buf, chunk, aoff, ink, cn, n_tiles, WT, gWT,
                                   DPc, c0 > start, last, lr, opt, opt_t, nthreads)
@@ -680,7 +661,7 @@ class PredictWork(NamedTuple):
     """Per-thread buffers of predict_tiles, for tiles of ``tile`` samples."""
 
     buf: np.ndarray  # (T, tile * sum sizes) activations
-    spans: np.ndarray  # (T, tile // 4, 2) int64 input_spans
+    spans: np.ndarray  # (T, tile // 4, 2) int64 widen_span's
     ink_idx: np.ndarray  # (T * tile) rows of ink lists (numba_inked.Ink's first fields):
     ink_vals: np.ndarray  # thread t's from row t * tile; 0 rows without panels
     ink_counts: np.ndarray
@@ -726,11 +707,12 @@ def predict_tiles(net, images, scale, work, out):
         for first in range((n * t) // T, hi, tile):
             ns = min(tile, hi - first)
             X = _rows(buf, tile, 0, 0, tile, sizes[0])
+            spans = spans_of(sbuf[t], ns, 0 if WP is not None else sizes[1])  # inked: none
             for s in range(ns):
-                gather_image(images, first + s, scale, X[s])
+                ink_lo, ink_hi = gather_image(images, first + s, scale, X[s])
+                widen_span(spans, s, ink_lo, ink_hi, sizes[0])
             inked = _inked_first_layer(WP, X, ns, ink_idx[r:], ink_vals[r:], ink_counts[r:],
                                        b0, _rows(buf, tile, aoff[1], 0, tile, sizes[1]), L > 1)
-            spans = sbuf[t][:0] if inked else input_spans(X, ns, sizes[1], sbuf[t])
             for layer in range(1 if inked else 0, L):
                 W, b = layer_params(net.theta, net, layer)
                 _tile_forward(_rows(buf, tile, aoff[layer], 0, tile, sizes[layer]), ns, W, b,
