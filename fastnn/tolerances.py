@@ -6,6 +6,11 @@ A value ``a`` agrees with the reference ``r`` when, elementwise,
 
 (atol scales with the array's own magnitude, so entries that cancel to
 near zero are judged against the size of the array, not against themselves).
+Where a caller knows, for each element, the sum of the magnitudes of the
+terms it adds up (``magnitude``), rtol times that is added to the bound: a
+sum's rounding is relative to its terms, and when a whole array's terms
+cancel (the gradient of a batch whose every sample is confidently right) the
+array's own size says nothing about it.
 
 Why these numbers: the backends compute the same sums in a different order
 (BLAS blocks vs per-sample loops, FMA contraction), so they differ by a few
@@ -47,8 +52,9 @@ def logit_scale(Z):
     return max(1.0, float(np.max(np.abs(Z)))) if np.size(Z) else 1.0
 
 
-def worst_ratio(a, r, rtol):
-    """max over elements of |a - r| / (atol + rtol |r|); <= 1 means agreement."""
+def worst_ratio(a, r, rtol, magnitude=None):
+    """max over elements of |a - r| / (atol + rtol |r| [+ rtol magnitude]); <= 1 means
+    agreement. magnitude: like r, each element's sum of |terms| (or None)."""
     a = np.asarray(a, dtype=np.float64)
     r = np.asarray(r, dtype=np.float64)
     if a.shape != r.shape:
@@ -59,6 +65,8 @@ def worst_ratio(a, r, rtol):
         return 0.0
     scale = np.max(np.abs(r))
     bound = rtol * scale + rtol * np.abs(r)
+    if magnitude is not None:
+        bound = bound + rtol * np.asarray(magnitude, dtype=np.float64)
     diff = np.abs(a - r)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(diff == 0, 0.0, diff / bound)
@@ -74,9 +82,9 @@ def differences(a, r):
     return diff, (diff / scale if scale > 0 else diff)
 
 
-def assert_agree(a, r, dtype, what="", trajectory=False, scale=1.0):
+def assert_agree(a, r, dtype, what="", trajectory=False, scale=1.0, magnitude=None):
     rtol = rtol_for(dtype, trajectory, scale)
-    ratio = worst_ratio(a, r, rtol)
+    ratio = worst_ratio(a, r, rtol, magnitude)
     if not ratio <= 1.0:
         abs_diff, rel_diff = differences(a, r)
         raise AssertionError(
