@@ -188,14 +188,46 @@ def _span(spans, s, n_in):
     return spans[s // 4, 0], spans[s // 4, 1]
 
 
+# Layers with this many inputs or fewer run one dot product per (sample, unit): too few
+# inputs for the 4x4 blocks' vectors to pay for their sums across lanes (measured on Zen
+# 4, a tile of 32, 10 units: 10 inputs 41 -> 23 ns a sample, 16: 46 -> 20, 32: 51 -> 31,
+# 64: 55 -> 29, 128: 68 -> 65; 64 and up left to the blocks, which reuse every load)
+NARROW_INPUTS = 32
+
+
+@njit(**config.JIT)
+def _narrow_forward(A, ns, W, b, Z):
+    # A: (>= ns, n_in), W: (n_out, n_in), b: (n_out,) -> Z[:ns] = A W^T + b
+    n_out, n_in = W.shape
+    for s in range(ns):
+        a, z = A[s], Z[s]
+        for o in range(n_out):
+            w = W[o]
+            acc = b[o]
+            for i in range(n_in):
+                acc += a[i] * w[i]
+            z[o] = acc
+
+
 @njit(**config.JIT)
 def _tile_forward(A, ns, W, b, Z, relu, spans):
     # A: (TILE, n_in) rows [0, ns) valid; W: (n_out, n_in); b: (n_out,) -> Z: (TILE, n_out)
-    # Z = A W^T + b (+ ReLU): blocks of 4 units x 4 samples, then 2 units x 4 samples for
+    # Z = A W^T + b (+ ReLU); spans: widen_span's for A (the first layer), or (0, 2):
+    # every input counts
+    if W.shape[1] <= NARROW_INPUTS and spans.shape[0] == 0:
+        _narrow_forward(A, ns, W, b, Z)
+    else:
+        _blocked_forward(A, ns, W, b, Z, spans)
+    if relu:
+        relu_rows(Z, ns)
+
+
+@njit(**config.JIT)
+def _blocked_forward(A, ns, W, b, Z, spans):
+    # _tile_forward's product: blocks of 4 units x 4 samples, then 2 units x 4 samples for
     # the units left (a last odd unit is computed twice: same value). Sample indices
     # past ns are clamped to ns - 1: recomputed, rewritten, identical. Units outside:
     # a block's weight rows stay in L1 while the tile's rows stream past them.
-    # spans: widen_span's for A (the first layer), or (0, 2): every input counts
     n_out, n_in = W.shape
     o = 0
     while o < n_out:
@@ -219,8 +251,6 @@ def _tile_forward(A, ns, W, b, Z, relu, spans):
                 Z[s2, o], Z[s2, o1], Z[s3, o], Z[s3, o1] = (c[4] + b[o], c[5] + b[o1],
                                                             c[6] + b[o], c[7] + b[o1])
         o += 4 if four else 2
-    if relu:
-        relu_rows(Z, ns)
 
 
 @njit(**config.JIT)
