@@ -3,8 +3,10 @@
 Every layer of a tile of samples is a small matrix product written as loops
 that keep several accumulators in registers (4 units x 4 samples per sweep
 over the inputs, forward and for the weight gradient), so each loaded value
-feeds several multiply-adds. A batch is cut into lanes (numba_shared.Batches),
-each summed on its own and added in lane order. Two ways to share the lanes
+feeds several multiply-adds; a layer of up to NARROW_INPUTS inputs runs forward
+as plain dot products (too short for the blocks' vectors). A batch is cut into
+lanes (numba_shared.Batches), each summed on its own and added in lane order.
+Two ways to share the lanes
 between threads, the "numba:samples" and "numba:rows" (and "numba:inked")
 backends ("numba" picks one per net: numba_epoch.choose):
 
@@ -430,7 +432,7 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
     # pf_lo, pf_hi: order positions of the tile that comes next, prefetched here (one
     # row per row gathered) so that their images arrive while this tile computes.
     # spans: (>= (ns + 3) // 4, 2) int64 <- the input rows' spans (widen_span); returns
-    # them as spans_of's view (none for a narrow or an inked first layer)
+    # them as spans_of's view (none for an inked first layer)
     # WT: the first layer's weights as panels (numba_inked), or None: with them, the
     # first layer runs from the rows' ink lists, written to ink_* (numba_inked.Ink's
     # first fields; a named tuple cannot enter a prange unless it is an argument)
