@@ -6,9 +6,9 @@ over the inputs, forward and for the weight gradient), so each loaded value
 feeds several multiply-adds; a layer of up to NARROW_INPUTS inputs runs forward
 as plain dot products (too short for the blocks' vectors). A batch is cut into
 lanes (numba_shared.Batches), each summed on its own and added in lane order.
-Two ways to share the lanes
-between threads, the "numba:samples" and "numba:rows" (and "numba:inked")
-backends ("numba" picks one per net: numba_epoch.choose):
+Two ways to share the lanes between threads, the "numba:samples" and
+"numba:rows" (and "numba:inked") backends ("numba" picks one per net:
+numba_epoch.choose):
 
 * ``train_epoch_samples`` (small nets): one parallel region for the whole
   epoch. Each thread gathers, runs forward and backward and sums the
