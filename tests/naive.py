@@ -52,34 +52,6 @@ def logits(params, X):
     return a
 
 
-def gradient_magnitudes(params, X, y):
-    """For each gradient element, the sum of the magnitudes of the terms that make it,
-    in float64: backpropagation with every factor replaced by its absolute value and
-    the output deltas P - Y by (P + Y) / m. Rounding errors of a gradient are relative
-    to these, not to the gradient itself: where the terms cancel (a confidently right
-    sample's P_y - 1 is ~1e-9, from a P_y rounded to float32's 6e-8 near 1), two
-    correct float32 computations differ by far more than rtol times their result.
-    Returns [(|dW|, |db|), ...] like params.
-    """
-    params = [(np.asarray(W, np.float64), np.asarray(b, np.float64)) for W, b in params]
-    acts = [np.asarray(X, np.float64)]
-    for i, (W, b) in enumerate(params):
-        z = acts[-1] @ W.T + b
-        acts.append(z if i == len(params) - 1 else np.maximum(z, 0.0))
-    z = acts[-1]
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    p[np.arange(len(z)), np.asarray(y)] += 1.0
-    d = p / len(z)
-    out = []
-    for i in range(len(params) - 1, -1, -1):
-        a = acts[i]
-        out.append((d.T @ np.abs(a), d.sum(axis=0)))
-        if i > 0:
-            d = (d @ np.abs(params[i][0])) * (a > 0)
-    return out[::-1]
-
-
 def min_distance_to_relu_kink(params, X):
     """min |Z| over every hidden pre-activation: how far the batch is from a ReLU kink.
 

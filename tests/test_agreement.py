@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from fastnn.kernels import KERNELS, REFERENCE, get_kernel, numba_epoch, numba_tiles
 from fastnn.kernels.numpy_ref import to_float
 from fastnn.model import INITS, copy_params, init_params
-from fastnn.tolerances import assert_agree, logit_scale, rtol_for
+from fastnn.tolerances import assert_agree, gradient_magnitudes, logit_scale, rtol_for
 
 SMALL = os.environ.get("FASTNN_SMALL") == "1"
 
@@ -126,7 +126,7 @@ def assert_batch_agrees(name, params, X, y):
     assert np.isfinite(loss)
     assert_agree(loss, loss_ref, dtype, f"{name} loss", scale=scale)
     assert len(grads) == len(grads_ref) == len(params)
-    sizes = flat(naive.gradient_magnitudes(params, X, y))
+    sizes = flat(gradient_magnitudes(params, X, y))
     for gname, g, r, size in zip(param_names(params), flat(grads), flat(grads_ref), sizes):
         assert g.shape == r.shape and g.dtype == dtype, f"{name} d{gname}: {g.shape} {g.dtype}"
         assert_agree(g, r, dtype, f"{name} d{gname}", magnitude=size)
@@ -175,7 +175,7 @@ def _with_examples(test):
         # one hidden unit, every sample whose unit is on confidently right: dW1's terms
         # (P_y - 1 ~ 1e-9, from P_y rounded near 1) cancel to 3.5e-10, and two correct
         # float32 computations differ by 4.7e-11: why gradients are judged against their
-        # terms' magnitudes (naive.gradient_magnitudes)
+        # terms' magnitudes (tolerances.gradient_magnitudes)
         dict(dtype="float32", init="uniform", hidden=[1], m=189, seed=189),
     ]
     for case in pinned:
@@ -198,11 +198,11 @@ def test_forward_loss_grads_agree(name, case):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_gradient_bound_is_a_few_rtol_of_the_terms(dtype):
     """The gradients' bound adds rtol times each element's sum of |terms|
-    (naive.gradient_magnitudes), which is at least |gradient| and, without
+    (tolerances.gradient_magnitudes), which is at least |gradient| and, without
     cancellation, of its size: a 0.1% error in the largest element still fails."""
     params, X, y = random_batch([784, 13, 10], 50, dtype, "he", 7)
     _, grads = get_kernel(REFERENCE).loss_and_grads(params, X, y)
-    for g, size in zip(flat(grads), flat(naive.gradient_magnitudes(params, X, y))):
+    for g, size in zip(flat(grads), flat(gradient_magnitudes(params, X, y))):
         assert (size >= np.abs(g) * (1 - rtol_for(dtype))).all()  # within rounding
         wrong = g.astype(np.float64)
         wrong.flat[np.argmax(np.abs(g))] *= 1.001
