@@ -83,7 +83,7 @@ def random_batch(sizes, m, dtype, init, seed):
 
 def mnist_like_images(n, seed):
     """uint8 (n, 784): random pixels, about 70% of them zero, between blank rows above
-    and below (0-9 of each, as MNIST's border; the wide kernels skip them: widen_span);
+    and below (0-9 of each, as MNIST's border; the tile kernels skip them: widen_span);
     every seventh image blank."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, 784)).astype(np.uint8)
