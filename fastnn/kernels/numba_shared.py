@@ -79,25 +79,6 @@ def layer_params(vec, net, layer):
 
 
 @njit(**config.JIT)
-def ink_bounds(row):
-    # row: (n,) uint8 -> (lo, hi): row is zero outside [lo, hi) ((0, 0): all of it).
-    # Scans from both ends 8 pixels (a uint64 word) at a time when n allows, so lo and
-    # hi may lie up to 7 pixels wider than the ink: MNIST's blank rows above and below
-    # the digit cost a few dozen words, where a float scan of the row cost as much as
-    # a 784-10-10 sample's whole first layer product
-    n = row.shape[0]
-    if n % 8 == 0:
-        w = row.view(np.uint64)
-        lo, hi = 0, w.shape[0]
-        while lo < hi and w[lo] == 0:
-            lo += 1
-        while hi > lo and w[hi - 1] == 0:
-            hi -= 1
-        return (8 * lo, 8 * hi) if lo < hi else (0, 0)
-    return nonzero_bounds(row)
-
-
-@njit(**config.JIT)
 def nonzero_bounds(row):
     # row: (n,) -> the smallest (lo, hi) out of which row is zero ((0, 0): all of it)
     lo, hi = 0, row.shape[0]
@@ -106,6 +87,19 @@ def nonzero_bounds(row):
     while hi > lo and row[hi - 1] == 0:
         hi -= 1
     return (lo, hi) if lo < hi else (0, 0)
+
+
+@njit(**config.JIT)
+def ink_bounds(row):
+    # row: (n,) uint8 -> (lo, hi): row is zero outside [lo, hi) ((0, 0): all of it).
+    # Scans from both ends 8 pixels (a uint64 word) at a time when n allows, so lo and
+    # hi may lie up to 7 pixels wider than the ink: MNIST's blank rows above and below
+    # the digit cost a few dozen words, where a float scan of the row cost as much as
+    # a 784-10-10 sample's whole first layer product
+    if row.shape[0] % 8 == 0:
+        lo, hi = nonzero_bounds(row.view(np.uint64))
+        return 8 * lo, 8 * hi
+    return nonzero_bounds(row)
 
 
 @njit(**config.JIT)
@@ -121,9 +115,7 @@ def gather_row(batches, s, out):
         distort_row(batches, s, out)
         return nonzero_bounds(out)
     if batches.shifts.shape[0] == 0:
-        for i in range(row.shape[0]):
-            out[i] = dt(row[i]) * scale
-        return ink_bounds(row)
+        return gather_image(batches.images, batches.order[s], scale, out)
     dy, dx = batches.shifts[s, 0], batches.shifts[s, 1]
     zero = dt(0)
     for r in range(28):
