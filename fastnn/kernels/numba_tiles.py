@@ -164,14 +164,14 @@ def widen_span(spans, s, lo, hi, n_in):
 
 
 @njit(**config.JIT)
-def spans_of(spans, ns, n_out):
+def spans_of(spans, ns, dense):
     # spans: (>= (ns + 3) // 4, 2) int64 buffer -> the view that holds (or will hold) the
-    # spans of ns rows feeding a first layer of n_out units; n_out 0: spans[:0] (none,
-    # every input counts: an inked first layer has no use for them). Since the gather
-    # finds the rows' ink (numba_shared.ink_bounds), spans pay from the narrowest
-    # layers on (784-10-10 on 2 cores, Zen 4: +7-9% samples/s on 1 thread, +4-6% on 2
-    # at batch 32, +11% at batch 128; 784-32-10 +8-10%)
-    return spans[: (ns + 3) // 4] if n_out > 0 else spans[:0]
+    # spans of ns rows feeding a ``dense`` first layer; spans[:0] (none) for an inked
+    # one, which has no use for them. Since the gather finds the rows' ink
+    # (numba_shared.ink_bounds), spans pay from the narrowest layers on (784-10-10 on 2
+    # cores, Zen 4: +7-9% samples/s on 1 thread, +4-6% on 2 at batch 32, +11% at batch
+    # 128; 784-32-10 +8-10%)
+    return spans[: (ns + 3) // 4] if dense else spans[:0]
 
 
 @njit(**config.JIT)
@@ -439,7 +439,7 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
     sizes = net.sizes
     L = sizes.shape[0] - 1
     X = _rows(buf, cap, 0, f, ns, sizes[0])
-    spans = spans_of(spans, ns, 0 if WT is not None else sizes[1])  # inked: none
+    spans = spans_of(spans, ns, WT is None)
     for s in range(ns):
         ink_lo, ink_hi = gather_row(batches, first + s, X[s])
         widen_span(spans, s, ink_lo, ink_hi, sizes[0])
@@ -530,7 +530,7 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
                                    cn, DPc)
             # phase 2: each block of weight rows is owned by one thread
             last = c0 + cn >= start + m
-            spans = spans_of(sbuf, cn, 0 if inked else sizes[1])  # as phase 1's tiles wrote them
+            spans = spans_of(sbuf, cn, not inked)  # as phase 1's tiles wrote them
             if inked:
                 _inked_first_grad(net, grad, buf, chunk, aoff, ink, cn, n_tiles, WT, gWT,
                                   DPc, c0 > start, last, lr, opt, opt_t, nthreads)
@@ -739,7 +739,7 @@ def predict_tiles(net, images, scale, work, out):
         for first in range((n * t) // T, hi, tile):
             ns = min(tile, hi - first)
             X = _rows(buf, tile, 0, 0, tile, sizes[0])
-            spans = spans_of(sbuf[t], ns, 0 if WP is not None else sizes[1])  # inked: none
+            spans = spans_of(sbuf[t], ns, WP is None)
             for s in range(ns):
                 ink_lo, ink_hi = gather_image(images, first + s, scale, X[s])
                 widen_span(spans, s, ink_lo, ink_hi, sizes[0])
