@@ -16,6 +16,7 @@ from numba import njit
 from fastnn.kernels.numba_inked import (
     from_panels,
     ink_columns,
+    ink_list,
     ink_lists,
     ink_split,
     ink_work,
@@ -26,7 +27,12 @@ from fastnn.kernels.numba_inked import (
     rows_to_panels,
     to_panels,
 )
-from fastnn.kernels.numba_intrinsics import combination_width, row_combination
+from fastnn.kernels.numba_intrinsics import (
+    PERMUTE8,
+    combination_width,
+    ink_chunks,
+    row_combination,
+)
 
 DTYPES = [np.float32, np.float64]
 
@@ -97,6 +103,38 @@ def test_ink_lists_and_columns_hold_every_nonzero_in_order(dtype):
         lo, hi = ink.colptr[0, p], ink.colptr[0, p + 1]
         assert np.array_equal(ink.rows[lo:hi], 4 + where)
         assert np.array_equal(ink.cvals[lo:hi], X[4 + where, p])
+
+
+@njit
+def chunks_of(x, idx, vals):
+    return ink_chunks(x, idx, vals)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_in", [784, 17, 16, 13, 8, 7, 1, 0])
+def test_ink_list_is_the_nonzeros_in_order(dtype, n_in):
+    """ink_list (eight inputs at a time with AVX2, float32) gives np.flatnonzero(x != 0)
+    and those values, bit for bit: NaN and inf count as ink, -0.0 does not; rows whose
+    length is not a multiple of 8, from all ink to none. The chunked part alone covers
+    every whole chunk where the machine allows (``PERMUTE8``), and nothing otherwise."""
+    rng = np.random.default_rng(n_in)
+    for ink in (0.0, 0.05, 0.3, 0.9, 1.0):
+        x = rng.uniform(-1, 1, n_in).astype(dtype)
+        x[rng.random(n_in) >= ink] = 0
+        x[: min(n_in, 4)] = [np.nan, -0.0, np.inf, 0.0][: min(n_in, 4)]
+        idx = np.full(n_in, -1, np.int32)
+        vals = np.full(n_in, 7, dtype)
+        n = ink_list(x, idx, vals)
+        (want,) = np.nonzero(x != 0)
+        assert n == len(want) and np.array_equal(idx[:n], want)
+        assert np.array_equal(vals[:n], x[want], equal_nan=True)
+        n, end = chunks_of(x, idx, vals)
+        chunked = PERMUTE8 and dtype == np.float32
+        assert end == (n_in // 8 * 8 if chunked else 0)
+        assert n == np.count_nonzero(x[:end]) and np.array_equal(idx[:n], want[:n])
+    if PERMUTE8 and dtype == np.float32 and n_in >= 8:
+        with pytest.raises(ValueError, match="as long as x"):
+            chunks_of(x, idx[: n_in - 8], vals)
 
 
 def panels_of(A, width):

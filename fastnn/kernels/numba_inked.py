@@ -27,6 +27,7 @@ from fastnn import config
 from fastnn.kernels.numba_intrinsics import (
     COMBINATION_BYTES,
     combination_width,
+    ink_chunks,
     row_combination,
     transpose16,
 )
@@ -65,11 +66,13 @@ def ink_lists(X, ns, idx, vals, counts):
 @njit(**config.JIT)
 def ink_list(x, idx, vals):
     # x: (n_in,) one input row -> idx[:n] (int32) the positions of its nonzeros in
-    # order, vals[:n] their values; returns n. Branch-free: every position is written,
-    # the count grows only past a nonzero (ink edges would mispredict a branch).
+    # order, vals[:n] their values; returns n. idx, vals: (>= n_in,). Eight inputs at a
+    # time where ink_chunks can (float32, AVX2: 3x faster), the rest branch-free:
+    # every position is written, the count grows only past a nonzero (ink edges would
+    # mispredict a branch).
     zero = x.dtype.type(0)
-    n = 0
-    for p in range(x.shape[0]):
+    n, start = ink_chunks(x, idx, vals)
+    for p in range(start, x.shape[0]):
         idx[n] = p
         vals[n] = x[p]
         n += x[p] != zero

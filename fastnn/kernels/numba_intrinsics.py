@@ -1,5 +1,6 @@
 """Low-level pieces the kernels are built from: a vectorisable exp, prefetch, paired
-copies, block transposes, a sparse-times-dense row sum, and a barrier.
+copies, block transposes, a sparse-times-dense row sum, a row's nonzeros eight at a
+time, and a barrier.
 
 ``exp_nonpositive(t)``: exp(t) for t <= 0 as plain float32 arithmetic, so a
 loop over classes vectorises.
@@ -32,6 +33,13 @@ scalar moves (0.06 against 0.23 us a field in float32).
 256 bytes plus the rows ``idx[k]`` of a matrix weighted by ``vals[k]``, the
 sums held in four vector registers across the loop (numba_inked's first
 layer from inked pixels: forward and weight gradient).
+
+``ink_chunks(x, idx, vals)``: the nonzeros of a float32 row and their
+positions, eight elements at a time: a compare gives a bit mask, a 256-row
+table the positions of its set bits, and one AVX2 permutation packs the
+values (numba_inked.ink_list: 135 ns a 784-pixel MNIST row on Zen 4 against
+440 for a branch-free scalar loop). Without AVX2 or the JIT it does nothing
+and ink_list's scalar loop does it all.
 """
 
 import numba
@@ -261,6 +269,102 @@ def row_combination(typingctx, acc, a, rows, r0, stride, idx, vals, lo, hi):
 
     return types.void(acc, a, rows, r0, stride, idx, vals, lo, hi), codegen
 
+
+
+def _target_features():
+    # the CPU features Numba compiles for: NUMBA_CPU_FEATURES, else the host's (Numba's
+    # own choice in numba.core.codegen)
+    from numba.core.codegen import get_host_cpu_features
+
+    features = numba.config.CPU_FEATURES
+    return (get_host_cpu_features() if features is None else features).split(",")
+
+
+# ink_chunks' 8-lane permutations need AVX2 (AVX-512 machines have it too) and the JIT
+PERMUTE8 = not numba.config.DISABLE_JIT and "+avx2" in _target_features()
+# row m: the positions of the set bits of m in order, then zeros
+_FIRST_SET_BITS = np.array([[j for j in range(8) if m >> j & 1] + [0] * (8 - m.bit_count())
+                            for m in range(256)], np.int32)
+
+
+@intrinsic
+def _append_nonzero8(typingctx, x, p, idx, vals, n):
+    """Appends the nonzeros among x[p : p + 8] to vals[n:], their positions to idx[n:], in
+    order; returns n plus their count. One compare, a table row (_FIRST_SET_BITS) and one
+    permutation (AVX2 vpermps), where a scalar loop takes a compare-and-store a pixel. Writes
+    all 8 lanes of idx[n : n + 8] and vals[n : n + 8] (past the count: scratch)."""
+    if not (_vectors_of_one_dtype(x, vals) and x.dtype == types.float32
+            and _vectors_of_one_dtype(idx) and idx.dtype == types.int32
+            and all(isinstance(k, types.Integer) for k in (p, n))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        f8, i8 = ir.VectorType(ir.FloatType(), 8), ir.VectorType(i32, 8)
+        module = builder.module
+        table = module.globals.get("fastnn_first_set_bits")
+        if table is None:
+            rows = ir.ArrayType(i8, 256)
+            table = ir.GlobalVariable(module, rows, "fastnn_first_set_bits")
+            table.global_constant, table.linkage, table.align = True, "internal", 32
+            table.initializer = ir.Constant(rows, [ir.Constant(i8, [int(v) for v in row])
+                                                   for row in _FIRST_SET_BITS])
+
+        p, n = (context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 4))
+
+        def lanes(k, i, vec):  # a pointer to the 8 lanes from element i of array args[k]
+            array = context.make_array(sig.args[k])(context, builder, args[k])
+            return builder.bitcast(cgutils.get_item_pointer(
+                context, builder, sig.args[k], array, [i], wraparound=False), vec.as_pointer())
+
+        v = builder.load(lanes(0, p, f8), align=4)
+        # Python's x != 0: NaN counts, -0.0 does not
+        bits = builder.zext(builder.bitcast(builder.fcmp_unordered(
+            "!=", v, ir.Constant(f8, [0.0] * 8)), ir.IntType(8)), i32)
+        order = builder.load(builder.gep(table, [ir.Constant(i32, 0), bits]), align=32)
+        permps = cgutils.get_or_insert_function(module, ir.FunctionType(f8, [f8, i8]),
+                                                "llvm.x86.avx2.permps")
+        first = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(i8, ir.Undefined), builder.trunc(p, i32),
+                                   ir.Constant(i32, 0)),
+            ir.Constant(i8, ir.Undefined), ir.Constant(i8, [0] * 8))
+        builder.store(builder.call(permps, [v, order]), lanes(3, n, f8), align=4)
+        builder.store(builder.add(first, order), lanes(2, n, i8), align=4)
+        ctpop = cgutils.get_or_insert_function(module, ir.FunctionType(i32, [i32]),
+                                               "llvm.ctpop.i32")
+        count = builder.zext(builder.call(ctpop, [bits]), ir.IntType(64))
+        return builder.add(context.cast(builder, args[4], sig.args[4], types.int64), count)
+
+    return types.int64(x, p, idx, vals, n), codegen
+
+
+def ink_chunks(x, idx, vals):
+    """(n, end): x[:end]'s nonzeros (NaN counts, -0.0 does not) in order in vals[:n],
+    their positions in idx[:n] (int32), end a multiple of 8; the rest of x is the
+    caller's. With AVX2, float32 and contiguous arrays, 8 elements at a time
+    (_append_nonzero8); otherwise none (end 0)."""
+    return 0, 0
+
+
+@overload(ink_chunks, jit_options=config.JIT)
+def _ink_chunks(x, idx, vals):
+    if not (PERMUTE8 and isinstance(x, types.Array) and x.dtype == types.float32
+            and _vectors_of_one_dtype(x, vals) and _vectors_of_one_dtype(idx)
+            and idx.dtype == types.int32):
+        return lambda x, idx, vals: (0, 0)
+
+    def chunks(x, idx, vals):
+        end = x.shape[0] // 8 * 8
+        # the 8 lanes written at n <= p stay below p + 8 <= end: in bounds if idx and vals
+        # are as long as x
+        if idx.shape[0] < end or vals.shape[0] < end:
+            raise ValueError("ink_chunks: idx and vals must be as long as x")
+        n = 0
+        for p in range(0, end, 8):
+            n = _append_nonzero8(x, p, idx, vals, n)
+        return n, end
+
+    return chunks
 
 if numba.config.DISABLE_JIT:  # plain Python (the nojit test session): no hint, plain copy
 
