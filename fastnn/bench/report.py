@@ -177,7 +177,7 @@ def render(bench_json):
                         "FLOPs per sample: 2 n_in n_out per layer forward, as much for the "
                         "weight gradient, and again for the input gradient of every layer but "
                         "the first: the dense count, what the peers do. numba does fewer: from "
-                        "128 first-layer units on images of sparse ink it computes the first "
+                        "64 first-layer units on images of sparse ink it computes the first "
                         "layer from the inked pixels alone (MNIST: a fifth of them), below "
                         "that it skips each group of four images' blank rows. A figure above "
                         "the sgemm ceiling is the work it did not need to do.",
