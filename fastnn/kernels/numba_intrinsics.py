@@ -270,7 +270,6 @@ def row_combination(typingctx, acc, a, rows, r0, stride, idx, vals, lo, hi):
     return types.void(acc, a, rows, r0, stride, idx, vals, lo, hi), codegen
 
 
-
 def _target_features():
     # the CPU features Numba compiles for: NUMBA_CPU_FEATURES, else the host's (Numba's
     # own choice in numba.core.codegen)
@@ -365,6 +364,7 @@ def _ink_chunks(x, idx, vals):
         return n, end
 
     return chunks
+
 
 if numba.config.DISABLE_JIT:  # plain Python (the nojit test session): no hint, plain copy
 
