@@ -11,6 +11,8 @@
     nox -s asv           asv quick run + HTML report in benchmarks/html (`nox -s asv -- full`)
 """
 
+import os
+
 import nox
 
 nox.options.sessions = ["tests", "nojit"]
@@ -48,7 +50,9 @@ def avx2(session):
     OpenBLAS keeps the machine's kernel: OPENBLAS_CORETYPE is never set here."""
     session.install("-e", ".[test]")
     env = {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": HASWELL,
-           "NUMBA_CACHE_DIR": session.create_tmp() + "/numba-haswell",
+           # absolute: tests run the CLI in temporary working directories, which must
+           # stay empty
+           "NUMBA_CACHE_DIR": os.path.abspath(session.create_tmp()) + "/numba-haswell",
            "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL"}
     session.run("python", "-c", "import numpy; numpy.show_runtime()", env=env)
     session.run("pytest", *session.posargs, env=env)
