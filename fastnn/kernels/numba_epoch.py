@@ -79,9 +79,10 @@ SPLIT_MAX_FLOATS = 1 << 18
 # 128 784-32-10 0.72M, 1.17M against 0.53M, 0.86M; 784-48-10 0.54M, 0.76M against
 # 0.53M, 0.76M; 784-64-10 0.42M, 0.62M against 0.52M, 0.82M; batch 32 784-48-10 0.45M,
 # 0.45M against 0.39M, 0.55M; 784-64-10 0.37M, 0.45M against 0.43M, 0.55M; earlier
-# 784-128-10 0.37M against 0.43-0.48M, 784-800-10 66k against 98-107k), for images whose
-# pixels are at most INKED_MAX_INK ink (nonzero). It pays for sparse ink only: MNIST inks 19% of its
-# pixels; random bytes inked at 50% trained 784-800-10 at 49k against "rows"' 59k.
+# 784-128-10 0.37M against 0.43-0.48M, 784-800-10 66k against 98-107k), for images
+# whose pixels are at most INKED_MAX_INK ink (nonzero). It pays for sparse ink only:
+# MNIST inks 19% of its pixels; random bytes inked at 50% trained 784-800-10 at 49k
+# against "rows"' 59k.
 INKED_MIN_UNITS = 64
 INKED_MAX_INK = 0.35
 # ... and inference from the inked pixels from this many first-layer units on (10,000
