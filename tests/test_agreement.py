@@ -390,6 +390,47 @@ def test_spans_cover_every_nonzero_input(ns):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("ns", [1, 7, numba_tiles.TILE])
+def test_softmax_tile_is_the_row_softmax(dtype, ns):
+    """The tile kernels' softmax and cross-entropy (the samples in the vector lanes) take
+    numba_shared.softmax_xent_row's steps in its order for each sample: float32 gives the
+    same bits (both use numba_intrinsics.exp_nonpositive); float64's np.exp may come from
+    a vector library in a vectorised loop, hence 2 ulps. Ties for the largest logit,
+    logits far apart, a tile shorter than TILE."""
+    from fastnn.kernels.numba_shared import softmax_xent_row
+
+    rng = np.random.default_rng(ns)
+    k = 10
+    Z = np.zeros((numba_tiles.TILE, k), dtype)
+    Z[:ns] = rng.normal(0, 8, (ns, k))
+    Z[0, 3] = Z[0, 7] = Z[0].max() + 1  # a tie: the first one is the prediction
+    Z[ns - 1, 2] = -200.0  # its exp is no normal float32: 0
+    labels = rng.integers(0, k, 50)
+    order = rng.permutation(50)[: ns + 3]
+    labels[order[3]] = 3  # sample 0's label: its first largest logit
+    batches = numba_epoch._batches(np.zeros((50, 784), np.uint8), labels, order, ns, dtype,
+                                   None, None, 1)
+    inv_m = dtype(1) / dtype(ns)
+    D, stats = np.full_like(Z, np.nan), np.zeros(2)
+    numba_tiles._softmax_xent_tile(Z, ns, batches, 3, inv_m, D, stats)
+    want_d, loss, hits = np.full_like(Z, np.nan), 0.0, 0
+    for s in range(ns):
+        row_loss, hit = softmax_xent_row(Z[s], labels[order[3 + s]], inv_m, want_d[s])
+        loss, hits = loss + row_loss, hits + hit
+    ulps = 0 if dtype == np.float32 else 2
+    assert_ulps(D[:ns], want_d[:ns], ulps)
+    assert np.isnan(D[ns:]).all()  # nothing written past the tile's samples
+    assert hits == stats[1]
+    assert stats[0] == pytest.approx(loss, rel=float(ulps * ns * np.finfo(dtype).eps), abs=0)
+
+
+def assert_ulps(got, want, ulps):
+    """got and want (float arrays) at most ``ulps`` units in the last place apart."""
+    spacing = np.spacing(np.maximum(np.abs(got), np.abs(want)).astype(got.dtype))
+    assert (np.abs(got - want) <= ulps * spacing).all(), np.abs(got - want).max()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name", list(dict.fromkeys([*TRAINERS, *PREDICTORS])))
 @pytest.mark.parametrize("hidden", [10, numba_epoch.INKED_PREDICT_MIN_UNITS])
 def test_blank_rows_and_images(name, dtype, hidden):

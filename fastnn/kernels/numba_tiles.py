@@ -66,7 +66,8 @@ from fastnn.kernels.numba_inked import (
     rows_to_panels,
     to_panels,
 )
-from fastnn.kernels.numba_intrinsics import SYNC_PAD, barrier
+from fastnn.kernels.numba_intrinsics import SYNC_PAD, barrier, exp_nonpositive
+from fastnn.kernels.numba_layers import cross_entropy
 from fastnn.kernels.numba_shared import (
     OptState,
     apply_rule,
@@ -77,7 +78,6 @@ from fastnn.kernels.numba_shared import (
     layer_params,
     prefetch_samples,
     relu_rows,
-    softmax_xent_row,
     sum_and_apply,
 )
 
@@ -388,10 +388,40 @@ def samples_work(sizes, batch_size, nthreads, lanes, dtype):
 def _softmax_xent_tile(Z, ns, batches, first, inv_m, D, stats_row):
     # Z: (TILE, k) logits of order positions first.. -> D: (TILE, k) = (P - Y) / m;
     # adds their loss sum and hits to stats_row: (2,)
+    # numba_shared.softmax_xent_row's steps, in its order for each sample (the same
+    # bits), with the samples in the vector lanes: a row of 10 classes is too short to
+    # vectorise, a class across the tile is not (784-10-10: 31 ns a sample against 64)
+    k = Z.shape[1]
+    E = np.empty((k + 2, ns), Z.dtype)  # the logits transposed, then max and sum
+    best = np.zeros(ns, np.int64)
+    mx, tot = E[k], E[k + 1]
     for s in range(ns):
-        loss, hit = softmax_xent_row(Z[s], batches.labels[batches.order[first + s]], inv_m, D[s])
-        stats_row[0] += loss
-        stats_row[1] += hit
+        for c in range(k):
+            E[c, s] = Z[s, c]
+    for s in range(ns):
+        mx[s] = E[0, s]
+    for c in range(1, k):
+        e = E[c]
+        for s in range(ns):
+            if e[s] > mx[s]:
+                mx[s] = e[s]
+                best[s] = c
+    zero = Z.dtype.type(0)
+    for s in range(ns):
+        tot[s] = zero
+    for c in range(k):
+        e = E[c]
+        for s in range(ns):
+            e[s] = exp_nonpositive(e[s] - mx[s])
+            tot[s] += e[s]
+    for s in range(ns):
+        inv = inv_m / tot[s]
+        for c in range(k):
+            D[s, c] = E[c, s] * inv
+        y = batches.labels[batches.order[first + s]]
+        D[s, y] -= inv_m
+        stats_row[0] += cross_entropy(np.log(tot[s]), Z[s, y], mx[s])
+        stats_row[1] += best[s] == y
 
 
 @njit(**config.JIT)
