@@ -333,6 +333,17 @@ def _tile_grad_input(D, W, A, ns, DA):
     # -> DA: (TILE, n_in) = (D W) * [A > 0]
     n_out, n_in = W.shape
     zero = W.dtype.type(0)
+    if n_in <= NARROW_INPUTS:
+        # one dot product per input the ReLU passed: too few inputs for the loop below
+        # to vectorise (784-10-10: 26 ns a sample against 43)
+        for s in range(ns):
+            for i in range(n_in):
+                acc = zero
+                if not A[s, i] <= zero:
+                    for o in range(n_out):
+                        acc += D[s, o] * W[o, i]
+                DA[s, i] = acc
+        return
     for s in range(ns):
         da = DA[s]
         for i in range(n_in):
