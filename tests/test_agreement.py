@@ -416,7 +416,7 @@ def test_softmax_tile_is_the_row_softmax(dtype, ns):
     want_d, loss, hits = np.full_like(Z, np.nan), 0.0, 0
     for s in range(ns):
         row_loss, hit = softmax_xent_row(Z[s], labels[order[3 + s]], inv_m, want_d[s])
-        loss, hits = loss + row_loss, hits + hit
+        loss, hits = loss + float(row_loss), hits + hit  # as stats: float64 sums
     ulps = 0 if dtype == np.float32 else 2
     assert_ulps(D[:ns], want_d[:ns], ulps)
     assert np.isnan(D[ns:]).all()  # nothing written past the tile's samples
