@@ -26,6 +26,7 @@ def test_quick_report_end_to_end(tmp_path):
     text = run.stdout
     assert text.index("Machine: ") < text.index("## Training") < text.index("## Inference")
     assert "sgemm ceiling:" in text and "BLAS:" in text
+    assert "Commit: " in text
     data = json.loads(out.read_text())
     (row,) = data["train"]
     assert (row["net"], row["batch_size"], row["dtype"]) == ("784-10-10", 128, "float32")
@@ -46,6 +47,7 @@ def _bench(name, hidden, rounds_seconds, samples=60000, test="test_train_epoch",
 
 def test_report_takes_medians_ratios_and_keeps_every_round():
     doc = dict(machine_info=dict(fastnn_lines=["Machine: test"], sgemm_gflops={"2": 400.0}),
+               commit_info=dict(id="0123456789abcdef", dirty=True),
                benchmarks=[_bench("numba", 10, [0.5, 0.6, 0.4]),  # 120k, 100k, 150k
                            _bench("numpy-fast", 10, [2.0, 3.0]),  # 30k, 20k
                            _bench("jax-scan", 10, [1.0]),  # 60k
@@ -59,6 +61,7 @@ def test_report_takes_medians_ratios_and_keeps_every_round():
     assert row["ratios"] == {"numba / jax-scan": pytest.approx(2.0),
                              "numba / numpy-fast": pytest.approx(4.8)}
     table = "\n".join(lines)
+    assert lines[2:4] == ["Machine: test", "Commit: 0123456 with uncommitted changes."]
     assert "| 784-10-10 | 128 | float32 | 2 | 10.0k | 120.0k ±21% |" in table
     assert "| 784-10-10 | 128 | 2 | 0 | 400 |" in table  # 100 FLOP x 120k/s = 0.012 GFLOP/s
 

@@ -126,6 +126,14 @@ def _distortion_cost(train, distorted, alone):
             for base, r, a, b in _paired(distorted, train, key)]
 
 
+def _commit_line(info):
+    """What was measured: pytest-benchmark's commit_info, read in the working directory."""
+    if not info.get("id") or info["id"] == "unversioned":
+        return "Commit: unknown (run from outside a git checkout)."
+    return (f"Commit: {info['id'][:7]}" + (" with uncommitted changes" if info.get("dirty")
+                                           else "") + ".")
+
+
 def render(bench_json):
     """(markdown lines, report dict) from a pytest-benchmark JSON document."""
     benches, machine = bench_json["benchmarks"], bench_json["machine_info"]
@@ -145,7 +153,8 @@ def render(bench_json):
                   inference=infer, contended=contended, distorted=distorted,
                   distorting=alone, compile=compiled)
     cols = [("net", "net"), ("batch_size", "batch"), ("dtype", "dtype"), ("threads", "threads")]
-    lines = ["# fastnn benchmark report", "", *machine.get("fastnn_lines", []), ""]
+    lines = ["# fastnn benchmark report", "", *machine.get("fastnn_lines", []),
+             _commit_line(bench_json.get("commit_info") or {}), ""]
     lines += _throughput("## Training: samples/s over full 60,000-image epochs (median of "
                          "the rounds, ±half their range)", train, cols)
     lines += _throughput("## Inference: samples/s, predict over the 10,000 test images",
