@@ -244,19 +244,30 @@ def apply_rule(theta, g, lo, hi, lr, opt, t):
 
 @njit(**config.JIT)
 def sum_and_apply(theta, gbuf, lo, hi, lr, opt, t):
-    # gbuf[0, lo:hi] += gbuf[1:, lo:hi] in row order, then the update rule on [lo, hi)
+    # the update rule on [lo, hi) with the sum of gbuf's rows there, taken in row order
+    # into row 0 (gbuf[0] is scratch afterwards). Plain SGD adds the last row within the
+    # step instead, the sum unstored (the same bits): one write stream less, and on two
+    # cores no writing into row 0's lines, which the other core filled and must fetch
+    # back for its next batch
     g = gbuf[0, lo:hi]
-    for row in range(1, gbuf.shape[0]):
+    last = gbuf.shape[0] - 1
+    fused = opt.kind == 0 and opt.hyper[4] == 0 and last > 0
+    for row in range(1, last if fused else gbuf.shape[0]):
         gt = gbuf[row, lo:hi]
         for p in range(hi - lo):
             g[p] += gt[p]
+    if fused:
+        w, gl = theta[lo:hi], gbuf[last, lo:hi]
+        for p in range(hi - lo):
+            w[p] -= lr * (g[p] + gl[p])
+        return
     apply_rule(theta, gbuf[0], lo, hi, lr, opt, t)
 
 
 @njit(**config.JIT_PARALLEL)
 def update_params(theta, gbuf, lr, opt):
     # theta: (P,) updated in place; gbuf: (lanes, P) per-lane gradient sums, added up
-    # in lane order into row 0; opt.step += 1
+    # in lane order (sum_and_apply: scratch afterwards); opt.step += 1
     opt.step[0] += 1
     P = theta.shape[0]
     if P < PARALLEL_MIN:
