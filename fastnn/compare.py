@@ -51,7 +51,7 @@ def measure(name, params0, train, test, pieces, batch_size, lr, distort=None):
     ``pieces()`` yields the batches' (order, shifts) in pieces (sample_order)."""
     kernel = get_kernel(name)
     dtype = params0[0][0].dtype
-    compile_seconds = kernel.warmup(model.sizes_of(params0), dtype)
+    compile_seconds = kernel.warmup(model.sizes_of(params0), dtype, batch_size)
     order, shifts = next(pieces())
     idx = order[:batch_size]
     X, y = to_float(train[0][idx], dtype), train[1][idx]

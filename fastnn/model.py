@@ -81,9 +81,24 @@ def n_params(sizes) -> int:
     return sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
 
 
+CACHE_LINE = 64  # bytes
+
+
+def aligned_zeros(shape, dtype):
+    """Zeros whose first element starts a CACHE_LINE-byte line (NumPy promises 16 bytes)
+    and whose last is followed by a line of nothing: rows whose bytes are whole lines
+    start lines, and two threads that write either side of such a boundary, or one
+    here and one in another array, never write the same line."""
+    n, item = math.prod(shape) if np.ndim(shape) else int(shape), np.dtype(dtype).itemsize
+    raw = np.zeros(n + 2 * CACHE_LINE // item, dtype)
+    skip = (-raw.ctypes.data % CACHE_LINE) // item
+    return raw[skip : skip + n].reshape(shape)
+
+
 def empty_params(sizes, dtype=np.float32, fill=None):
-    """Params of a net with layer widths ``sizes``: uninitialised, or all ``fill``."""
-    theta = np.empty(n_params(sizes), np.dtype(dtype))
+    """Params of a net with layer widths ``sizes``: zeros, or all ``fill``, aligned (the
+    split strategy's threads write W0's rows in parts)."""
+    theta = aligned_zeros(n_params(sizes), np.dtype(dtype))
     if fill is not None:
         theta.fill(fill)
     return Params(theta, sizes)

@@ -504,8 +504,8 @@ def fit(args, out=None):
     if not args.resume:
         params = model.init_params(cfg["sizes"], seed=args.seed, dtype=dtype, init=args.init)
         opt, first_epoch, history = make_optimizer(args), 1, []
-    compile_seconds = kernel.warmup(cfg["sizes"], dtype)
     bs = cfg["batch_size"]
+    compile_seconds = kernel.warmup(cfg["sizes"], dtype, bs)
     say(f"fastnn: {'-'.join(map(str, cfg['sizes']))} net, {args.kernel} kernel, {args.dtype}, "
         f"{args.optimizer} lr {args.lr} ({args.schedule}), batch {bs}, {args.epochs} epochs, "
         f"{cfg['threads']} threads{augmentation_text(args)}"

@@ -4,7 +4,7 @@ The numba variants share their per-layer functions (forward, loss_and_grads,
 activations, sgd_step, apply_update), so those are tested under one name;
 train_epoch and predict differ per strategy and are tested under each name
 that has its own ("numba:samples", "numba:rows", "numba:inked",
-"numba:simple"). Plain "numba" only picks one of those per net:
+"numba:split", "numba:simple"). Plain "numba" only picks one of those per net:
 test_numba_picks_its_strategy
 checks that it trains exactly like the one it picks.
 

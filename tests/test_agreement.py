@@ -23,6 +23,7 @@ from backends import LAYERS, PREDICTORS, TRAINERS, near_ties
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
+from fastnn import config
 from fastnn.kernels import KERNELS, REFERENCE, get_kernel, numba_epoch, numba_tiles
 from fastnn.kernels.numpy_ref import to_float
 from fastnn.model import INITS, copy_params, init_params
@@ -735,15 +736,16 @@ def test_backend_exposes_the_contract(name):
 def test_each_implementation_is_tested_once():
     """The numba names share their per-layer functions; training and predict differ."""
     assert LAYERS == ["numba"]
-    assert TRAINERS == ["numba:samples", "numba:rows", "numba:inked", "numba:simple"]
+    assert TRAINERS == ["numba:samples", "numba:rows", "numba:inked", "numba:split",
+                        "numba:simple"]
     assert PREDICTORS == ["numba:samples", "numba:simple"]  # "rows" predicts with tiles too
 
 
 @pytest.mark.parametrize("hidden", [10, 400])
 def test_numba_picks_its_strategy(hidden):
     """"numba" trains and predicts exactly (bit for bit) like the strategy choose() picks:
-    "samples" for a small net, "inked" for a wide first layer on sparse ink (digits),
-    at any thread count."""
+    "split" for a small net at a small batch on a machine of several threads ("samples"
+    on one), "inked" for a wide first layer on sparse ink (digits), at any thread count."""
     from fastnn.kernels.numba_epoch import choose, ink_fraction
 
     if SMALL and hidden == 400:
@@ -754,8 +756,10 @@ def test_numba_picks_its_strategy(hidden):
     order = np.random.default_rng(122).permutation(64)
     for threads in thread_counts():
         with numba_threads(threads):
-            picked = choose(sizes, threads, ink_fraction(images))
-            assert picked == ("samples" if hidden == 10 else "inked")
+            # the lanes are the machine's threads, however many run
+            picked = choose(sizes, config.max_threads(), ink_fraction(images), 16)
+            small = "split" if config.max_threads() > 1 else "samples"
+            assert picked == (small if hidden == 10 else "inked")
             runs = []
             for name in ("numba", f"numba:{picked}"):
                 params = init_params(sizes, 123)
@@ -765,6 +769,22 @@ def test_numba_picks_its_strategy(hidden):
             assert s1 == s2 and np.array_equal(l1, l2)
             for a, b in zip(flat(p1), flat(p2)):
                 assert np.array_equal(a, b)
+
+
+def test_choose_split_for_narrow_nets_at_small_batches():
+    """choose's thresholds: "split" from 2 lanes for a first layer narrower than the
+    inked one at batches up to SPLIT_MAX_BATCH (None: the training command's default)."""
+    from fastnn import train
+
+    choose = numba_epoch.choose
+    assert numba_epoch.DEFAULT_BATCH == train.DEFAULTS["batch_size"]
+    for bs in (1, 32, numba_epoch.SPLIT_MAX_BATCH, None):
+        assert choose([784, 10, 10], 2, 0.2, bs) == "split"
+        assert choose([784, 63, 10], 4, 0.2, bs) == "split"
+        assert choose([784, 10, 10], 1, 0.2, bs) == "samples"
+    assert choose([784, 10, 10], 2, 0.2, numba_epoch.SPLIT_MAX_BATCH + 1) == "samples"
+    assert choose([784, 64, 10], 2, 0.2, 32) == "inked"
+    assert choose([784, 64, 10], 2, 0.5, 32) == "samples"
 
 
 _WARM_THEN_RUN = """import numpy as np

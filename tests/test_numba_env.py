@@ -196,7 +196,7 @@ params = init_params([784, 4, 10], seed=1)
 ref = copy_params(params)
 ref_loss, ref_acc = get_kernel("numpy").train_epoch(ref, images, labels, order, 16, 0.05,
                                                     Optimizer("momentum"))
-for name in ("numba:samples", "numba:rows", "numba:simple"):
+for name in ("numba:samples", "numba:rows", "numba:split", "numba:simple"):
     ours = copy_params(params)
     loss, acc = get_kernel(name).train_epoch(ours, images, labels, order, 16, 0.05,
                                              Optimizer("momentum"))
@@ -213,7 +213,7 @@ def test_numba_kernels_without_jit_train_like_numpy(tmp_path):
                          env=helpers.subprocess_env(NUMBA_DISABLE_JIT="1"), capture_output=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr
-    for name in ("numba:samples", "numba:rows", "numba:simple"):
+    for name in ("numba:samples", "numba:rows", "numba:split", "numba:simple"):
         assert f"{name} agrees" in res.stdout
 
 

@@ -6,14 +6,16 @@
 shifts=None, distort=None)``, ``gather(images, order, dtype, shifts=None,
 distort=None)`` (the batches as train_epoch sees them: scaled, shifted and
 distorted), ``predict(params, images)``, ``sgd_step(params, grads, lr)``,
-``apply_update(params, grads, lr, opt)`` and ``warmup(sizes, dtype)``. A new
+``apply_update(params, grads, lr, opt)`` and ``warmup(sizes, dtype, batch_size=None)``
+(what training at that batch size compiles; None: the training command's). A new
 backend is one module (or one variant) plus one line here.
 
 "numpy" is the reference. The numba backend has one name per way of
 training ("numba:samples", "numba:rows", "numba:inked", the first layer from
-the inked pixels only, and "numba:simple", the same fused epoch one sample
-at a time); plain "numba" picks one by the net's size and the images' ink
-(see numba_epoch).
+the inked pixels only, "numba:split", the first layer's inputs cut between the
+threads, and "numba:simple", the same fused epoch one sample at a time); plain
+"numba" picks one by the net's size, the batch size and the images' ink (see
+numba_epoch).
 """
 
 import importlib
@@ -31,6 +33,7 @@ KERNELS = {
     "numba:samples": "fastnn.kernels.numba_epoch:samples",
     "numba:rows": "fastnn.kernels.numba_epoch:rows",
     "numba:inked": "fastnn.kernels.numba_epoch:inked",
+    "numba:split": "fastnn.kernels.numba_epoch:split",
     "numba:simple": "fastnn.kernels.numba_epoch:simple",
 }
 

@@ -41,6 +41,7 @@ from numba import njit
 from fastnn import augment, config
 from fastnn.augment import CENTRE, GOLDEN, LOW24, MIX1, MIX2, SIDE, STEP
 from fastnn.kernels.numba_intrinsics import copy_pair, prefetch, transpose16
+from fastnn.model import CACHE_LINE, aligned_zeros
 
 N_PIXELS = SIDE * SIDE
 ROW = 32  # values a field's row is stored in: its 28 pixels, then 4 of none
@@ -48,7 +49,7 @@ N_SLOTS = SIDE * ROW
 PAD = 6  # zero rows above and below a noise field: as far as a sweep reads beyond it
 OUT_SLOTS = (SIDE + 2) * ROW  # a smoothing's output: a junk row, the 28, a junk row
 TMP_SLOTS = (SIDE + 5) * ROW  # the first pass's output, then 3 rows the transpose reads
-LINE = 64  # bytes: where the scratch rows and their pieces start
+LINE = CACHE_LINE  # bytes: where the scratch rows and their pieces start
 
 
 class Distort(NamedTuple):
@@ -91,15 +92,7 @@ def kernel_args(d, dtype):
     size = scratch_layout()[-1]
     return Distort(np.uint64(d.key), taps, dt(d.alpha),
                    np.array([math.radians(d.rotate), d.scale, d.shear]),
-                   _aligned_zeros((config.max_threads(), size), dt))
-
-
-def _aligned_zeros(shape, dtype):
-    # zeros whose first element starts on a LINE-byte line (NumPy promises less)
-    n, item = math.prod(shape), np.dtype(dtype).itemsize
-    raw = np.zeros(n + LINE // item, dtype)
-    skip = (-raw.ctypes.data % LINE) // item
-    return raw[skip : skip + n].reshape(shape)
+                   aligned_zeros((config.max_threads(), size), dt))
 
 
 @njit(**config.JIT)

@@ -1,6 +1,6 @@
 """The numba backends: the fused epochs driven from Python, as named variants.
 
-Five registry names, one ``Backend`` each, differing only in how a batch is
+Six registry names, one ``Backend`` each, differing only in how a batch is
 shared between threads when training:
 
 * "numba:samples" - numba_tiles.train_epoch_samples: each thread takes
@@ -11,11 +11,15 @@ shared between threads when training:
   and the update (no per-lane gradient copies);
 * "numba:inked" - "rows" with the first layer computed from each sample's
   inked pixels alone (numba_inked: ~5x fewer products on MNIST);
+* "numba:split" - numba_split.train_epoch_split: each thread takes lanes of
+  the first layer's input columns (the images', W0's), then lanes of the
+  batch's samples through the layers above: W0 and its gradient never leave
+  their core;
 * "numba:simple" - numba_simple.train_epoch_simple: lanes like "samples",
   one sample at a time (the readable baseline);
-* "numba" - whichever of "samples", "rows" and "inked" ``choose`` picks for
-  the net's size, the machine's thread count and how much of the images is
-  ink.
+* "numba" - whichever of "split", "samples", "rows" and "inked" ``choose``
+  picks for the net's size, the batch size, the machine's thread count and how
+  much of the images is ink.
 
 A batch is cut into as many lanes as the machine has threads, however many
 actually run, and every sum is taken in lane order: results depend on the
@@ -42,7 +46,7 @@ import numba
 import numpy as np
 
 from fastnn import config, model
-from fastnn.kernels import numba_distort, numba_layers, numba_simple, numba_tiles
+from fastnn.kernels import numba_distort, numba_layers, numba_simple, numba_split, numba_tiles
 from fastnn.kernels.numba_shared import Batches, OptState, gather_batch, update_params
 from fastnn.kernels.numpy_ref import PIXEL_SCALE
 from fastnn.optim import Optimizer
@@ -62,9 +66,14 @@ STRATEGIES = {
                      numba_tiles.predict_tiles, numba_tiles.predict_work),
     "inked": Strategy(numba_tiles.train_epoch_rows, numba_tiles.inked_work,
                       numba_tiles.predict_tiles, numba_tiles.predict_work),
+    "split": Strategy(numba_split.train_epoch_split, numba_split.split_work,
+                      numba_tiles.predict_tiles, numba_tiles.predict_work),
     "simple": Strategy(numba_simple.train_epoch_simple, numba_simple.work,
                        numba_simple.predict_simple, numba_simple.predict_work),
 }
+
+# the kernels whose threads meet at numba_intrinsics.barrier
+BARRIER_KERNELS = (numba_tiles.train_epoch_samples, numba_split.train_epoch_split)
 
 # Per-lane gradient buffers up to this many floats in all (1 MiB of float32):
 # below it, adding them up costs less than train_epoch_rows's extra parallel
@@ -73,6 +82,16 @@ STRATEGIES = {
 # 784-128-10, slower at 784-800-10).
 SPLIT_MAX_FLOATS = 1 << 18
 
+
+# "split" (numba_split) for first layers narrower than INKED_MIN_UNITS and batches up
+# to this size, on 2 threads or more (measured on 2 cores, Intel Xeon AVX-512, MNIST,
+# full epochs, 2 threads, best of five, "split" against "samples" samples/s: 784-10-10
+# batch 32 1.98M against 1.52M, 64 2.23M against 1.91M, 128 2.26M against 2.25M, 256
+# 2.32M against 2.60M, 1024 1.85M against 2.49M; 784-32-10 batch 32 0.98M against
+# 0.68M, 128 1.07M against 1.01M). Below it a batch's cross-core exchange costs as
+# much as its work; above, "split"'s whole-batch panels outgrow the caches.
+SPLIT_MAX_BATCH = 64
+DEFAULT_BATCH = 32  # the training command's
 
 # The inked first layer from this many units on (measured on 2 cores, Zen 4, MNIST,
 # full epochs, best of two, "samples" against "inked" samples/s, 1 and 2 threads: batch
@@ -97,12 +116,16 @@ def ink_fraction(images, rows=1024):
     return np.count_nonzero(sample) / sample.size if sample.size else 0.0
 
 
-def choose(sizes, lanes, ink=0.0):
-    """The strategy "numba" trains a net of these layer sizes with, "samples", "rows" or
-    "inked", for batches cut into ``lanes`` (the machine's thread count:
-    numba_shared.Batches) from images whose ink_fraction is ``ink``."""
+def choose(sizes, lanes, ink=0.0, batch_size=None):
+    """The strategy "numba" trains a net of these layer sizes with, "split", "samples",
+    "rows" or "inked", for batches of ``batch_size`` (None: the training command's
+    default) cut into ``lanes`` (the machine's thread count: numba_shared.Batches) from
+    images whose ink_fraction is ``ink``."""
     if sizes[1] >= INKED_MIN_UNITS and ink <= INKED_MAX_INK:
         return "inked"
+    if (lanes > 1 and sizes[1] < INKED_MIN_UNITS
+            and (batch_size or DEFAULT_BATCH) <= SPLIT_MAX_BATCH):
+        return "split"
     return "samples" if model.n_params(sizes) * lanes <= SPLIT_MAX_FLOATS else "rows"
 
 
@@ -281,9 +304,10 @@ class Backend:
         this before each case: a case must not inherit another's thread choice)."""
         self._pacers.clear()
 
-    def _strategy(self, sizes, ink):
+    def _strategy(self, sizes, ink, batch_size=None):
         # ink: the images' ink_fraction (1.0 where it does not matter)
-        return STRATEGIES[self.strategy or choose(sizes, config.max_threads(), ink)]
+        return STRATEGIES[self.strategy or choose(sizes, config.max_threads(), ink,
+                                                  batch_size)]
 
     def implementation(self, attr):
         """The kernel behind ``attr``: what tells two registry names' code apart."""
@@ -312,8 +336,8 @@ class Backend:
         nthreads = numba.get_num_threads()
         # the images' ink only for a first layer wide enough to use it
         kernels = self._strategy(net.sizes, ink_fraction(images)
-                                 if net.sizes[1] >= INKED_MIN_UNITS else 1.0)
-        if kernels.train is numba_tiles.train_epoch_samples and not _barriers_safe():
+                                 if net.sizes[1] >= INKED_MIN_UNITS else 1.0, bs)
+        if kernels.train in BARRIER_KERNELS and not _barriers_safe():
             nthreads = 1
         work = kernels.work(net.sizes, bs, nthreads, lanes, net.theta.dtype)
         pacer = self._pacers.setdefault((kernels.train, nthreads, tuple(net.sizes), bs),
@@ -363,14 +387,16 @@ class Backend:
         update_params(net.theta, grads.theta[None, :], net.theta.dtype.type(lr), state)
         opt.step = int(state.step[0])
 
-    def warmup(self, sizes, dtype):
-        """Compile (or load from Numba's cache) what training and predict use for a net
-        of these sizes (at any thread count: the strategy depends on the machine's, see
-        choose); return the seconds it took."""
+    def warmup(self, sizes, dtype, batch_size=None):
+        """Compile (or load from Numba's cache) what training at ``batch_size`` (None:
+        the training command's default) and predict use for a net of these sizes (at
+        any thread count: the strategy depends on the machine's, see choose); return the
+        seconds it took."""
         t0 = time.perf_counter()
         params = model.init_params([sizes[0], 2, sizes[-1]], dtype=dtype)
         images = np.zeros((3, sizes[0]), np.uint8)
-        backend = Backend(self.strategy or choose(sizes, config.max_threads()))  # ink 0
+        backend = Backend(self.strategy or choose(sizes, config.max_threads(), 0.0,
+                                                  batch_size))
         backend.train_epoch(params, images, np.zeros(3, np.int64), np.arange(3), 2, 0.0)
         backend.predict(params, images)
         if sizes[1] >= INKED_PREDICT_MIN_UNITS:  # predict's inked path (blank images: no ink)

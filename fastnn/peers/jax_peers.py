@@ -100,7 +100,7 @@ class JaxStep:
     def version(self):
         return jax.__version__
 
-    def warmup(self, sizes, dtype):
+    def warmup(self, sizes, dtype, batch_size=None):
         return warmup_run(self.train_epoch, self.predict, sizes, dtype)
 
     def forward(self, params, X):

@@ -126,5 +126,5 @@ def predict(params, images, chunk=4096):
     return out
 
 
-def warmup(sizes, dtype):
+def warmup(sizes, dtype, batch_size=None):
     return warmup_run(train_epoch, predict, sizes, dtype)

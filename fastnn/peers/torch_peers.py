@@ -65,7 +65,7 @@ class Torch:
     def version(self):
         return torch.__version__
 
-    def warmup(self, sizes, dtype):
+    def warmup(self, sizes, dtype, batch_size=None):
         return warmup_run(self.train_epoch, self.predict, sizes, dtype)
 
     def forward(self, params, X):

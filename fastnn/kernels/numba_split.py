@@ -1,0 +1,285 @@
+"""The "split" strategy: each lane owns a slice of the first layer's input columns.
+
+The samples strategy cuts a batch's samples into lanes: each lane's gradient
+of every weight is added up with the others' after the batch, and every
+first-layer weight line crosses between cores (784-10-10 at batch 32 on 2
+cores: about 8 us a batch, as long as the batch's work). For a first layer
+narrow enough, this one cuts its input columns instead: lane l owns columns
+[lo, hi) of the images, of W0, of its gradient and of the optimizer's state,
+as panels of its own (copied out of theta and the state when a call starts,
+back when it ends: threads that wrote the two halves of one row slowed each
+other down, 1.3x on 2 threads where panels gave 1.8x). A batch:
+
+1. each lane gathers its columns of the batch's images and their partial
+   first-layer sums (m, n1);
+2. a barrier; each lane takes a slice of the batch's samples through the
+   layers above: the first layer's output (the lanes' partial sums added in
+   lane order, plus b0), forward, softmax and back down to the deltas of the
+   first layer's output, and its slice's gradient of b0 and the layers above;
+3. a barrier; thread 0 adds the lanes' gradients of b0 and the layers above
+   (lane order) and updates them, while each lane takes its columns of W0's
+   gradient (all the deltas^T its columns) and updates them.
+
+What crosses cores is the partial sums, the deltas (m x n1 each) and the small
+layers' gradients, not W0's; so this pays for narrow first layers and small
+batches (numba_epoch.choose). Results depend on the lanes (the machine's thread
+count), not on how many threads run.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from fastnn import config, model
+from fastnn.kernels.numba_intrinsics import SYNC_PAD, barrier, prefetch
+from fastnn.kernels.numba_shared import (
+    OptState,
+    apply_rule,
+    gather_row,
+    ink_bounds,
+    layer_offsets,
+    layer_params,
+    nonzero_bounds,
+    sum_and_apply,
+)
+from fastnn.kernels.numba_tiles import (
+    SPAN_ALIGN,
+    STATS_PAD,
+    TILE,
+    _blocked_forward,
+    _grad_rows,
+    _input_and_deltas,
+    _rows,
+    _softmax_xent_tile,
+    _tile_forward,
+    _tile_grad_input,
+    widen_span,
+)
+
+
+class Work(NamedTuple):
+    """Buffers of a split epoch (split_work); C: the widest lane's columns, in vectors."""
+
+    grads: np.ndarray  # (lanes, P + 16) each lane's gradient of b0 and the layers above
+    X: np.ndarray  # (lanes, batch, C) each lane's columns of the batch's images
+    W: np.ndarray  # (lanes, n1 * C) each lane's columns of W0, (n1, C) row-major
+    G: np.ndarray  # (lanes, n1 * C) their gradient
+    S: np.ndarray  # (lanes, 2, n1 * C) their optimizer state (momentum, or Adam's 2)
+    part: np.ndarray  # (lanes, batch + 16, n1) partial first-layer sums
+    D: np.ndarray  # (batch + 16, n1) deltas of the first layer's output
+    buf: np.ndarray  # (T, 2 * TILE * width + 16) each thread's tile of the layers above
+    spans: np.ndarray  # int64 (lanes, batch // 4 + 8, 2) widen_span's, by lane
+    stats: np.ndarray  # float64 (STATS_PAD * lanes, 2): lane l's (loss sum, hits) in
+    #                    row STATS_PAD * l
+    junk_b: np.ndarray  # (T, n1 + 16) a b0 gradient no one reads, per thread
+    zeros: np.ndarray  # (n1,) no bias for the partial sums
+    rows: np.ndarray  # (T, n_in) a gathered row when shifted or distorted
+    sync: np.ndarray  # int64 (2 * SYNC_PAD,) the barrier
+
+
+def split_work(sizes, batch_size, nthreads, lanes, dtype):
+    # Every buffer starts a cache line and ends a line away from any other
+    # (model.aligned_zeros), panel rows are whole vectors, and 16 spare values end
+    # each thread's blocks: no two threads write one line (false sharing cost more
+    # than this strategy saves)
+    n_in, n1, bs = int(sizes[0]), int(sizes[1]), int(batch_size)
+    C = max(hi - lo for lo, hi in (columns(n_in, lanes, lane) for lane in range(lanes)))
+    C = -(-C // SPAN_ALIGN) * SPAN_ALIGN
+    P = model.n_params(sizes)
+    zeros = model.aligned_zeros
+    return Work(zeros((lanes, P + 16), dtype), zeros((lanes, bs, C), dtype),
+                zeros((lanes, n1 * C), dtype), zeros((lanes, n1 * C), dtype),
+                zeros((lanes, 2, n1 * C), dtype), zeros((lanes, bs + 16, n1), dtype),
+                zeros((bs + 16, n1), dtype),
+                zeros((nthreads, 2 * TILE * int(sum(sizes)) + 16), dtype),
+                zeros((lanes, bs // 4 + 8, 2), np.int64),
+                zeros((STATS_PAD * lanes, 2), np.float64), zeros((nthreads, n1 + 16), dtype),
+                zeros(n1, dtype), zeros((nthreads, n_in), dtype), zeros(2 * SYNC_PAD, np.int64))
+
+
+@njit(**config.JIT)
+def columns(n_in, lanes, lane):
+    # lane's input columns [lo, hi): whole vectors (SPAN_ALIGN), lanes in order
+    blocks = -(-n_in // SPAN_ALIGN)
+    return (SPAN_ALIGN * (blocks * lane // lanes),
+            min(n_in, SPAN_ALIGN * (blocks * (lane + 1) // lanes)))
+
+
+@njit(**config.JIT)
+def gather_columns(batches, first, m, X, lo, hi, spans, row, pf_lo, pf_hi):
+    # X: (>= m, >= hi - lo) <- columns [lo, hi) of gather_row's rows for order
+    # positions first..first+m; spans: (>= (m + 3) // 4, 2) <- widen_span's of X's
+    # columns; row: (n_in,) scratch for a shifted or distorted row. Starts loading the
+    # same columns of order positions [pf_lo, pf_hi) (the next batch), one row per row
+    # gathered: in a burst, the prefetches waited for each other (1.3 us a batch)
+    n = hi - lo
+    plain = batches.taps.shape[0] == 0 and batches.shifts.shape[0] == 0
+    for s in range(m):
+        if pf_lo + s < pf_hi:
+            _prefetch_columns(batches, pf_lo + s, lo, hi)
+        if plain:
+            img = batches.images[batches.order[first + s]][lo:hi]
+            _scaled(img, batches.scale, X[s, :n])
+            a, b = ink_bounds(img)
+        else:
+            a, b = _gather_moved(batches, first + s, row, lo, hi, X[s, :n])
+        widen_span(spans, s, a, b, n)
+    for s in range(m, pf_hi - pf_lo):
+        _prefetch_columns(batches, pf_lo + s, lo, hi)
+
+
+@njit(**config.JIT)
+def _gather_moved(batches, s, row, lo, hi, out):
+    # out: (hi - lo,) <- columns [lo, hi) of gather_row's shifted or distorted row of
+    # order position s (row: (n_in,) scratch); returns where out is nonzero. Its own
+    # function: inlined into gather_columns' loop, it made the plain gather 2x slower
+    gather_row(batches, s, row)
+    out[:] = row[lo:hi]
+    return nonzero_bounds(out)
+
+
+@njit(**config.JIT)
+def _scaled(img, scale, out):
+    # img: (n,) uint8 -> out: (n,) img * scale (a loop from 0: from lo, as far as LLVM
+    # knows, an index could be negative, and its wraparound checks stop vectorisation)
+    dt = out.dtype.type
+    for i in range(img.shape[0]):
+        out[i] = dt(img[i]) * scale
+
+
+@njit(**config.JIT)
+def _prefetch_columns(batches, s, lo, hi):
+    # start loading the lines of columns [lo, hi) of order position s's image, and its label
+    j = batches.order[s]
+    row = batches.images[j]
+    for i in range(lo, hi, 64):
+        prefetch(row, i)
+    prefetch(row, hi - 1)
+    prefetch(batches.labels, j)
+
+
+@njit(**config.JIT)
+def _first_layer_out(part, b0, f, ns, Z, relu):
+    # part: (lanes, batch, n1) -> Z: (>= ns, n1) = b0 + the lanes' sums for samples
+    # f..f+ns, added in lane order (+ ReLU)
+    lanes, n1 = part.shape[0], part.shape[2]
+    zero = Z.dtype.type(0)
+    for s in range(ns):
+        for o in range(n1):
+            z = b0[o]
+            for lane in range(lanes):
+                z += part[lane, f + s, o]
+            Z[s, o] = zero if relu and z < zero else z
+
+
+@njit(**config.JIT)
+def _layers_above(net, aoff, buf, part, f, ns, batches, first, inv_m, stats_row, D0, grad,
+                  accumulate):
+    # samples f..f+ns of the batch starting at order position first - f: the first
+    # layer's output from part, the layers above it forward and back -> D0[f:f+ns] the
+    # deltas of the first layer's output; stats_row += (loss sum, hits); grad: (P,)
+    # laid out like net.theta gets (accumulate: adds) the layers' gradient from layer 1 on
+    # and b0's
+    sizes = net.sizes
+    L = sizes.shape[0] - 1
+    d0 = D0[f:f + ns]
+    no_spans = np.empty((0, 2), np.int64)  # every input counts
+    params = net.theta
+    _first_layer_out(part, layer_params(params, net, 0)[1], f, ns,
+                     _rows(buf, TILE, aoff[1], 0, ns, sizes[1]), L > 1)
+    for layer in range(1, L):
+        W, b = layer_params(params, net, layer)
+        _tile_forward(_rows(buf, TILE, aoff[layer], 0, ns, sizes[layer]), ns, W, b,
+                      _rows(buf, TILE, aoff[layer + 1], 0, ns, sizes[layer + 1]), layer < L - 1,
+                      no_spans)
+    Z = _rows(buf, TILE, aoff[L], 0, ns, sizes[L])
+    if L == 1:
+        _softmax_xent_tile(Z, ns, batches, first, inv_m, d0, stats_row)
+    else:
+            _softmax_xent_tile(Z, ns, batches, first, inv_m,
+                           _input_and_deltas(buf, TILE, aoff, sizes, L - 1, 0, ns)[1], stats_row)
+    for layer in range(L - 1, 0, -1):
+        A, D = _input_and_deltas(buf, TILE, aoff, sizes, layer, 0, ns)
+        W = layer_params(params, net, layer)[0]
+        if layer > 1:
+            _tile_grad_input(D, W, A, ns, _input_and_deltas(buf, TILE, aoff, sizes, layer - 1,
+                                                            0, ns)[1])
+        else:
+            _tile_grad_input(D, W, A, ns, d0)
+        gW, gb = layer_params(grad, net, layer)
+        _grad_rows(D, A, ns, gW, gb, 0, sizes[layer + 1], accumulate, no_spans)
+    gb0 = layer_params(grad, net, 0)[1]
+    for o in range(sizes[1]):
+        acc = d0.dtype.type(0)
+        for s in range(ns):
+            acc += d0[s, o]
+        gb0[o] = gb0[o] + acc if accumulate else acc
+
+
+@njit(**config.JIT)
+def _panels(net, opt, W, S, lanes, into):
+    # theta's W0 and opt.state's part for it -> (into) or <- the lanes' panels W, S
+    n_in, n1 = net.sizes[0], net.sizes[1]
+    C = W.shape[1] // n1
+    for lane in range(lanes):
+        lo, hi = columns(n_in, lanes, lane)
+        for o in range(n1):
+            p = net.woff[0] + o * n_in
+            if into:
+                W[lane, o * C: o * C + hi - lo] = net.theta[p + lo: p + hi]
+            else:
+                net.theta[p + lo: p + hi] = W[lane, o * C: o * C + hi - lo]
+            for r in range(opt.state.shape[0]):
+                if into:
+                    S[lane, r, o * C: o * C + hi - lo] = opt.state[r, p + lo: p + hi]
+                else:
+                    opt.state[r, p + lo: p + hi] = S[lane, r, o * C: o * C + hi - lo]
+
+
+@njit(**config.JIT_PARALLEL)
+def train_epoch_split(net, opt, batches, work, lr, nthreads):
+    # The epoch in one parallel region, two barriers a batch (the module's docstring).
+    # Every one of the nthreads iterations of the prange must run at once (as
+    # numba_tiles.train_epoch_samples).
+    (grads, XP, WP, GP, SP, part, D, tbuf, spans, stats, junk_b, zeros, rows, sync) = work
+    k, batch_size, lanes = batches.order.shape[0], batches.batch_size, batches.lanes
+    n_in, n1 = net.sizes[0], net.sizes[1]
+    C = WP.shape[1] // n1
+    P = net.theta.shape[0]
+    above = net.boff[0]  # b0 and every later layer's params: theta[above:]
+    aoff = layer_offsets(net.sizes)
+    step0 = opt.step[0]
+    dt = net.theta.dtype.type
+    _panels(net, opt, WP, SP, lanes, True)
+    for t in prange(nthreads):
+        buf = tbuf[t]
+        for start in range(0, k, batch_size):
+            m = min(batch_size, k - start)
+            step = step0 + start // batch_size + 1
+            for lane in range(t, lanes, nthreads):  # 1. the lanes' partial sums
+                lo, hi = columns(n_in, lanes, lane)
+                gather_columns(batches, start, m, XP[lane], lo, hi, spans[lane], rows[t],
+                               min(k, start + batch_size), min(k, start + 2 * batch_size))
+                _blocked_forward(XP[lane], m, WP[lane].reshape((n1, C)), zeros, part[lane],
+                                 spans[lane, : (m + 3) // 4])
+            barrier(sync, nthreads)
+            for lane in range(t, lanes, nthreads):  # 2. the layers above, by samples
+                s_lo, s_hi = (m * lane) // lanes, (m * (lane + 1)) // lanes
+                for f in range(s_lo, s_hi, TILE):
+                    _layers_above(net, aoff, buf, part, f, min(TILE, s_hi - f), batches,
+                                  start + f, dt(1) / dt(m), stats[STATS_PAD * lane], D,
+                                  grads[lane], f > s_lo)
+                if s_lo == s_hi:  # no samples: nothing to add
+                    grads[lane, above:] = 0
+            barrier(sync, nthreads)
+            if t == 0:  # their update (and b0's), the lanes' gradients added in lane order
+                sum_and_apply(net.theta, grads, above, P, lr, opt, step)
+            for lane in range(t, lanes, nthreads):  # 3. the lanes' columns of W0
+                _grad_rows(D, XP[lane], m, GP[lane].reshape((n1, C)), junk_b[t], 0, n1, False,
+                           spans[lane, : (m + 3) // 4])
+                apply_rule(WP[lane], GP[lane], 0, n1 * C, lr,
+                           OptState(opt.kind, opt.hyper, SP[lane, : opt.state.shape[0]],
+                                    opt.step), step)
+    _panels(net, opt, WP, SP, lanes, False)
+    opt.step[0] = step0 + (k + batch_size - 1) // batch_size
