@@ -6,6 +6,7 @@ writable directory when the installed package directory is read-only
 """
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -43,6 +44,39 @@ _ensure_writable_cache()
 THREADING_LAYERS = "omp workqueue tbb"
 if "NUMBA_THREADING_LAYER" not in os.environ:
     os.environ.setdefault("NUMBA_THREADING_LAYER_PRIORITY", THREADING_LAYERS)
+
+
+
+def _full_width_vectors() -> None:
+    """Let LLVM vectorise with 512-bit registers on an AVX-512 CPU.
+
+    Numba compiles for the host CPU, and LLVM's tuning for Intel's AVX-512 cores
+    (Skylake-X and later: "rocketlake", "sapphirerapids", ...) prefers 256-bit
+    vectors, so fastnn's loops used half of each register (ymm, no zmm, in
+    inspect_asm). Switching that preference off (-prefer-256-bit) gave, on a 2-core
+    Intel Xeon, 2 threads, full epochs, best of five: 784-128-10 at batch 128 0.53M
+    samples/s against 0.44M, 784-10-10 at batch 32 2.03M against 1.93M, 784-800-10
+    0.117M against 0.116M). CPUs without AVX-512 are left as they are (the flag only
+    changes a preference), as are a NUMBA_CPU_FEATURES, NUMBA_CPU_NAME or
+    NUMBA_ENABLE_AVX the user set. Numba reads the variable when it is imported,
+    hence here; its cache tells code compiled with other features apart.
+    """
+    if any(os.environ.get(v) for v in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME",
+                                       "NUMBA_ENABLE_AVX")):
+        return
+    if "numba" in sys.modules:  # imported first: its settings are already read
+        return
+    import llvmlite.binding as ll
+
+    try:
+        features = ll.get_host_cpu_features().flatten()
+    except RuntimeError:  # LLVM cannot tell: Numba then compiles for a generic CPU
+        return
+    if "+avx512f" in features.split(","):
+        os.environ["NUMBA_CPU_FEATURES"] = features + ",-prefer-256-bit"
+
+
+_full_width_vectors()
 
 # Cache compiled machine code next to the package (or in the fallback above),
 # so a second run starts in well under a second instead of recompiling.

@@ -327,3 +327,47 @@ def test_fingerprint_follows_every_source(tmp_path):
     assert stale_cache.fingerprint([a, b]) != before
     assert {p.name for p in stale_cache.SOURCES} >= {"numba_distort.py", "numba_shared.py",
                                                       "augment.py", "config.py"}
+
+
+_VECTOR_WIDTH = """import os, re, sys
+import llvmlite.binding as ll
+import numpy as np
+host = ll.get_host_cpu_features().flatten()
+before = os.environ.get("NUMBA_CPU_FEATURES")
+from fastnn.kernels import numba_tiles
+a = np.ones((4, 784), np.float32)
+numba_tiles._dots_4x4(*a, *a, 0, 784)
+asm = numba_tiles._dots_4x4.inspect_asm(numba_tiles._dots_4x4.signatures[0])
+print("+avx512f" in host.split(","), before, os.environ.get("NUMBA_CPU_FEATURES") == before)
+print(os.environ.get("NUMBA_CPU_FEATURES", "").endswith(",-prefer-256-bit"))
+print(len(re.findall(r"zmm", asm)))
+"""
+
+
+def _vector_width(tmp_path, **env):
+    base = {k: v for k, v in helpers.subprocess_env().items()
+            if k not in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "NUMBA_ENABLE_AVX")}
+    res = subprocess.run([sys.executable, "-c", _VECTOR_WIDTH], cwd=tmp_path, text=True,
+                         env=dict(base, NUMBA_CACHE_DIR=str(tmp_path / "cache"), **env),
+                         capture_output=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    head, wide, zmm = res.stdout.split("\n")[:3]
+    return head.split()[0] == "True", head.split()[-1] == "True", wide == "True", int(zmm)
+
+
+def test_avx512_loops_use_the_full_vector_width(tmp_path):
+    """On an AVX-512 CPU fastnn asks LLVM for 512-bit vectors (its Intel tunings prefer
+    256: half of each register idle), and the products use zmm registers; elsewhere
+    it sets nothing."""
+    avx512, unchanged, wide, zmm = _vector_width(tmp_path)
+    assert wide == avx512 and unchanged == (not avx512)
+    assert (zmm > 0) == avx512
+
+
+def test_a_users_cpu_features_are_kept(tmp_path):
+    """NUMBA_CPU_FEATURES set by the user is theirs: fastnn leaves it alone."""
+    import llvmlite.binding as ll
+
+    host = ll.get_host_cpu_features().flatten()
+    _, unchanged, wide, _ = _vector_width(tmp_path, NUMBA_CPU_FEATURES=host)
+    assert unchanged and not wide
