@@ -57,6 +57,7 @@ class Strategy(NamedTuple):
     work: object  # (sizes, batch_size, nthreads, lanes, dtype) -> its buffers
     predict: object  # the fused inference kernel
     predict_work: object  # (sizes, nthreads, dtype, inked) -> its buffers
+    plain: object = None  # work -> the work for batches neither shifted nor distorted
 
 
 STRATEGIES = {
@@ -67,7 +68,7 @@ STRATEGIES = {
     "inked": Strategy(numba_tiles.train_epoch_rows, numba_tiles.inked_work,
                       numba_tiles.predict_tiles, numba_tiles.predict_work),
     "split": Strategy(numba_split.train_epoch_split, numba_split.split_work,
-                      numba_tiles.predict_tiles, numba_tiles.predict_work),
+                      numba_tiles.predict_tiles, numba_tiles.predict_work, numba_split.plain),
     "simple": Strategy(numba_simple.train_epoch_simple, numba_simple.work,
                        numba_simple.predict_simple, numba_simple.predict_work),
 }
@@ -340,6 +341,8 @@ class Backend:
         if kernels.train in BARRIER_KERNELS and not _barriers_safe():
             nthreads = 1
         work = kernels.work(net.sizes, bs, nthreads, lanes, net.theta.dtype)
+        if kernels.plain and shifts is None and distort is None:
+            work = kernels.plain(work)
         pacer = self._pacers.setdefault((kernels.train, nthreads, tuple(net.sizes), bs),
                                         Pacer(nthreads))
         done = 0

@@ -65,17 +65,24 @@ class Work(NamedTuple):
     X: np.ndarray  # (lanes, batch, C) each lane's columns of the batch's images
     W: np.ndarray  # (lanes, n1 * C) each lane's columns of W0, (n1, C) row-major
     G: np.ndarray  # (lanes, n1 * C) their gradient
-    S: np.ndarray  # (lanes, 2, n1 * C) their optimizer state (momentum, or Adam's 2)
+    S: np.ndarray  # (lanes, 2, n1 * C) their optimizer state (momentum, or Adam's 2;
+    #                all 2 passed on: the type of opt.state, so one apply_rule compiles)
     part: np.ndarray  # (lanes, batch + 16, n1) partial first-layer sums
-    D: np.ndarray  # (batch + 16, n1) deltas of the first layer's output
+    D: np.ndarray  # ((batch + 16) * n1,) deltas of the first layer's output, (batch, n1)
     buf: np.ndarray  # (T, 2 * TILE * width + 16) each thread's tile of the layers above
     spans: np.ndarray  # int64 (lanes, batch // 4 + 8, 2) widen_span's, by lane
     stats: np.ndarray  # float64 (STATS_PAD * lanes, 2): lane l's (loss sum, hits) in
     #                    row STATS_PAD * l
     junk_b: np.ndarray  # (T, n1 + 16) a b0 gradient no one reads, per thread
     zeros: np.ndarray  # (n1,) no bias for the partial sums
-    rows: np.ndarray  # (T, n_in) a gathered row when shifted or distorted
+    rows: np.ndarray  # (T, n_in) a gathered row when shifted or distorted; None: never
     sync: np.ndarray  # int64 (2 * SYNC_PAD,) the barrier
+
+
+def plain(work):
+    """work for batches that are neither shifted nor distorted (a kernel of its own,
+    without that path: see gather_columns)."""
+    return work._replace(rows=None)
 
 
 def split_work(sizes, batch_size, nthreads, lanes, dtype):
@@ -91,7 +98,7 @@ def split_work(sizes, batch_size, nthreads, lanes, dtype):
     return Work(zeros((lanes, P + 16), dtype), zeros((lanes, bs, C), dtype),
                 zeros((lanes, n1 * C), dtype), zeros((lanes, n1 * C), dtype),
                 zeros((lanes, 2, n1 * C), dtype), zeros((lanes, bs + 16, n1), dtype),
-                zeros((bs + 16, n1), dtype),
+                zeros((bs + 16) * n1, dtype),
                 zeros((nthreads, 2 * TILE * int(sum(sizes)) + 16), dtype),
                 zeros((lanes, bs // 4 + 8, 2), np.int64),
                 zeros((STATS_PAD * lanes, 2), np.float64), zeros((nthreads, n1 + 16), dtype),
@@ -107,14 +114,18 @@ def columns(n_in, lanes, lane):
 
 
 @njit(**config.JIT)
-def gather_columns(batches, first, m, X, lo, hi, spans, row, pf_lo, pf_hi):
+def gather_columns(batches, first, m, X, lo, hi, spans, rows, t, pf_lo, pf_hi):
     # X: (>= m, >= hi - lo) <- columns [lo, hi) of gather_row's rows for order
     # positions first..first+m; spans: (>= (m + 3) // 4, 2) <- widen_span's of X's
-    # columns; row: (n_in,) scratch for a shifted or distorted row. Starts loading the
-    # same columns of order positions [pf_lo, pf_hi) (the next batch), one row per row
+    # columns; rows: (T, n_in), row t the scratch for a shifted or distorted row, or
+    # None for batches neither shifted nor distorted: Numba then drops that path, whose
+    # distortion took 10 of the kernel's 38 s of compile time. Starts loading the same
+    # columns of order positions [pf_lo, pf_hi) (the next batch), one row per row
     # gathered: in a burst, the prefetches waited for each other (1.3 us a batch)
     n = hi - lo
-    plain = batches.taps.shape[0] == 0 and batches.shifts.shape[0] == 0
+    plain = True
+    if rows is not None:
+        plain = batches.taps.shape[0] == 0 and batches.shifts.shape[0] == 0
     for s in range(m):
         if pf_lo + s < pf_hi:
             _prefetch_columns(batches, pf_lo + s, lo, hi)
@@ -123,7 +134,7 @@ def gather_columns(batches, first, m, X, lo, hi, spans, row, pf_lo, pf_hi):
             _scaled(img, batches.scale, X[s, :n])
             a, b = ink_bounds(img)
         else:
-            a, b = _gather_moved(batches, first + s, row, lo, hi, X[s, :n])
+            a, b = _gather_moved(batches, first + s, rows[t], lo, hi, X[s, :n])
         widen_span(spans, s, a, b, n)
     for s in range(m, pf_hi - pf_lo):
         _prefetch_columns(batches, pf_lo + s, lo, hi)
@@ -175,16 +186,17 @@ def _first_layer_out(part, b0, f, ns, Z, relu):
 
 @njit(**config.JIT)
 def _layers_above(net, aoff, buf, part, f, ns, batches, first, inv_m, stats_row, D0, grad,
-                  accumulate):
+                  accumulate, no_spans):
     # samples f..f+ns of the batch starting at order position first - f: the first
-    # layer's output from part, the layers above it forward and back -> D0[f:f+ns] the
-    # deltas of the first layer's output; stats_row += (loss sum, hits); grad: (P,)
-    # laid out like net.theta gets (accumulate: adds) the layers' gradient from layer 1 on
-    # and b0's
+    # layer's output from part, the layers above it forward and back -> rows f..f+ns of
+    # D0: ((batch + 16) * n1,) flat, the deltas of the first layer's output;
+    # stats_row += (loss sum, hits); grad: (P,) laid out like net.theta gets
+    # (accumulate: adds) the layers' gradient from layer 1 on and b0's; no_spans: (0, 2)
+    # int64 of the lanes' spans' type. One call site and one type per kernel called
+    # (views of flat buffers, as in numba_tiles): each more cost seconds of compile time.
     sizes = net.sizes
     L = sizes.shape[0] - 1
-    d0 = D0[f:f + ns]
-    no_spans = np.empty((0, 2), np.int64)  # every input counts
+    d0 = _rows(D0, 0, 0, f, ns, sizes[1])
     params = net.theta
     _first_layer_out(part, layer_params(params, net, 0)[1], f, ns,
                      _rows(buf, TILE, aoff[1], 0, ns, sizes[1]), L > 1)
@@ -193,20 +205,14 @@ def _layers_above(net, aoff, buf, part, f, ns, batches, first, inv_m, stats_row,
         _tile_forward(_rows(buf, TILE, aoff[layer], 0, ns, sizes[layer]), ns, W, b,
                       _rows(buf, TILE, aoff[layer + 1], 0, ns, sizes[layer + 1]), layer < L - 1,
                       no_spans)
-    Z = _rows(buf, TILE, aoff[L], 0, ns, sizes[L])
-    if L == 1:
-        _softmax_xent_tile(Z, ns, batches, first, inv_m, d0, stats_row)
-    else:
-            _softmax_xent_tile(Z, ns, batches, first, inv_m,
-                           _input_and_deltas(buf, TILE, aoff, sizes, L - 1, 0, ns)[1], stats_row)
+    top = d0 if L == 1 else _input_and_deltas(buf, TILE, aoff, sizes, L - 1, 0, ns)[1]
+    _softmax_xent_tile(_rows(buf, TILE, aoff[L], 0, ns, sizes[L]), ns, batches, first, inv_m,
+                       top, stats_row)
     for layer in range(L - 1, 0, -1):
         A, D = _input_and_deltas(buf, TILE, aoff, sizes, layer, 0, ns)
-        W = layer_params(params, net, layer)[0]
-        if layer > 1:
-            _tile_grad_input(D, W, A, ns, _input_and_deltas(buf, TILE, aoff, sizes, layer - 1,
-                                                            0, ns)[1])
-        else:
-            _tile_grad_input(D, W, A, ns, d0)
+        below = d0 if layer == 1 else _input_and_deltas(buf, TILE, aoff, sizes, layer - 1,
+                                                        0, ns)[1]
+        _tile_grad_input(D, layer_params(params, net, layer)[0], A, ns, below)
         gW, gb = layer_params(grad, net, layer)
         _grad_rows(D, A, ns, gW, gb, 0, sizes[layer + 1], accumulate, no_spans)
     gb0 = layer_params(grad, net, 0)[1]
@@ -259,7 +265,7 @@ def train_epoch_split(net, opt, batches, work, lr, nthreads):
             step = step0 + start // batch_size + 1
             for lane in range(t, lanes, nthreads):  # 1. the lanes' partial sums
                 lo, hi = columns(n_in, lanes, lane)
-                gather_columns(batches, start, m, XP[lane], lo, hi, spans[lane], rows[t],
+                gather_columns(batches, start, m, XP[lane], lo, hi, spans[lane], rows, t,
                                min(k, start + batch_size), min(k, start + 2 * batch_size))
                 _blocked_forward(XP[lane], m, WP[lane].reshape((n1, C)), zeros, part[lane],
                                  spans[lane, : (m + 3) // 4])
@@ -269,17 +275,17 @@ def train_epoch_split(net, opt, batches, work, lr, nthreads):
                 for f in range(s_lo, s_hi, TILE):
                     _layers_above(net, aoff, buf, part, f, min(TILE, s_hi - f), batches,
                                   start + f, dt(1) / dt(m), stats[STATS_PAD * lane], D,
-                                  grads[lane], f > s_lo)
+                                  grads[lane], f > s_lo, spans[lane, :0])
                 if s_lo == s_hi:  # no samples: nothing to add
                     grads[lane, above:] = 0
             barrier(sync, nthreads)
             if t == 0:  # their update (and b0's), the lanes' gradients added in lane order
                 sum_and_apply(net.theta, grads, above, P, lr, opt, step)
             for lane in range(t, lanes, nthreads):  # 3. the lanes' columns of W0
-                _grad_rows(D, XP[lane], m, GP[lane].reshape((n1, C)), junk_b[t], 0, n1, False,
+                _grad_rows(_rows(D, 0, 0, 0, m, n1), XP[lane], m, GP[lane].reshape((n1, C)),
+                           junk_b[t], 0, n1, False,
                            spans[lane, : (m + 3) // 4])
                 apply_rule(WP[lane], GP[lane], 0, n1 * C, lr,
-                           OptState(opt.kind, opt.hyper, SP[lane, : opt.state.shape[0]],
-                                    opt.step), step)
+                           OptState(opt.kind, opt.hyper, SP[lane], opt.step), step)
     _panels(net, opt, WP, SP, lanes, False)
     opt.step[0] = step0 + (k + batch_size - 1) // batch_size
