@@ -46,7 +46,6 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     os.environ.setdefault("NUMBA_THREADING_LAYER_PRIORITY", THREADING_LAYERS)
 
 
-
 def _full_width_vectors() -> None:
     """Let LLVM vectorise with 512-bit registers on an AVX-512 CPU.
 
@@ -58,13 +57,15 @@ def _full_width_vectors() -> None:
     samples/s against 0.44M, 784-10-10 at batch 32 2.03M against 1.93M, 784-800-10
     0.117M against 0.116M). CPUs without AVX-512 are left as they are (the flag only
     changes a preference), as are a NUMBA_CPU_FEATURES, NUMBA_CPU_NAME or
-    NUMBA_ENABLE_AVX the user set. Numba reads the variable when it is imported,
-    hence here; its cache tells code compiled with other features apart.
+    NUMBA_ENABLE_AVX the user set. Numba reads the variable when it is imported and
+    the features when it first compiles: imported before fastnn, it is told directly;
+    compiling already, it keeps the host's features, and so do the processes this one
+    starts (the variable says so), since a process and its children (the demo's
+    server, say) must compute the same bits. Numba's cache tells code compiled with
+    other features apart.
     """
     if any(os.environ.get(v) for v in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME",
                                        "NUMBA_ENABLE_AVX")):
-        return
-    if "numba" in sys.modules:  # imported first: its settings are already read
         return
     import llvmlite.binding as ll
 
@@ -72,8 +73,15 @@ def _full_width_vectors() -> None:
         features = ll.get_host_cpu_features().flatten()
     except RuntimeError:  # LLVM cannot tell: Numba then compiles for a generic CPU
         return
-    if "+avx512f" in features.split(","):
-        os.environ["NUMBA_CPU_FEATURES"] = features + ",-prefer-256-bit"
+    if "+avx512f" not in features.split(","):
+        return
+    registry = sys.modules.get("numba.core.registry")
+    if registry is not None and "_toplevel_target_context" in vars(registry.cpu_target):
+        os.environ["NUMBA_CPU_FEATURES"] = features  # compiling already (see above)
+        return
+    os.environ["NUMBA_CPU_FEATURES"] = features + ",-prefer-256-bit"
+    if "numba" in sys.modules:  # imported: its settings are read
+        sys.modules["numba"].config.CPU_FEATURES = os.environ["NUMBA_CPU_FEATURES"]
 
 
 _full_width_vectors()

@@ -334,34 +334,49 @@ import llvmlite.binding as ll
 import numpy as np
 host = ll.get_host_cpu_features().flatten()
 before = os.environ.get("NUMBA_CPU_FEATURES")
+exec(sys.argv[1])  # what ran before fastnn's import
 from fastnn.kernels import numba_tiles
 a = np.ones((4, 784), np.float32)
 numba_tiles._dots_4x4(*a, *a, 0, 784)
 asm = numba_tiles._dots_4x4.inspect_asm(numba_tiles._dots_4x4.signatures[0])
-print("+avx512f" in host.split(","), before, os.environ.get("NUMBA_CPU_FEATURES") == before)
-print(os.environ.get("NUMBA_CPU_FEATURES", "").endswith(",-prefer-256-bit"))
+after = os.environ.get("NUMBA_CPU_FEATURES")
+print("+avx512f" in host.split(","), after == before, after == host)
+print((after or "").endswith(",-prefer-256-bit"))
 print(len(re.findall(r"zmm", asm)))
 """
 
 
-def _vector_width(tmp_path, **env):
+def _vector_width(tmp_path, before="", **env):
+    """(host has AVX-512, NUMBA_CPU_FEATURES unchanged by the import, it is the host's
+    features, it asks for 512-bit vectors, zmm registers in a product's code) in a
+    fresh interpreter that runs ``before`` and then imports fastnn."""
     base = {k: v for k, v in helpers.subprocess_env().items()
             if k not in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "NUMBA_ENABLE_AVX")}
-    res = subprocess.run([sys.executable, "-c", _VECTOR_WIDTH], cwd=tmp_path, text=True,
-                         env=dict(base, NUMBA_CACHE_DIR=str(tmp_path / "cache"), **env),
+    res = subprocess.run([sys.executable, "-c", _VECTOR_WIDTH, before], cwd=tmp_path,
+                         text=True, env=dict(base, NUMBA_CACHE_DIR=str(tmp_path / "cache"), **env),
                          capture_output=True, timeout=300)
     assert res.returncode == 0, res.stderr
     head, wide, zmm = res.stdout.split("\n")[:3]
-    return head.split()[0] == "True", head.split()[-1] == "True", wide == "True", int(zmm)
+    avx512, unchanged, host = (word == "True" for word in head.split())
+    return avx512, unchanged, host, wide == "True", int(zmm)
 
 
-def test_avx512_loops_use_the_full_vector_width(tmp_path):
+@pytest.mark.parametrize("before", ["", "import numba"])
+def test_avx512_loops_use_the_full_vector_width(tmp_path, before):
     """On an AVX-512 CPU fastnn asks LLVM for 512-bit vectors (its Intel tunings prefer
-    256: half of each register idle), and the products use zmm registers; elsewhere
-    it sets nothing."""
-    avx512, unchanged, wide, zmm = _vector_width(tmp_path)
+    256: half of each register idle), whether or not Numba was imported first, and the
+    products use zmm registers; elsewhere it sets nothing."""
+    avx512, unchanged, _, wide, zmm = _vector_width(tmp_path, before)
     assert wide == avx512 and unchanged == (not avx512)
     assert (zmm > 0) == avx512
+
+
+def test_numba_compiling_first_keeps_the_hosts_features(tmp_path):
+    """Numba that compiled before fastnn's import has its features: fastnn leaves them,
+    and pins them for the processes it starts (a child must compute the same bits)."""
+    avx512, unchanged, host, wide, _ = _vector_width(
+        tmp_path, "import numba; numba.njit(lambda x: x + 1)(1)")
+    assert not wide and (host if avx512 else unchanged)
 
 
 def test_a_users_cpu_features_are_kept(tmp_path):
@@ -369,5 +384,5 @@ def test_a_users_cpu_features_are_kept(tmp_path):
     import llvmlite.binding as ll
 
     host = ll.get_host_cpu_features().flatten()
-    _, unchanged, wide, _ = _vector_width(tmp_path, NUMBA_CPU_FEATURES=host)
+    _, unchanged, _, wide, _ = _vector_width(tmp_path, NUMBA_CPU_FEATURES=host)
     assert unchanged and not wide
