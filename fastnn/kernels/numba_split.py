@@ -32,15 +32,16 @@ import numpy as np
 from numba import njit, prange
 
 from fastnn import config, model
-from fastnn.kernels.numba_intrinsics import SYNC_PAD, barrier, prefetch
+from fastnn.kernels.numba_intrinsics import SYNC_PAD, barrier
 from fastnn.kernels.numba_shared import (
     OptState,
     apply_rule,
     gather_row,
-    ink_bounds,
     layer_offsets,
     layer_params,
     nonzero_bounds,
+    prefetch_image,
+    scaled_row,
     sum_and_apply,
 )
 from fastnn.kernels.numba_tiles import (
@@ -128,16 +129,15 @@ def gather_columns(batches, first, m, X, lo, hi, spans, rows, t, pf_lo, pf_hi):
         plain = batches.taps.shape[0] == 0 and batches.shifts.shape[0] == 0
     for s in range(m):
         if pf_lo + s < pf_hi:
-            _prefetch_columns(batches, pf_lo + s, lo, hi)
+            prefetch_image(batches, pf_lo + s, lo, hi)
         if plain:
-            img = batches.images[batches.order[first + s]][lo:hi]
-            _scaled(img, batches.scale, X[s, :n])
-            a, b = ink_bounds(img)
+            a, b = scaled_row(batches.images[batches.order[first + s]][lo:hi], batches.scale,
+                              X[s, :n])
         else:
             a, b = _gather_moved(batches, first + s, rows[t], lo, hi, X[s, :n])
         widen_span(spans, s, a, b, n)
     for s in range(m, pf_hi - pf_lo):
-        _prefetch_columns(batches, pf_lo + s, lo, hi)
+        prefetch_image(batches, pf_lo + s, lo, hi)
 
 
 @njit(**config.JIT)
@@ -148,26 +148,6 @@ def _gather_moved(batches, s, row, lo, hi, out):
     gather_row(batches, s, row)
     out[:] = row[lo:hi]
     return nonzero_bounds(out)
-
-
-@njit(**config.JIT)
-def _scaled(img, scale, out):
-    # img: (n,) uint8 -> out: (n,) img * scale (a loop from 0: from lo, as far as LLVM
-    # knows, an index could be negative, and its wraparound checks stop vectorisation)
-    dt = out.dtype.type
-    for i in range(img.shape[0]):
-        out[i] = dt(img[i]) * scale
-
-
-@njit(**config.JIT)
-def _prefetch_columns(batches, s, lo, hi):
-    # start loading the lines of columns [lo, hi) of order position s's image, and its label
-    j = batches.order[s]
-    row = batches.images[j]
-    for i in range(lo, hi, 64):
-        prefetch(row, i)
-    prefetch(row, hi - 1)
-    prefetch(batches.labels, j)
 
 
 @njit(**config.JIT)
