@@ -413,7 +413,8 @@ def test_softmax_tile_is_the_row_softmax(dtype, ns):
                                    None, None, 1)
     inv_m = dtype(1) / dtype(ns)
     D, stats = np.full_like(Z, np.nan), np.zeros(2)
-    numba_tiles._softmax_xent_tile(Z, ns, batches, 3, inv_m, D, stats)
+    E = np.full((k + 3, ns), np.nan, dtype)  # its scratch, as _softmax_scratch's
+    numba_tiles._softmax_xent_tile(Z, ns, batches, 3, inv_m, D, stats, E)
     want_d, loss, hits = np.full_like(Z, np.nan), 0.0, 0
     for s in range(ns):
         row_loss, hit = softmax_xent_row(Z[s], labels[order[3 + s]], inv_m, want_d[s])

@@ -386,3 +386,48 @@ def test_a_users_cpu_features_are_kept(tmp_path):
     host = ll.get_host_cpu_features().flatten()
     _, unchanged, _, wide, _ = _vector_width(tmp_path, NUMBA_CPU_FEATURES=host)
     assert unchanged and not wide
+
+
+# Every array the kernels allocate is freed, and nothing is freed twice: the functions
+# compiled without reference counting (config.JIT_LEAF) take and slice arrays but never
+# hold one; a slip there would free a buffer early (more frees than allocations) or
+# leak one. NUMBA_NRT_STATS is read at start-up: a process of its own.
+NRT_BALANCE = """
+import json
+import numpy as np
+from numba.core.runtime import rtsys
+from fastnn import model
+from fastnn.kernels import get_kernel
+rng = np.random.default_rng(0)
+X = rng.integers(0, 256, (200, 784)).astype(np.uint8)
+X[rng.random(X.shape) < 0.8] = 0
+y = rng.integers(0, 10, 200)
+out = {}
+for name, hidden in (("numba:samples", 10), ("numba:split", 10), ("numba:rows", 10),
+                     ("numba:inked", 64), ("numba:simple", 10)):
+    kernel = get_kernel(name)
+    params = model.init_params([784, hidden, 10], dtype=np.float32, seed=0)
+    kernel.train_epoch(params, X, y, np.arange(200), 32, 0.1)  # compiled before counting
+    kernel.predict(params, X)
+    before = rtsys.get_allocation_stats()
+    for shifts in (None, rng.integers(-2, 3, (200, 2))):
+        kernel.train_epoch(params, X, y, rng.permutation(200), 32, 0.1, shifts=shifts)
+    kernel.predict(params, X)
+    after = rtsys.get_allocation_stats()
+    out[name] = [after.alloc - before.alloc, after.free - before.free,
+                 after.mi_alloc - before.mi_alloc, after.mi_free - before.mi_free]
+print(json.dumps(out))
+"""
+
+
+def test_kernels_free_every_array_once(tmp_path):
+    res = subprocess.run([sys.executable, "-c", NRT_BALANCE], cwd=tmp_path, text=True,
+                         env=helpers.subprocess_env(NUMBA_NRT_STATS="1"),
+                         capture_output=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(counts) == {"numba:samples", "numba:split", "numba:rows", "numba:inked",
+                           "numba:simple"}
+    for name, (alloc, free, mi_alloc, mi_free) in counts.items():
+        assert alloc > 0, name  # the counters count: each epoch allocates its buffers
+        assert (alloc, mi_alloc) == (free, mi_free), (name, counts[name])

@@ -468,7 +468,7 @@ SYNC_PAD = 8  # int64 slots per cache line
 SPINS = 2000
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def barrier(sync, nthreads):
     # sync: (>= 2 * SYNC_PAD,) int64 shared by the nthreads threads of one prange; returns
     # once all of them have called it (the count resets for the next barrier)

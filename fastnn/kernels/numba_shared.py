@@ -66,7 +66,7 @@ def layer_offsets(sizes):
     return aoff
 
 
-@njit(**config.JIT)
+@njit(**config.JIT, inline="always")
 def layer_params(vec, net, layer):
     # layer's W: (n_out, n_in) and b: (n_out,) as views into the flat vec, which is
     # laid out like net.theta (the params themselves, or a gradient)
@@ -102,7 +102,7 @@ def ink_bounds(row):
     return nonzero_bounds(row)
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def gather_row(batches, s, out):
     # out: (784,) <- the image of order position s, times scale, moved down dy and
     # right dx pixels (zeros shifted in) when batches carries shifts; resampled through
@@ -136,14 +136,14 @@ def gather_batch(batches, out):
         gather_row(batches, s, out[s])
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def gather_image(images, j, scale, out):
     # out: (784,) <- images[j] * scale (inference: no order, no shifts); returns
     # ink_bounds of the image
     return scaled_row(images[j], scale, out)
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def scaled_row(row, scale, out):
     # row: (n,) uint8 -> out: (n,) row * scale; returns ink_bounds(row). A loop from 0
     # over its own arguments: over a slice indexed from lo, LLVM cannot tell that the
@@ -154,7 +154,7 @@ def scaled_row(row, scale, out):
     return ink_bounds(row)
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def prefetch_samples(batches, lo, hi):
     # start loading every cache line of the images and labels of order positions
     # [lo, hi). A random training sample is in no cache: fetched on demand, its 13
@@ -164,7 +164,7 @@ def prefetch_samples(batches, lo, hi):
         prefetch_image(batches, s, 0, batches.images.shape[1])
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def prefetch_image(batches, s, lo, hi):
     # start loading the lines of columns [lo, hi) of order position s's image, and its
     # label's line
@@ -176,7 +176,7 @@ def prefetch_image(batches, s, lo, hi):
     prefetch(batches.labels, j)
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def relu_rows(Z, ns):
     # Z: (>= ns, n) -> its first ns rows ReLU(Z), in place (a serial loop: the tile
     # kernels call it inside their own parallel loops; numba_layers.relu_forward is the
@@ -224,7 +224,7 @@ def softmax_xent_row(z, y, inv_m, d):
 # ---------------------------------------------------------------- the optimizer update
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def apply_rule(theta, g, lo, hi, lr, opt, t):
     # theta, g: (P,) params and their gradient; elements [lo, hi) change, and
     # opt.state's with them; t: this update's number (1-based), for Adam's bias correction
@@ -256,7 +256,7 @@ def apply_rule(theta, g, lo, hi, lr, opt, t):
             w[p] -= lr * (m[p] / c1) / (np.sqrt(v[p] / c2) + eps)
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def sum_and_apply(theta, gbuf, lo, hi, lr, opt, t):
     # the update rule on [lo, hi) with the sum of gbuf's rows there, taken in row order
     # into row 0 (gbuf[0] is scratch afterwards). Plain SGD adds the last row within the

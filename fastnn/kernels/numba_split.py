@@ -52,9 +52,11 @@ from fastnn.kernels.numba_tiles import (
     _grad_rows,
     _input_and_deltas,
     _rows,
+    _softmax_scratch,
     _softmax_xent_tile,
     _tile_forward,
     _tile_grad_input,
+    tile_buffer_size,
     widen_span,
 )
 
@@ -70,7 +72,7 @@ class Work(NamedTuple):
     #                all 2 passed on: the type of opt.state, so one apply_rule compiles)
     part: np.ndarray  # (lanes, batch + 16, n1) partial first-layer sums
     D: np.ndarray  # ((batch + 16) * n1,) deltas of the first layer's output, (batch, n1)
-    buf: np.ndarray  # (T, 2 * TILE * width + 16) each thread's tile of the layers above
+    buf: np.ndarray  # (T, tile_buffer_size + 16) each thread's tile of the layers above
     spans: np.ndarray  # int64 (lanes, batch // 4 + 8, 2) widen_span's, by lane
     stats: np.ndarray  # float64 (STATS_PAD * lanes, 2): lane l's (loss sum, hits) in
     #                    row STATS_PAD * l
@@ -100,7 +102,7 @@ def split_work(sizes, batch_size, nthreads, lanes, dtype):
                 zeros((lanes, n1 * C), dtype), zeros((lanes, n1 * C), dtype),
                 zeros((lanes, 2, n1 * C), dtype), zeros((lanes, bs + 16, n1), dtype),
                 zeros((bs + 16) * n1, dtype),
-                zeros((nthreads, 2 * TILE * int(sum(sizes)) + 16), dtype),
+                zeros((nthreads, tile_buffer_size(TILE, sizes) + 16), dtype),
                 zeros((lanes, bs // 4 + 8, 2), np.int64),
                 zeros((STATS_PAD * lanes, 2), np.float64), zeros((nthreads, n1 + 16), dtype),
                 zeros(n1, dtype), zeros((nthreads, n_in), dtype), zeros(2 * SYNC_PAD, np.int64))
@@ -114,7 +116,7 @@ def columns(n_in, lanes, lane):
             min(n_in, SPAN_ALIGN * (blocks * (lane + 1) // lanes)))
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def gather_columns(batches, first, m, X, lo, hi, spans, rows, t, pf_lo, pf_hi):
     # X: (>= m, >= hi - lo) <- columns [lo, hi) of gather_row's rows for order
     # positions first..first+m; spans: (>= (m + 3) // 4, 2) <- widen_span's of X's
@@ -146,11 +148,12 @@ def _gather_moved(batches, s, row, lo, hi, out):
     # order position s (row: (n_in,) scratch); returns where out is nonzero. Its own
     # function: inlined into gather_columns' loop, it made the plain gather 2x slower
     gather_row(batches, s, row)
-    out[:] = row[lo:hi]
+    for i in range(hi - lo):
+        out[i] = row[lo + i]
     return nonzero_bounds(out)
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def _first_layer_out(part, b0, f, ns, Z, relu):
     # part: (lanes, batch, n1) -> Z: (>= ns, n1) = b0 + the lanes' sums for samples
     # f..f+ns, added in lane order (+ ReLU)
@@ -164,7 +167,7 @@ def _first_layer_out(part, b0, f, ns, Z, relu):
             Z[s, o] = zero if relu and z < zero else z
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def _layers_above(net, aoff, buf, part, f, ns, batches, first, inv_m, stats_row, D0, grad,
                   accumulate, no_spans):
     # samples f..f+ns of the batch starting at order position first - f: the first
@@ -187,7 +190,7 @@ def _layers_above(net, aoff, buf, part, f, ns, batches, first, inv_m, stats_row,
                       no_spans)
     top = d0 if L == 1 else _input_and_deltas(buf, TILE, aoff, sizes, L - 1, 0, ns)[1]
     _softmax_xent_tile(_rows(buf, TILE, aoff[L], 0, ns, sizes[L]), ns, batches, first, inv_m,
-                       top, stats_row)
+                       top, stats_row, _softmax_scratch(buf, TILE, aoff, 0, ns))
     for layer in range(L - 1, 0, -1):
         A, D = _input_and_deltas(buf, TILE, aoff, sizes, layer, 0, ns)
         below = d0 if layer == 1 else _input_and_deltas(buf, TILE, aoff, sizes, layer - 1,

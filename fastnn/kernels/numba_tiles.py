@@ -142,7 +142,7 @@ def _dots_4x2(a0, a1, a2, a3, w0, w1, lo, hi):
 SPAN_ALIGN = 16  # span ends are rounded to this many inputs: whole vectors
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def widen_span(spans, s, lo, hi, n_in):
     # row s of a tile of n_in inputs is zero outside [lo, hi) ((0, 0): a blank row);
     # spans: (>= s // 4 + 1, 2) int64, for each group of four rows 4g..4g+3 (as the tile
@@ -163,7 +163,7 @@ def widen_span(spans, s, lo, hi, n_in):
         spans[g, 0], spans[g, 1] = min(spans[g, 0], lo), max(spans[g, 1], hi)
 
 
-@njit(**config.JIT)
+@njit(**config.JIT, inline="always")
 def spans_of(spans, ns, dense):
     # spans: (>= (ns + 3) // 4, 2) int64 buffer -> the view that holds (or will hold) the
     # spans of ns rows feeding a ``dense`` first layer; spans[:0] (none) for an inked
@@ -174,7 +174,7 @@ def spans_of(spans, ns, dense):
     return spans[: (ns + 3) // 4] if dense else spans[:0]
 
 
-@njit(**config.JIT)
+@njit(**config.JIT, inline="always")
 def _layer_spans(spans, layer):
     # the spans a layer's products skip by: the input rows' for the first, none (every
     # input counts) for the others
@@ -211,7 +211,7 @@ def _narrow_forward(A, ns, W, b, Z):
             z[o] = acc
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def _tile_forward(A, ns, W, b, Z, relu, spans):
     # A: (TILE, n_in) rows [0, ns) valid; W: (n_out, n_in); b: (n_out,) -> Z: (TILE, n_out)
     # Z = A W^T + b (+ ReLU); spans: widen_span's for A (the first layer), or (0, 2):
@@ -224,7 +224,7 @@ def _tile_forward(A, ns, W, b, Z, relu, spans):
         relu_rows(Z, ns)
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def _blocked_forward(A, ns, W, b, Z, spans):
     # _tile_forward's product: blocks of 4 units x 4 samples, then 2 units x 4 samples for
     # the units left (a last odd unit is computed twice: same value). Sample indices
@@ -264,7 +264,7 @@ def _column4(D, s, o, ns):
             D[s + 2, o] if s + 2 < ns else zero, D[s + 3, o] if s + 3 < ns else zero)
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def _grad_rows(D, A, ns, gW, gb, o_lo, o_hi, accumulate, spans):
     # D: (>=ns, n_out) deltas; A: (>=ns, n_in) layer input; rows o_lo..o_hi of
     # gW: (n_out, n_in) and gb: (n_out,) get (or, accumulating, add) D^T A and sum D
@@ -327,7 +327,7 @@ def _grad_rows(D, A, ns, gW, gb, o_lo, o_hi, accumulate, spans):
         gb[o] = gb[o] + acc if accumulate else acc
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_LEAF)
 def _tile_grad_input(D, W, A, ns, DA):
     # D: (TILE, n_out); W: (n_out, n_in); A: (TILE, n_in) post-ReLU input
     # -> DA: (TILE, n_in) = (D W) * [A > 0]
@@ -367,8 +367,8 @@ class Work(NamedTuple):
     """Buffers of a tiled epoch: see samples_work and rows_work."""
 
     grad: np.ndarray  # gradients: rows (P,), samples (lanes, P) one row per lane
-    buf: np.ndarray  # activations then deltas: rows (2 * chunk * width,),
-    #                  samples (T, 2 * TILE * width); width = sum(sizes)
+    buf: np.ndarray  # activations, deltas, softmax scratch: rows
+    #                  (tile_buffer_size(chunk),), samples (T, tile_buffer_size(TILE))
     stats: np.ndarray  # float64 (rows, 2): column sums are (loss sum, hits)
     sync: np.ndarray  # int64 (2 * SYNC_PAD,): the samples strategy's barrier (rows: unused)
     spans: np.ndarray  # int64 widen_span's: rows (chunk // 4 + 1, 2), samples (T, TILE // 4, 2)
@@ -378,7 +378,7 @@ class Work(NamedTuple):
 def rows_work(sizes, batch_size, nthreads, lanes, dtype, inked=False):
     chunk = min(batch_size, CHUNK)
     return Work(np.empty(model.n_params(sizes), dtype),
-                np.empty(2 * chunk * int(sum(sizes)), dtype),
+                np.empty(tile_buffer_size(chunk, sizes), dtype),
                 np.zeros((STATS_PAD * (chunk // 4 + 1) + 1, 2)), np.zeros(0, np.int64),
                 np.empty((chunk // 4 + 1, 2), np.int64),
                 ink_work(chunk if inked else 0, sizes[0], dtype, columns=inked))
@@ -390,27 +390,28 @@ def inked_work(sizes, batch_size, nthreads, lanes, dtype):
 
 def samples_work(sizes, batch_size, nthreads, lanes, dtype):
     return Work(np.empty((lanes, model.n_params(sizes)), dtype),
-                np.empty((nthreads, 2 * TILE * int(sum(sizes))), dtype),
+                np.empty((nthreads, tile_buffer_size(TILE, sizes)), dtype),
                 np.zeros((STATS_PAD * lanes, 2)), np.zeros(2 * SYNC_PAD, np.int64),
                 np.empty((nthreads, TILE // 4, 2), np.int64), ink_work(0, sizes[0], dtype))
 
 
-@njit(**config.JIT_EXACT)
-def _softmax_xent_tile(Z, ns, batches, first, inv_m, D, stats_row):
+@njit(**config.JIT_EXACT_LEAF)
+def _softmax_xent_tile(Z, ns, batches, first, inv_m, D, stats_row, E):
     # Z: (TILE, k) logits of order positions first.. -> D: (TILE, k) = (P - Y) / m;
-    # adds their loss sum and hits to stats_row: (2,)
+    # adds their loss sum and hits to stats_row: (2,); E: (k + 3, ns) scratch
+    # (_softmax_scratch)
     # numba_shared.softmax_xent_row's steps, in its order for each sample (the same
     # bits), with the samples in the vector lanes: a row of 10 classes is too short to
     # vectorise, a class across the tile is not (784-10-10: 31 ns a sample against 64)
     k = Z.shape[1]
-    E = np.empty((k + 2, ns), Z.dtype)  # the logits transposed, then max and sum
-    best = np.zeros(ns, np.int64)
-    mx, tot = E[k], E[k + 1]
+    # the logits transposed, then max, sum and the best class (a float: exact)
+    mx, tot, best = E[k], E[k + 1], E[k + 2]
     for s in range(ns):
         for c in range(k):
             E[c, s] = Z[s, c]
     for s in range(ns):
         mx[s] = E[0, s]
+        best[s] = 0
     for c in range(1, k):
         e = E[c]
         for s in range(ns):
@@ -435,14 +436,29 @@ def _softmax_xent_tile(Z, ns, batches, first, inv_m, D, stats_row):
         stats_row[1] += best[s] == y
 
 
-@njit(**config.JIT)
+@njit(**config.JIT, inline="always")
+def _softmax_scratch(buf, cap, aoff, f, ns):
+    # _softmax_xent_tile's scratch for rows f..f+ns: (k + 3, ns) of the (cap, k + 3)
+    # block after the activations' and the deltas' (tile_buffer_size)
+    k3 = aoff[-1] - aoff[-2] + 3
+    base = 2 * cap * aoff[-1] + f * k3
+    return buf[base: base + k3 * ns].reshape((k3, ns))
+
+
+def tile_buffer_size(cap, sizes):
+    """Elements of a buffer of activations, deltas and softmax scratch for ``cap``
+    samples of a net of these layer sizes."""
+    return cap * (2 * int(sum(sizes)) + int(sizes[-1]) + 3)
+
+
+@njit(**config.JIT, inline="always")
 def _rows(buf, cap, off, f, ns, width):
     # rows f..f+ns, as (ns, width), of the (cap, width) block at cap * off in the flat buf
     base = cap * off
     return buf[base + f * width: base + (f + ns) * width].reshape((ns, width))
 
 
-@njit(**config.JIT)
+@njit(**config.JIT, inline="always")
 def _input_and_deltas(buf, cap, aoff, sizes, layer, f, ns):
     # rows f..f+ns of layer's input activations A: (ns, n_in) and of its output's
     # deltas D: (ns, n_out); the deltas' blocks follow all the activations (aoff[-1])
@@ -472,8 +488,8 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
     # stats_row: (2,) float64 += (loss sum, hits) of these samples
     # pf_lo, pf_hi: order positions of the tile that comes next, prefetched here (one
     # row per row gathered) so that their images arrive while this tile computes.
-    # spans: (>= (ns + 3) // 4, 2) int64 <- the input rows' spans (widen_span); returns
-    # them as spans_of's view (none for an inked first layer)
+    # spans: (>= (ns + 3) // 4, 2) int64 <- the input rows' spans (widen_span; none for an
+    # inked first layer)
     # WT: the first layer's weights as panels (numba_inked), or None: with them, the
     # first layer runs from the rows' ink lists, written to ink_* (numba_inked.Ink's
     # first fields; a named tuple cannot enter a prange unless it is an argument)
@@ -495,19 +511,34 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
                       _rows(buf, cap, aoff[layer + 1], f, ns, sizes[layer + 1]), layer < L - 1,
                       _layer_spans(spans, layer))
     _softmax_xent_tile(_rows(buf, cap, aoff[L], f, ns, sizes[L]), ns, batches, first, inv_m,
-                       _input_and_deltas(buf, cap, aoff, sizes, L - 1, f, ns)[1], stats_row)
+                       _input_and_deltas(buf, cap, aoff, sizes, L - 1, f, ns)[1], stats_row,
+                       _softmax_scratch(buf, cap, aoff, f, ns))
     for layer in range(L - 1, 0, -1):  # deltas of the hidden layers
         A, D = _input_and_deltas(buf, cap, aoff, sizes, layer, f, ns)
         DA = _input_and_deltas(buf, cap, aoff, sizes, layer - 1, f, ns)[1]
         _tile_grad_input(D, layer_params(net.theta, net, layer)[0], A, ns, DA)
-    return spans
+
+
+@njit(**config.JIT_LEAF)
+def _samples_tile(net, aoff, buf, ns, batches, first, inv_m, stats_row, pf_lo, pf_hi,
+                  spans, g, accumulate, ink_idx, ink_vals, ink_counts):
+    # train_epoch_samples' tile: _tile_pass (dense first layer) at row 0 of buf, then
+    # every layer's gradient for it into g: (P,) (accumulating: added)
+    _tile_pass(net, aoff, buf, TILE, 0, ns, batches, first, inv_m, stats_row, pf_lo, pf_hi,
+               spans, ink_idx, ink_vals, ink_counts, None)
+    spans = spans_of(spans, ns, True)
+    for layer in range(net.sizes.shape[0] - 1):
+        A, D = _input_and_deltas(buf, TILE, aoff, net.sizes, layer, 0, ns)
+        gW, gb = layer_params(g, net, layer)
+        _grad_rows(D, A, ns, gW, gb, 0, net.sizes[layer + 1], accumulate,
+                   _layer_spans(spans, layer))
 
 
 @njit(**config.JIT_PARALLEL)
 def train_epoch_rows(net, opt, batches, work, lr, nthreads):
     # The epoch in chunks of up to CHUNK samples, two parallel phases per chunk.
     # work.grad: (P,) the batch gradient, each row written by the thread that owns it
-    # work.buf: (2 * chunk * sum sizes,) activations of up to chunk samples, then deltas
+    # work.buf: (tile_buffer_size(chunk),) activations of up to chunk samples, deltas, scratch
     # work.stats: (STATS_PAD * (chunk // 4 + 1) + 1, 2) float64: tile t's (loss sum,
     #     hits) in row STATS_PAD * t (rows apart so that threads do not share a cache
     #     line), folded into the last row after each chunk
@@ -516,7 +547,7 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
     k, batch_size = batches.order.shape[0], batches.batch_size
     L = sizes.shape[0] - 1
     aoff = layer_offsets(sizes)
-    chunk = buf.shape[0] // (2 * aoff[L + 1])
+    chunk = buf.shape[0] // (2 * aoff[L + 1] + sizes[L] + 3)
     total = stats.shape[0] - 1
     # The inked first layer (work.ink has columns) trains its weights transposed, as
     # panels (numba_inked), with the optimizer's state laid out alike, for this call:
@@ -675,14 +706,14 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
     # The same epoch, parallel over samples only, in one parallel region. A batch is
     # cut into batches.lanes contiguous lanes (fewer for a small batch), whatever the
     # number of threads: thread t runs lanes t, t + nthreads, ..., TILE samples at a
-    # time, through _tile_pass and sums each lane's gradient into that lane's
+    # time, through _samples_tile, which sums each lane's gradient into that lane's
     # work.grad row. Then the threads meet (a spin barrier, ~0.1 us, where a fork and
     # join costs ~1.2 us), each adds the rows up, in lane order, over its own share of
     # the parameters and applies the optimizer to it, and they meet again before the
     # next batch reads the weights. Every sum has the same order for any thread count.
     # For small layers this beats train_epoch_rows: no thread reads activations
     # another core wrote.
-    # work.grad: (lanes, P) per-lane gradients; work.buf: (nthreads, 2 * TILE * sum sizes)
+    # work.grad: (lanes, P) per-lane gradients; work.buf: (nthreads, tile_buffer_size)
     # work.stats: (STATS_PAD * lanes, 2) float64, lane l's (loss sum, hits) in row
     # STATS_PAD * l; work.sync: (2 * SYNC_PAD,) int64 for the barrier. Every one of the
     # nthreads iterations of the prange must run at once (Numba's omp and workqueue
@@ -690,7 +721,6 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
     gbuf, tbuf, stats, sync, sbuf, ink = work
     ink_idx, ink_vals, ink_counts = ink.idx, ink.vals, ink.counts  # unused: 0 rows
     k, batch_size, lanes = batches.order.shape[0], batches.batch_size, batches.lanes
-    L = net.sizes.shape[0] - 1
     P = net.theta.shape[0]
     aoff = layer_offsets(net.sizes)
     step0 = opt.step[0]
@@ -704,20 +734,14 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
                 lo, hi, _ = _lane(start, k, batch_size, lanes, lane)
                 if start == 0 and lane == t:
                     prefetch_samples(batches, lo, min(lo + TILE, hi))
-                g = gbuf[lane]
                 for first in range(lo, hi, TILE):
                     ns = min(TILE, hi - first)
                     pf_lo, pf_hi = _next_tile(first + ns, hi, lane, t, start, k, batch_size,
                                               lanes, nthreads)
-                    spans = _tile_pass(net, aoff, buf, TILE, 0, ns, batches, first, inv_m,
-                                       stats[STATS_PAD * lane], pf_lo, pf_hi, sbuf[t],
-                                       ink_idx, ink_vals, ink_counts, None)
-                    for layer in range(L):
-                        A, D = _input_and_deltas(buf, TILE, aoff, net.sizes, layer, 0, ns)
-                        gW, gb = layer_params(g, net, layer)
-                        # the lane's first tile overwrites, the others add
-                        _grad_rows(D, A, ns, gW, gb, 0, net.sizes[layer + 1], first > lo,
-                                   _layer_spans(spans, layer))
+                    # the lane's first tile overwrites its gradient, the others add
+                    _samples_tile(net, aoff, buf, ns, batches, first, inv_m,
+                                  stats[STATS_PAD * lane], pf_lo, pf_hi, sbuf[t], gbuf[lane],
+                                  first > lo, ink_idx, ink_vals, ink_counts)
             barrier(sync, nthreads)
             sum_and_apply(net.theta, gbuf[:n], (P * t) // nthreads, (P * (t + 1)) // nthreads,
                           lr, opt, step0 + start // batch_size + 1)
