@@ -24,7 +24,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from fastnn import config
-from fastnn.kernels import KERNELS, REFERENCE, get_kernel, numba_epoch, numba_tiles
+from fastnn.kernels import KERNELS, REFERENCE, get_kernel, numba_epoch, numba_narrow, numba_tiles
 from fastnn.kernels.numpy_ref import to_float
 from fastnn.model import INITS, copy_params, init_params
 from fastnn.tolerances import assert_agree, gradient_magnitudes, logit_scale, rtol_for
@@ -413,7 +413,7 @@ def test_softmax_tile_is_the_row_softmax(dtype, ns):
                                    None, None, 1)
     inv_m = dtype(1) / dtype(ns)
     D, stats = np.full_like(Z, np.nan), np.zeros(2)
-    E = np.full((k + 3, ns), np.nan, dtype)  # its scratch, as _softmax_scratch's
+    E = np.full((k + numba_narrow.SOFTMAX_ROWS, ns), np.nan, dtype)  # its scratch
     numba_tiles._softmax_xent_tile(Z, ns, batches, 3, inv_m, D, stats, E)
     want_d, loss, hits = np.full_like(Z, np.nan), 0.0, 0
     for s in range(ns):

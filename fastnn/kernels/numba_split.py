@@ -33,6 +33,7 @@ from numba import njit, prange
 
 from fastnn import config, model
 from fastnn.kernels.numba_intrinsics import SYNC_PAD, barrier
+from fastnn.kernels.numba_narrow import SOFTMAX_ROWS, narrow_above, narrow_flag, scratch_rows
 from fastnn.kernels.numba_shared import (
     OptState,
     apply_rule,
@@ -52,7 +53,7 @@ from fastnn.kernels.numba_tiles import (
     _grad_rows,
     _input_and_deltas,
     _rows,
-    _softmax_scratch,
+    _scratch,
     _softmax_xent_tile,
     _tile_forward,
     _tile_grad_input,
@@ -80,6 +81,9 @@ class Work(NamedTuple):
     zeros: np.ndarray  # (n1,) no bias for the partial sums
     rows: np.ndarray  # (T, n_in) a gathered row when shifted or distorted; None: never
     sync: np.ndarray  # int64 (2 * SYNC_PAD,) the barrier
+    # no rows when the layers above the first are narrow (numba_narrow), else None: the
+    # kernel is compiled for one of the two paths (_layers_above)
+    narrow: object
 
 
 def plain(work):
@@ -105,7 +109,8 @@ def split_work(sizes, batch_size, nthreads, lanes, dtype):
                 zeros((nthreads, tile_buffer_size(TILE, sizes) + 16), dtype),
                 zeros((lanes, bs // 4 + 8, 2), np.int64),
                 zeros((STATS_PAD * lanes, 2), np.float64), zeros((nthreads, n1 + 16), dtype),
-                zeros(n1, dtype), zeros((nthreads, n_in), dtype), zeros(2 * SYNC_PAD, np.int64))
+                zeros(n1, dtype), zeros((nthreads, n_in), dtype), zeros(2 * SYNC_PAD, np.int64),
+                narrow_flag(sizes, dtype))
 
 
 @njit(**config.JIT)
@@ -169,35 +174,43 @@ def _first_layer_out(part, b0, f, ns, Z, relu):
 
 @njit(**config.JIT_LEAF)
 def _layers_above(net, aoff, buf, part, f, ns, batches, first, inv_m, stats_row, D0, grad,
-                  accumulate, no_spans):
+                  accumulate, no_spans, narrow):
     # samples f..f+ns of the batch starting at order position first - f: the first
     # layer's output from part, the layers above it forward and back -> rows f..f+ns of
     # D0: ((batch + 16) * n1,) flat, the deltas of the first layer's output;
     # stats_row += (loss sum, hits); grad: (P,) laid out like net.theta gets
     # (accumulate: adds) the layers' gradient from layer 1 on and b0's; no_spans: (0, 2)
-    # int64 of the lanes' spans' type. One call site and one type per kernel called
-    # (views of flat buffers, as in numba_tiles): each more cost seconds of compile time.
+    # int64 of the lanes' spans' type; narrow: Work.narrow, transposed (numba_narrow) or
+    # row-major (Numba compiles one of the two). One call site and one type per kernel
+    # called (views of flat buffers, as in numba_tiles): each more cost seconds of
+    # compile time.
     sizes = net.sizes
     L = sizes.shape[0] - 1
     d0 = _rows(D0, 0, 0, f, ns, sizes[1])
     params = net.theta
     _first_layer_out(part, layer_params(params, net, 0)[1], f, ns,
                      _rows(buf, TILE, aoff[1], 0, ns, sizes[1]), L > 1)
-    for layer in range(1, L):
-        W, b = layer_params(params, net, layer)
-        _tile_forward(_rows(buf, TILE, aoff[layer], 0, ns, sizes[layer]), ns, W, b,
-                      _rows(buf, TILE, aoff[layer + 1], 0, ns, sizes[layer + 1]), layer < L - 1,
-                      no_spans)
-    top = d0 if L == 1 else _input_and_deltas(buf, TILE, aoff, sizes, L - 1, 0, ns)[1]
-    _softmax_xent_tile(_rows(buf, TILE, aoff[L], 0, ns, sizes[L]), ns, batches, first, inv_m,
-                       top, stats_row, _softmax_scratch(buf, TILE, aoff, 0, ns))
-    for layer in range(L - 1, 0, -1):
-        A, D = _input_and_deltas(buf, TILE, aoff, sizes, layer, 0, ns)
-        below = d0 if layer == 1 else _input_and_deltas(buf, TILE, aoff, sizes, layer - 1,
-                                                        0, ns)[1]
-        _tile_grad_input(D, layer_params(params, net, layer)[0], A, ns, below)
-        gW, gb = layer_params(grad, net, layer)
-        _grad_rows(D, A, ns, gW, gb, 0, sizes[layer + 1], accumulate, no_spans)
+    if narrow is not None:
+        narrow_above(net, _rows(buf, TILE, aoff[1], 0, ns, sizes[1]), ns, batches, first,
+                     inv_m, stats_row, d0, grad, accumulate,
+                     _scratch(buf, TILE, aoff, 0, ns, scratch_rows(sizes)))
+    else:
+        for layer in range(1, L):
+            W, b = layer_params(params, net, layer)
+            _tile_forward(_rows(buf, TILE, aoff[layer], 0, ns, sizes[layer]), ns, W, b,
+                          _rows(buf, TILE, aoff[layer + 1], 0, ns, sizes[layer + 1]),
+                          layer < L - 1, no_spans)
+        top = d0 if L == 1 else _input_and_deltas(buf, TILE, aoff, sizes, L - 1, 0, ns)[1]
+        _softmax_xent_tile(_rows(buf, TILE, aoff[L], 0, ns, sizes[L]), ns, batches, first,
+                           inv_m, top, stats_row,
+                           _scratch(buf, TILE, aoff, 0, ns, sizes[L] + SOFTMAX_ROWS))
+        for layer in range(L - 1, 0, -1):
+            A, D = _input_and_deltas(buf, TILE, aoff, sizes, layer, 0, ns)
+            below = d0 if layer == 1 else _input_and_deltas(buf, TILE, aoff, sizes, layer - 1,
+                                                            0, ns)[1]
+            _tile_grad_input(D, layer_params(params, net, layer)[0], A, ns, below)
+            gW, gb = layer_params(grad, net, layer)
+            _grad_rows(D, A, ns, gW, gb, 0, sizes[layer + 1], accumulate, no_spans)
     gb0 = layer_params(grad, net, 0)[1]
     for o in range(sizes[1]):
         acc = d0.dtype.type(0)
@@ -231,7 +244,8 @@ def train_epoch_split(net, opt, batches, work, lr, nthreads):
     # The epoch in one parallel region, two barriers a batch (the module's docstring).
     # Every one of the nthreads iterations of the prange must run at once (as
     # numba_tiles.train_epoch_samples).
-    (grads, XP, WP, GP, SP, part, D, tbuf, spans, stats, junk_b, zeros, rows, sync) = work
+    (grads, XP, WP, GP, SP, part, D, tbuf, spans, stats, junk_b, zeros, rows, sync,
+     narrow) = work
     k, batch_size, lanes = batches.order.shape[0], batches.batch_size, batches.lanes
     n_in, n1 = net.sizes[0], net.sizes[1]
     C = WP.shape[1] // n1
@@ -258,7 +272,7 @@ def train_epoch_split(net, opt, batches, work, lr, nthreads):
                 for f in range(s_lo, s_hi, TILE):
                     _layers_above(net, aoff, buf, part, f, min(TILE, s_hi - f), batches,
                                   start + f, dt(1) / dt(m), stats[STATS_PAD * lane], D,
-                                  grads[lane], f > s_lo, spans[lane, :0])
+                                  grads[lane], f > s_lo, spans[lane, :0], narrow)
                 if s_lo == s_hi:  # no samples: nothing to add
                     grads[lane, above:] = 0
             barrier(sync, nthreads)

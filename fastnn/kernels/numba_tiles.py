@@ -66,8 +66,14 @@ from fastnn.kernels.numba_inked import (
     rows_to_panels,
     to_panels,
 )
-from fastnn.kernels.numba_intrinsics import SYNC_PAD, barrier, exp_nonpositive
-from fastnn.kernels.numba_layers import cross_entropy
+from fastnn.kernels.numba_intrinsics import SYNC_PAD, barrier
+from fastnn.kernels.numba_narrow import (
+    SOFTMAX_ROWS,
+    narrow_above,
+    narrow_flag,
+    scratch_rows,
+    softmax_xent_t,
+)
 from fastnn.kernels.numba_shared import (
     OptState,
     apply_rule,
@@ -373,6 +379,7 @@ class Work(NamedTuple):
     sync: np.ndarray  # int64 (2 * SYNC_PAD,): the samples strategy's barrier (rows: unused)
     spans: np.ndarray  # int64 widen_span's: rows (chunk // 4 + 1, 2), samples (T, TILE // 4, 2)
     ink: Ink  # rows with the inked first layer: a chunk's; others: none (0 rows)
+    narrow: object = None  # samples: numba_narrow.narrow_flag's (_samples_tile); rows: None
 
 
 def rows_work(sizes, batch_size, nthreads, lanes, dtype, inked=False):
@@ -392,63 +399,39 @@ def samples_work(sizes, batch_size, nthreads, lanes, dtype):
     return Work(np.empty((lanes, model.n_params(sizes)), dtype),
                 np.empty((nthreads, tile_buffer_size(TILE, sizes)), dtype),
                 np.zeros((STATS_PAD * lanes, 2)), np.zeros(2 * SYNC_PAD, np.int64),
-                np.empty((nthreads, TILE // 4, 2), np.int64), ink_work(0, sizes[0], dtype))
+                np.empty((nthreads, TILE // 4, 2), np.int64), ink_work(0, sizes[0], dtype),
+                narrow_flag(sizes, dtype))
 
 
 @njit(**config.JIT_EXACT_LEAF)
-def _softmax_xent_tile(Z, ns, batches, first, inv_m, D, stats_row, E):
+def _softmax_xent_tile(Z, ns, batches, first, inv_m, D, stats_row, T):
     # Z: (TILE, k) logits of order positions first.. -> D: (TILE, k) = (P - Y) / m;
-    # adds their loss sum and hits to stats_row: (2,); E: (k + 3, ns) scratch
-    # (_softmax_scratch)
-    # numba_shared.softmax_xent_row's steps, in its order for each sample (the same
-    # bits), with the samples in the vector lanes: a row of 10 classes is too short to
-    # vectorise, a class across the tile is not (784-10-10: 31 ns a sample against 64)
+    # adds their loss sum and hits to stats_row: (2,); T: (k + SOFTMAX_ROWS, >= ns)
+    # scratch (_scratch). numba_narrow.softmax_xent_t on the logits transposed: a row of
+    # 10 classes is too short to vectorise, a class across the tile is not.
     k = Z.shape[1]
-    # the logits transposed, then max, sum and the best class (a float: exact)
-    mx, tot, best = E[k], E[k + 1], E[k + 2]
     for s in range(ns):
         for c in range(k):
-            E[c, s] = Z[s, c]
+            T[c, s] = Z[s, c]
+    softmax_xent_t(T[:k], ns, batches, first, inv_m, T[:k], stats_row,
+                   T[k: k + SOFTMAX_ROWS])
     for s in range(ns):
-        mx[s] = E[0, s]
-        best[s] = 0
-    for c in range(1, k):
-        e = E[c]
-        for s in range(ns):
-            if e[s] > mx[s]:
-                mx[s] = e[s]
-                best[s] = c
-    zero = Z.dtype.type(0)
-    for s in range(ns):
-        tot[s] = zero
-    for c in range(k):
-        e = E[c]
-        for s in range(ns):
-            e[s] = exp_nonpositive(e[s] - mx[s])
-            tot[s] += e[s]
-    for s in range(ns):
-        inv = inv_m / tot[s]
         for c in range(k):
-            D[s, c] = E[c, s] * inv
-        y = batches.labels[batches.order[first + s]]
-        D[s, y] -= inv_m
-        stats_row[0] += cross_entropy(np.log(tot[s]), Z[s, y], mx[s])
-        stats_row[1] += best[s] == y
+            D[s, c] = T[c, s]
 
 
 @njit(**config.JIT, inline="always")
-def _softmax_scratch(buf, cap, aoff, f, ns):
-    # _softmax_xent_tile's scratch for rows f..f+ns: (k + 3, ns) of the (cap, k + 3)
-    # block after the activations' and the deltas' (tile_buffer_size)
-    k3 = aoff[-1] - aoff[-2] + 3
-    base = 2 * cap * aoff[-1] + f * k3
-    return buf[base: base + k3 * ns].reshape((k3, ns))
+def _scratch(buf, cap, aoff, f, ns, rows):
+    # the scratch of rows f..f+ns: (rows, ns) of the (cap, rows) block after the
+    # activations' and the deltas' (tile_buffer_size)
+    base = 2 * cap * aoff[-1] + f * rows
+    return buf[base: base + rows * ns].reshape((rows, ns))
 
 
 def tile_buffer_size(cap, sizes):
-    """Elements of a buffer of activations, deltas and softmax scratch for ``cap``
-    samples of a net of these layer sizes."""
-    return cap * (2 * int(sum(sizes)) + int(sizes[-1]) + 3)
+    """Elements of a buffer of activations, deltas and scratch (numba_narrow.scratch_rows)
+    for ``cap`` samples of a net of these layer sizes."""
+    return cap * (2 * int(sum(sizes)) + int(scratch_rows(np.asarray(sizes, np.int64))))
 
 
 @njit(**config.JIT, inline="always")
@@ -480,12 +463,10 @@ def _inked_first_layer(WP, X, ns, idx, vals, counts, b, Z, relu):
 
 
 @njit(**config.JIT)
-def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_lo, pf_hi,
-               spans, ink_idx, ink_vals, ink_counts, WT):
-    # Forward and backward deltas of order positions first..first+ns, kept as rows
-    # f..f+ns of buf's blocks: layer l's activations (cap, n_l) start at cap * aoff[l],
-    # its deltas at cap * (aoff[L+1] + aoff[l]); aoff: (L+2,) prefix sums of sizes.
-    # stats_row: (2,) float64 += (loss sum, hits) of these samples
+def _tile_first(net, aoff, buf, cap, f, ns, batches, first, pf_lo, pf_hi, spans, ink_idx,
+                ink_vals, ink_counts, WT):
+    # The gather and the first layer's output (after its ReLU when layers follow) of
+    # order positions first..first+ns, kept as rows f..f+ns of buf's blocks (_tile_pass)
     # pf_lo, pf_hi: order positions of the tile that comes next, prefetched here (one
     # row per row gathered) so that their images arrive while this tile computes.
     # spans: (>= (ns + 3) // 4, 2) int64 <- the input rows' spans (widen_span; none for an
@@ -502,17 +483,32 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
         widen_span(spans, s, ink_lo, ink_hi, sizes[0])
         prefetch_samples(batches, min(pf_lo + s, pf_hi), min(pf_lo + s + 1, pf_hi))
     prefetch_samples(batches, min(pf_lo + ns, pf_hi), pf_hi)
-    inked = _inked_first_layer(WT, X, ns, ink_idx, ink_vals, ink_counts,
-                               layer_params(net.theta, net, 0)[1],
-                               _rows(buf, cap, aoff[1], f, ns, sizes[1]), L > 1)
-    for layer in range(1 if inked else 0, L):
+    W, b = layer_params(net.theta, net, 0)
+    Z = _rows(buf, cap, aoff[1], f, ns, sizes[1])
+    if not _inked_first_layer(WT, X, ns, ink_idx, ink_vals, ink_counts, b, Z, L > 1):
+        _tile_forward(X, ns, W, b, Z, L > 1, spans)
+
+
+@njit(**config.JIT)
+def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_lo, pf_hi,
+               spans, ink_idx, ink_vals, ink_counts, WT):
+    # Forward and backward deltas of order positions first..first+ns, kept as rows
+    # f..f+ns of buf's blocks: layer l's activations (cap, n_l) start at cap * aoff[l],
+    # its deltas at cap * (aoff[L+1] + aoff[l]); aoff: (L+2,) prefix sums of sizes.
+    # stats_row: (2,) float64 += (loss sum, hits) of these samples; the rest as
+    # _tile_first's
+    sizes = net.sizes
+    L = sizes.shape[0] - 1
+    _tile_first(net, aoff, buf, cap, f, ns, batches, first, pf_lo, pf_hi, spans, ink_idx,
+                ink_vals, ink_counts, WT)
+    for layer in range(1, L):
         W, b = layer_params(net.theta, net, layer)
         _tile_forward(_rows(buf, cap, aoff[layer], f, ns, sizes[layer]), ns, W, b,
                       _rows(buf, cap, aoff[layer + 1], f, ns, sizes[layer + 1]), layer < L - 1,
-                      _layer_spans(spans, layer))
+                      spans[:0])
     _softmax_xent_tile(_rows(buf, cap, aoff[L], f, ns, sizes[L]), ns, batches, first, inv_m,
                        _input_and_deltas(buf, cap, aoff, sizes, L - 1, f, ns)[1], stats_row,
-                       _softmax_scratch(buf, cap, aoff, f, ns))
+                       _scratch(buf, cap, aoff, f, ns, sizes[L] + SOFTMAX_ROWS))
     for layer in range(L - 1, 0, -1):  # deltas of the hidden layers
         A, D = _input_and_deltas(buf, cap, aoff, sizes, layer, f, ns)
         DA = _input_and_deltas(buf, cap, aoff, sizes, layer - 1, f, ns)[1]
@@ -521,16 +517,28 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
 
 @njit(**config.JIT_LEAF)
 def _samples_tile(net, aoff, buf, ns, batches, first, inv_m, stats_row, pf_lo, pf_hi,
-                  spans, g, accumulate, ink_idx, ink_vals, ink_counts):
-    # train_epoch_samples' tile: _tile_pass (dense first layer) at row 0 of buf, then
-    # every layer's gradient for it into g: (P,) (accumulating: added)
-    _tile_pass(net, aoff, buf, TILE, 0, ns, batches, first, inv_m, stats_row, pf_lo, pf_hi,
-               spans, ink_idx, ink_vals, ink_counts, None)
+                  spans, g, accumulate, ink_idx, ink_vals, ink_counts, narrow):
+    # train_epoch_samples' tile (a dense first layer) at row 0 of buf, with every
+    # layer's gradient for it into g: (P,) (accumulating: added). narrow: Work.narrow,
+    # the layers above the first transposed (numba_narrow) or row-major (Numba compiles
+    # one of the two)
+    sizes = net.sizes
+    below = sizes.shape[0] - 1  # the layers whose gradient is left for _grad_rows
+    if narrow is not None:
+        _tile_first(net, aoff, buf, TILE, 0, ns, batches, first, pf_lo, pf_hi, spans,
+                    ink_idx, ink_vals, ink_counts, None)
+        narrow_above(net, _rows(buf, TILE, aoff[1], 0, ns, sizes[1]), ns, batches, first,
+                     inv_m, stats_row, _input_and_deltas(buf, TILE, aoff, sizes, 0, 0, ns)[1],
+                     g, accumulate, _scratch(buf, TILE, aoff, 0, ns, scratch_rows(sizes)))
+        below = 1
+    else:
+        _tile_pass(net, aoff, buf, TILE, 0, ns, batches, first, inv_m, stats_row, pf_lo,
+                   pf_hi, spans, ink_idx, ink_vals, ink_counts, None)
     spans = spans_of(spans, ns, True)
-    for layer in range(net.sizes.shape[0] - 1):
-        A, D = _input_and_deltas(buf, TILE, aoff, net.sizes, layer, 0, ns)
+    for layer in range(below):
+        A, D = _input_and_deltas(buf, TILE, aoff, sizes, layer, 0, ns)
         gW, gb = layer_params(g, net, layer)
-        _grad_rows(D, A, ns, gW, gb, 0, net.sizes[layer + 1], accumulate,
+        _grad_rows(D, A, ns, gW, gb, 0, sizes[layer + 1], accumulate,
                    _layer_spans(spans, layer))
 
 
@@ -543,11 +551,11 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
     #     hits) in row STATS_PAD * t (rows apart so that threads do not share a cache
     #     line), folded into the last row after each chunk
     theta, sizes, woff, boff = net
-    grad, buf, stats, _, sbuf, ink = work
+    grad, buf, stats, _, sbuf, ink, _ = work
     k, batch_size = batches.order.shape[0], batches.batch_size
     L = sizes.shape[0] - 1
     aoff = layer_offsets(sizes)
-    chunk = buf.shape[0] // (2 * aoff[L + 1] + sizes[L] + 3)
+    chunk = buf.shape[0] // (2 * aoff[L + 1] + scratch_rows(sizes))
     total = stats.shape[0] - 1
     # The inked first layer (work.ink has columns) trains its weights transposed, as
     # panels (numba_inked), with the optimizer's state laid out alike, for this call:
@@ -718,7 +726,7 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
     # STATS_PAD * l; work.sync: (2 * SYNC_PAD,) int64 for the barrier. Every one of the
     # nthreads iterations of the prange must run at once (Numba's omp and workqueue
     # layers give each thread one: see config.THREADING_LAYERS).
-    gbuf, tbuf, stats, sync, sbuf, ink = work
+    gbuf, tbuf, stats, sync, sbuf, ink, narrow = work
     ink_idx, ink_vals, ink_counts = ink.idx, ink.vals, ink.counts  # unused: 0 rows
     k, batch_size, lanes = batches.order.shape[0], batches.batch_size, batches.lanes
     P = net.theta.shape[0]
@@ -741,7 +749,7 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
                     # the lane's first tile overwrites its gradient, the others add
                     _samples_tile(net, aoff, buf, ns, batches, first, inv_m,
                                   stats[STATS_PAD * lane], pf_lo, pf_hi, sbuf[t], gbuf[lane],
-                                  first > lo, ink_idx, ink_vals, ink_counts)
+                                  first > lo, ink_idx, ink_vals, ink_counts, narrow)
             barrier(sync, nthreads)
             sum_and_apply(net.theta, gbuf[:n], (P * t) // nthreads, (P * (t + 1)) // nthreads,
                           lr, opt, step0 + start // batch_size + 1)
