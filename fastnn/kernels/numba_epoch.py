@@ -86,12 +86,13 @@ SPLIT_MAX_FLOATS = 1 << 18
 
 # "split" (numba_split) for first layers narrower than INKED_MIN_UNITS and batches up
 # to this size, on 2 threads or more (measured on 2 cores, Intel Xeon AVX-512, MNIST,
-# full epochs, 2 threads, best of five, "split" against "samples" samples/s: 784-10-10
-# batch 32 1.98M against 1.52M, 64 2.23M against 1.91M, 128 2.26M against 2.25M, 256
-# 2.32M against 2.60M, 1024 1.85M against 2.49M; 784-32-10 batch 32 0.98M against
-# 0.68M, 128 1.07M against 1.01M). Below it a batch's cross-core exchange costs as
-# much as its work; above, "split"'s whole-batch panels outgrow the caches.
-SPLIT_MAX_BATCH = 64
+# full epochs, 2 threads, best of five, "split" against "samples" samples/s, both with
+# numba_narrow's layers above: 784-10-10 batch 64 3.61M against 2.88M, 128 3.95M
+# against 3.31M, 256 4.01M against 3.57M, 512 4.03M against 4.17M (medians 3.94M,
+# 3.73M), 1024 2.90M against 4.26M; 784-32-10 batch 128 1.79M against 1.44M). Below it
+# a batch's cross-core exchange costs more than its work; above, "split"'s whole-batch
+# panels outgrow the caches.
+SPLIT_MAX_BATCH = 256
 DEFAULT_BATCH = 32  # the training command's
 
 # The inked first layer from this many units on (measured on 2 cores, Zen 4, MNIST,
