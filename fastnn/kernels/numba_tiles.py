@@ -542,6 +542,16 @@ def _samples_tile(net, aoff, buf, ns, batches, first, inv_m, stats_row, pf_lo, p
                    _layer_spans(spans, layer))
 
 
+@njit(**config.JIT)
+def _aligned_empty(n, like):
+    # (n,) of like's dtype, starting a cache line: Numba aligns its arrays to 32 bytes,
+    # and a 64-byte row of the panels that straddles two lines costs two loads
+    item = like.itemsize
+    raw = np.empty(n + model.CACHE_LINE // item, like.dtype)
+    skip = (-raw.ctypes.data % model.CACHE_LINE) // item
+    return raw[skip: skip + n]
+
+
 @njit(**config.JIT_PARALLEL)
 def train_epoch_rows(net, opt, batches, work, lr, nthreads):
     # The epoch in chunks of up to CHUNK samples, two parallel phases per chunk.
@@ -565,11 +575,12 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
     ink_idx, ink_vals, ink_counts, ink_colptr, ink_rows, ink_cvals = ink  # a prange
     n_px, n_hid = sizes[0], sizes[1]
     n_pad = padded(n_hid, panel_width(theta))
-    WT = np.empty(n_px * n_pad if inked else 0, theta.dtype)
-    gWT = np.empty_like(WT)
-    DP = np.empty(chunk * n_pad if inked else 0, theta.dtype)
-    opt_t = OptState(opt.kind, opt.hyper, np.empty((opt.state.shape[0], WT.shape[0]),
-                                                   theta.dtype), opt.step)
+    WT = _aligned_empty(n_px * n_pad if inked else 0, theta)
+    gWT = _aligned_empty(WT.shape[0], theta)
+    DP = _aligned_empty(chunk * n_pad if inked else 0, theta)
+    opt_t = OptState(opt.kind, opt.hyper,
+                     _aligned_empty(opt.state.shape[0] * WT.shape[0], theta).reshape(
+                         (opt.state.shape[0], WT.shape[0])), opt.step)
     if inked:
         to_panels(theta, woff[0], n_hid, n_px, WT)
         for j in range(opt.state.shape[0]):
@@ -775,10 +786,15 @@ class PredictWork(NamedTuple):
 
 def predict_work(sizes, nthreads, dtype, inked, tile=PREDICT_TILE):
     """``inked``: the first layer from the images' ink lists (numba_inked)."""
+    # The panels start a cache line (model.aligned_zeros): at NumPy's 16 bytes every
+    # 64-byte row of weights the inked forward loads straddled two lines, and inference
+    # ran at either of two speeds by where an allocation fell (784-800-10, 10,000 test
+    # images, 2 threads, Intel Xeon: 295k or 467k samples/s from one process to another)
     ink = ink_work(nthreads * tile if inked else 0, sizes[0], dtype)
-    return PredictWork(np.empty((nthreads, tile * int(sum(sizes))), dtype),
+    return PredictWork(model.aligned_zeros((nthreads, tile * int(sum(sizes))), dtype),
                        np.empty((nthreads, -(-tile // 4), 2), np.int64), ink.idx, ink.vals,
-                       ink.counts, np.empty(panels_size(sizes[0], sizes[1], dtype), dtype)
+                       ink.counts,
+                       model.aligned_zeros(panels_size(sizes[0], sizes[1], dtype), dtype)
                        if inked else None)
 
 
