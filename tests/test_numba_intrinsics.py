@@ -1,11 +1,19 @@
 """numba_intrinsics: exp_nonpositive (the softmax's vectorisable exp, against float64
-np.exp), copy_pair (against slice assignment) and transpose16 (against .T)."""
+np.exp), copy_pair (against slice assignment), transpose16 (against .T) and madd_rows
+(against the scalar loop it replaces)."""
 
 import numpy as np
 import pytest
 from numba import njit
 
-from fastnn.kernels.numba_intrinsics import copy_pair, exp_nonpositive, transpose16
+from fastnn import config
+from fastnn.kernels.numba_intrinsics import (
+    copy_pair,
+    exp_nonpositive,
+    madd_rows,
+    madd_width,
+    transpose16,
+)
 
 
 @njit(fastmath=False)
@@ -102,3 +110,64 @@ def test_transpose16_is_a_block_transpose(dtype, stride, dstride, i, j, rows):
     for c in range(rows):
         want[j + dstride * c : j + dstride * c + 16] = block[:, c]
     assert np.array_equal(dst, want)
+
+
+@njit(**config.JIT)
+def madd_forward(out, W, src, c, four):
+    # out[o, c:c+V] += W[o] src[:, c:c+V], four rows of W a call (four) or one
+    n_out, n = W.shape
+    step = 4 if four else 1
+    for o in range(0, n_out - n_out % step, step):
+        if four:
+            madd_rows(out, o, 4, c, W, o, 0, 1, 0, 0, 1, src, 0, n)
+        else:
+            madd_rows(out, o, 1, c, W, o, 0, 1, 0, 0, 1, src, 0, n)
+
+
+@njit(**config.JIT)
+def madd_transposed(out, W, src, c):
+    # out[i, c:c+V] += W[:, i] src[:, c:c+V] for i in blocks of four: W's columns
+    n, n_in = W.shape
+    for i in range(0, n_in - n_in % 4, 4):
+        madd_rows(out, i, 4, c, W, 0, i, 0, 1, 1, 0, src, 0, n)
+
+
+@njit(**config.JIT)
+def scalar_madd(out, W, src, c, V, transposed, rows):
+    # the loops madd_rows replaces for the first rows rows: each sum in k order, a fused
+    # multiply-add a term
+    n = W.shape[0] if transposed else W.shape[1]
+    for r in range(rows):
+        for k in range(n):
+            w = W[k, r] if transposed else W[r, k]
+            for s in range(V):
+                out[r, c + s] += src[k, c + s] * w
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("four", [True, False])
+def test_madd_rows_is_the_scalar_loop(dtype, four):
+    """Rows of W (or, transposed, its columns) times a block of V columns of src, added
+    to out's block: the same bits as the scalar loop (fused multiply-adds in k order),
+    within rounding of float64 products; nothing outside the block is touched."""
+    V = madd_width(dtype)
+    rng = np.random.default_rng(V + four)
+    for n_out, n, c in [(10, 10, 0), (12, 7, V), (8, 32, 2 * V)]:
+        W = rng.standard_normal((n_out, n)).astype(dtype)
+        src = rng.standard_normal((max(n, n_out), 3 * V + 5)).astype(dtype)
+        start = rng.standard_normal((max(n, n_out), 3 * V + 5)).astype(dtype)
+        rows = n_out - n_out % (4 if four else 1)
+        got, want = start.copy(), start.copy()
+        madd_forward(got, W, src, c, four)
+        scalar_madd(want, W, src, c, V, False, rows)
+        assert np.array_equal(got, want)
+        exact = start[:rows, c:c + V] + W[:rows].astype(np.float64) @ src[:n, c:c + V]
+        np.testing.assert_allclose(got[:rows, c:c + V], exact,
+                                   rtol=0, atol=n * 8 * np.finfo(dtype).eps)
+        outside = np.ones(got.shape, bool)
+        outside[:rows, c:c + V] = False
+        assert np.array_equal(got[outside], start[outside])
+        got, want = start.copy(), start.copy()
+        madd_transposed(got, W, src, c)
+        scalar_madd(want, W, src, c, V, True, n - n % 4)
+        assert np.array_equal(got, want)
