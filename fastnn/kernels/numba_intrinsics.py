@@ -293,7 +293,7 @@ def madd_rows(typingctx, out, r, nr, c, coef, cr, cc, er, ec, dr, dc, src, s0, n
     keeps its sums in memory, and LLVM vectorises it for 64 columns at a time, so a tile
     of 16 samples ran on its 8-wide remainder loop; one row at a time, the sums wait for
     each other's multiply-adds (784-10-10's forward of 16 samples: 282 ns, one row at a
-    time 119, four 60-70). 2-D float arrays of one dtype, each holding columns c..c+V."""
+    time 119, four 79-103). 2-D float arrays of one dtype, each holding columns c..c+V."""
     arrays = (out, coef, src)
     if not (all(isinstance(a, types.Array) and a.ndim == 2 for a in arrays)
             and len({a.dtype for a in arrays}) == 1 and isinstance(out.dtype, types.Float)

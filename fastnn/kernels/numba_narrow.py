@@ -111,33 +111,47 @@ def softmax_xent_t(E, ns, batches, first, inv_m, Dt, stats_row, aux):
 
 
 @njit(**config.JIT_LEAF)
+def _add_products(out, W, transposed, src, ns):
+    # out: (rows, >= ns) += W src (transposed: W^T src) over the first ns columns; src:
+    # (n, >= ns); each sum in the order of src's rows, a fused multiply-add a term: a
+    # vector of columns of four rows at a time in registers (madd_rows), the columns
+    # past the last whole vector one by one
+    rows = out.shape[0]
+    n = W.shape[0] if transposed else W.shape[1]
+    V = MADD_BYTES // out.itemsize
+    whole = ns - ns % V
+    four = rows - rows % 4
+    # W[r + j, k] (rows of W) or W[k, r + j] (its columns)
+    er, ec, dr, dc = (0, 1, 1, 0) if transposed else (1, 0, 0, 1)
+    for c in range(0, whole, V):
+        for r in range(0, four, 4):
+            madd_rows(out, r, 4, c, W, r * er, r * ec, er, ec, dr, dc, src, 0, n)
+        for r in range(four, rows):
+            madd_rows(out, r, 1, c, W, r * er, r * ec, er, ec, dr, dc, src, 0, n)
+    tail = ns - whole
+    for r in range(rows):
+        o = out[r, whole:]  # indexed from 0: from whole, wraparound checks stop vectorising
+        for k in range(n):
+            w, x = W[k, r] if transposed else W[r, k], src[k, whole:]
+            for s in range(tail):
+                o[s] += x[s] * w
+
+
+@njit(**config.JIT_LEAF)
 def forward_t(W, b, A, ns, Z, relu):
     # A: (n_in, >= ns) a layer's input, a row per input; W: (n_out, n_in); b: (n_out,)
     # -> Z: (n_out, >= ns) = W A + b (+ ReLU), each sum in i order
     n_out, n_in = W.shape
     zero = Z.dtype.type(0)
-    V = MADD_BYTES // Z.itemsize
-    whole = ns - ns % V  # samples in whole vectors: madd_rows; the rest one by one
-    four = n_out - n_out % 4
     for o in range(n_out):
         z = Z[o]
         bo = b[o]
         for s in range(ns):
             z[s] = bo
-    for c in range(0, whole, V):
-        for o in range(0, four, 4):  # rows o..o+3 of W: W[o + j, i], i = 0..n_in
-            madd_rows(Z, o, 4, c, W, o, 0, 1, 0, 0, 1, A, 0, n_in)
-        for o in range(four, n_out):
-            madd_rows(Z, o, 1, c, W, o, 0, 1, 0, 0, 1, A, 0, n_in)
-    tail = ns - whole
-    for o in range(n_out):
-        z = Z[o, whole:]  # indexed from 0: from whole, wraparound checks stop vectorising
-        for i in range(n_in):
-            w, a = W[o, i], A[i, whole:]
-            for s in range(tail):
-                z[s] += a[s] * w
-        z = Z[o]
-        if relu:  # as numba_shared.relu_rows: NaN stays
+    _add_products(Z, W, False, A, ns)
+    if relu:  # as numba_shared.relu_rows: NaN stays
+        for o in range(n_out):
+            z = Z[o]
             for s in range(ns):
                 z[s] = zero if z[s] < zero else z[s]
 
@@ -162,26 +176,12 @@ def backward_t(W, Dt, A, ns, gW, gb, accumulate, DA):
         for s in range(ns):
             acc += d[s]
         gb[o] = gb[o] + acc if accumulate else acc
-    V = MADD_BYTES // W.itemsize
-    whole = ns - ns % V
-    n_da = DA.shape[0]
-    four = n_da - n_da % 4
-    for i in range(n_da):
+    for i in range(DA.shape[0]):
         da = DA[i]
         for s in range(ns):
             da[s] = zero
-    for c in range(0, whole, V):
-        for i in range(0, four, 4):  # columns i..i+3 of W: W[o, i + j], o = 0..n_out
-            madd_rows(DA, i, 4, c, W, 0, i, 0, 1, 1, 0, Dt, 0, n_out)
-        for i in range(four, n_da):
-            madd_rows(DA, i, 1, c, W, 0, i, 0, 1, 1, 0, Dt, 0, n_out)
-    tail = ns - whole
-    for i in range(n_da):
-        da = DA[i, whole:]
-        for o in range(n_out):
-            w, d = W[o, i], Dt[o, whole:]
-            for s in range(tail):
-                da[s] += d[s] * w
+    _add_products(DA, W, True, Dt, ns)
+    for i in range(DA.shape[0]):
         da, a = DA[i], A[i]
         for s in range(ns):  # as the row-major tile's: NaN passes
             da[s] = zero if a[s] <= zero else da[s]
