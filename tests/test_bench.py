@@ -38,6 +38,27 @@ def test_quick_report_end_to_end(tmp_path):
     assert {"numpy", "numba"} <= set(data["machine"]["versions"])
 
 
+def test_headline_cases_are_timed_back_to_back(monkeypatch):
+    """Per net, numba (at all threads, then at 1), jax-scan and numpy-fast come first,
+    one right after the other, whatever order --only names them in."""
+    from fastnn.bench import suite
+
+    monkeypatch.setattr(suite, "THREADS", 2)
+    monkeypatch.setitem(suite.SETTINGS, "scaling", True)
+    monkeypatch.setitem(suite.SETTINGS, "hidden", [10, 800])
+    monkeypatch.setitem(suite.SETTINGS, "batch_size", [32, 128])
+    monkeypatch.setitem(suite.SETTINGS, "dtype", ["float32"])
+    monkeypatch.setitem(suite.SETTINGS, "names", ["numpy", "numpy-fast", "torch", "jax-scan",
+                                                  "numba"])
+    assert [(n, h, t) for n, h, _, _, t in suite._cases()] == [
+        ("numba", 10, 2), ("numba", 10, 1), ("jax-scan", 10, 2), ("numpy-fast", 10, 2),
+        ("numpy", 10, 2), ("torch", 10, 2),
+        ("numba", 800, 2), ("numba", 800, 1), ("jax-scan", 800, 2), ("numpy-fast", 800, 2),
+        ("numpy", 800, 2), ("torch", 800, 2)]
+    monkeypatch.setitem(suite.SETTINGS, "names", ["torch", "numpy-fast"])  # no numba
+    assert [n for n, *_ in suite._cases()] == ["numpy-fast", "torch"] * 2
+
+
 def _bench(name, hidden, rounds_seconds, samples=60000, test="test_train_epoch", **info):
     return dict(name=f"{test}[{name}-{hidden}]", stats=dict(data=rounds_seconds),
                 extra_info=dict(name=name, net=f"784-{hidden}-10", batch_size=128,
