@@ -51,11 +51,15 @@ def is_narrow(sizes):
 
 
 def narrow_flag(sizes, dtype):
-    """What the kernels take to run the layers above the first transposed: an empty
-    array for a net whose layers above the first are narrow (is_narrow), else None.
-    A type, not a value: Numba compiles the kernel for one of the two paths (a
-    runtime test compiled both, 20 -> 24 s cold for 784-10-10)."""
-    return np.zeros(0, dtype) if is_narrow(np.asarray(sizes, np.int64)) else None
+    """(narrow, wide), what the kernels take to run the layers above the first
+    transposed or row-major: (an empty array, None) for a net whose layers above the
+    first are narrow (is_narrow), else (None, an empty array). Types, not values: a
+    kernel guards each path with ``if narrow is not None`` or ``if wide is not None``,
+    and Numba drops a branch only where the argument it tests is None (an array
+    argument compiles the branch; a runtime test compiled both paths, 20 -> 24 s cold
+    for 784-10-10)."""
+    flag = np.zeros(0, dtype)
+    return (flag, None) if is_narrow(np.asarray(sizes, np.int64)) else (None, flag)
 
 
 @njit(**config.JIT)

@@ -81,9 +81,10 @@ class Work(NamedTuple):
     zeros: np.ndarray  # (n1,) no bias for the partial sums
     rows: np.ndarray  # (T, n_in) a gathered row when shifted or distorted; None: never
     sync: np.ndarray  # int64 (2 * SYNC_PAD,) the barrier
-    # no rows when the layers above the first are narrow (numba_narrow), else None: the
-    # kernel is compiled for one of the two paths (_layers_above)
+    # numba_narrow.narrow_flag's pair: the kernel is compiled for one of the two paths
+    # (_layers_above)
     narrow: object
+    wide: object
 
 
 def plain(work):
@@ -110,7 +111,7 @@ def split_work(sizes, batch_size, nthreads, lanes, dtype):
                 zeros((lanes, bs // 4 + 8, 2), np.int64),
                 zeros((STATS_PAD * lanes, 2), np.float64), zeros((nthreads, n1 + 16), dtype),
                 zeros(n1, dtype), zeros((nthreads, n_in), dtype), zeros(2 * SYNC_PAD, np.int64),
-                narrow_flag(sizes, dtype))
+                *narrow_flag(sizes, dtype))
 
 
 @njit(**config.JIT)
@@ -174,16 +175,16 @@ def _first_layer_out(part, b0, f, ns, Z, relu):
 
 @njit(**config.JIT_LEAF)
 def _layers_above(net, aoff, buf, part, f, ns, batches, first, inv_m, stats_row, D0, grad,
-                  accumulate, no_spans, narrow):
+                  accumulate, no_spans, narrow, wide):
     # samples f..f+ns of the batch starting at order position first - f: the first
     # layer's output from part, the layers above it forward and back -> rows f..f+ns of
     # D0: ((batch + 16) * n1,) flat, the deltas of the first layer's output;
     # stats_row += (loss sum, hits); grad: (P,) laid out like net.theta gets
     # (accumulate: adds) the layers' gradient from layer 1 on and b0's; no_spans: (0, 2)
-    # int64 of the lanes' spans' type; narrow: Work.narrow, transposed (numba_narrow) or
-    # row-major (Numba compiles one of the two). One call site and one type per kernel
-    # called (views of flat buffers, as in numba_tiles): each more cost seconds of
-    # compile time.
+    # int64 of the lanes' spans' type; narrow, wide: Work's, the layers above transposed
+    # (numba_narrow) or row-major (Numba compiles one of the two). One call site and one
+    # type per kernel called (views of flat buffers, as in numba_tiles): each more cost
+    # seconds of compile time.
     sizes = net.sizes
     L = sizes.shape[0] - 1
     d0 = _rows(D0, 0, 0, f, ns, sizes[1])
@@ -194,7 +195,7 @@ def _layers_above(net, aoff, buf, part, f, ns, batches, first, inv_m, stats_row,
         narrow_above(net, _rows(buf, TILE, aoff[1], 0, ns, sizes[1]), ns, batches, first,
                      inv_m, stats_row, d0, grad, accumulate,
                      _scratch(buf, TILE, aoff, 0, ns, scratch_rows(sizes)))
-    else:
+    if wide is not None:
         for layer in range(1, L):
             W, b = layer_params(params, net, layer)
             _tile_forward(_rows(buf, TILE, aoff[layer], 0, ns, sizes[layer]), ns, W, b,
@@ -222,21 +223,24 @@ def _layers_above(net, aoff, buf, part, f, ns, batches, first, inv_m, stats_row,
 @njit(**config.JIT)
 def _panels(net, opt, W, S, lanes, into):
     # theta's W0 and opt.state's part for it -> (into) or <- the lanes' panels W, S
+    # (element by element: a slice assignment compiles its shape-mismatch error,
+    # string formatting included, ~2 s of the kernel's cold compile)
     n_in, n1 = net.sizes[0], net.sizes[1]
     C = W.shape[1] // n1
     for lane in range(lanes):
         lo, hi = columns(n_in, lanes, lane)
         for o in range(n1):
             p = net.woff[0] + o * n_in
-            if into:
-                W[lane, o * C: o * C + hi - lo] = net.theta[p + lo: p + hi]
-            else:
-                net.theta[p + lo: p + hi] = W[lane, o * C: o * C + hi - lo]
-            for r in range(opt.state.shape[0]):
+            for i in range(hi - lo):
                 if into:
-                    S[lane, r, o * C: o * C + hi - lo] = opt.state[r, p + lo: p + hi]
+                    W[lane, o * C + i] = net.theta[p + lo + i]
                 else:
-                    opt.state[r, p + lo: p + hi] = S[lane, r, o * C: o * C + hi - lo]
+                    net.theta[p + lo + i] = W[lane, o * C + i]
+                for r in range(opt.state.shape[0]):
+                    if into:
+                        S[lane, r, o * C + i] = opt.state[r, p + lo + i]
+                    else:
+                        opt.state[r, p + lo + i] = S[lane, r, o * C + i]
 
 
 @njit(**config.JIT_PARALLEL)
@@ -245,7 +249,7 @@ def train_epoch_split(net, opt, batches, work, lr, nthreads):
     # Every one of the nthreads iterations of the prange must run at once (as
     # numba_tiles.train_epoch_samples).
     (grads, XP, WP, GP, SP, part, D, tbuf, spans, stats, junk_b, zeros, rows, sync,
-     narrow) = work
+     narrow, wide) = work
     k, batch_size, lanes = batches.order.shape[0], batches.batch_size, batches.lanes
     n_in, n1 = net.sizes[0], net.sizes[1]
     C = WP.shape[1] // n1
@@ -254,7 +258,10 @@ def train_epoch_split(net, opt, batches, work, lr, nthreads):
     aoff = layer_offsets(net.sizes)
     step0 = opt.step[0]
     dt = net.theta.dtype.type
-    _panels(net, opt, WP, SP, lanes, True)
+    # Constants that callees take are passed as np.int64 / np.bool_: a literal argument
+    # compiles a specialisation of its own (and of everything the callee calls), and
+    # prange's index is unsigned inside the loop: each cost seconds of cold compile
+    _panels(net, opt, WP, SP, lanes, np.bool_(True))
     for t in prange(nthreads):
         buf = tbuf[t]
         for start in range(0, k, batch_size):
@@ -262,7 +269,8 @@ def train_epoch_split(net, opt, batches, work, lr, nthreads):
             step = step0 + start // batch_size + 1
             for lane in range(t, lanes, nthreads):  # 1. the lanes' partial sums
                 lo, hi = columns(n_in, lanes, lane)
-                gather_columns(batches, start, m, XP[lane], lo, hi, spans[lane], rows, t,
+                gather_columns(batches, start, m, XP[lane], lo, hi, spans[lane], rows,
+                               np.int64(t),
                                min(k, start + batch_size), min(k, start + 2 * batch_size))
                 _blocked_forward(XP[lane], m, WP[lane].reshape((n1, C)), zeros, part[lane],
                                  spans[lane, : (m + 3) // 4])
@@ -272,7 +280,7 @@ def train_epoch_split(net, opt, batches, work, lr, nthreads):
                 for f in range(s_lo, s_hi, TILE):
                     _layers_above(net, aoff, buf, part, f, min(TILE, s_hi - f), batches,
                                   start + f, dt(1) / dt(m), stats[STATS_PAD * lane], D,
-                                  grads[lane], f > s_lo, spans[lane, :0], narrow)
+                                  grads[lane], f > s_lo, spans[lane, :0], narrow, wide)
                 if s_lo == s_hi:  # no samples: nothing to add
                     grads[lane, above:] = 0
             barrier(sync, nthreads)
@@ -280,9 +288,9 @@ def train_epoch_split(net, opt, batches, work, lr, nthreads):
                 sum_and_apply(net.theta, grads, above, P, lr, opt, step)
             for lane in range(t, lanes, nthreads):  # 3. the lanes' columns of W0
                 _grad_rows(_rows(D, 0, 0, 0, m, n1), XP[lane], m, GP[lane].reshape((n1, C)),
-                           junk_b[t], 0, n1, False,
+                           junk_b[t], 0, n1, np.bool_(False),
                            spans[lane, : (m + 3) // 4])
-                apply_rule(WP[lane], GP[lane], 0, n1 * C, lr,
+                apply_rule(WP[lane], GP[lane], np.int64(0), n1 * C, lr,
                            OptState(opt.kind, opt.hyper, SP[lane], opt.step), step)
-    _panels(net, opt, WP, SP, lanes, False)
+    _panels(net, opt, WP, SP, lanes, np.bool_(False))
     opt.step[0] = step0 + (k + batch_size - 1) // batch_size

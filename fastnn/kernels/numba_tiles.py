@@ -379,7 +379,9 @@ class Work(NamedTuple):
     sync: np.ndarray  # int64 (2 * SYNC_PAD,): the samples strategy's barrier (rows: unused)
     spans: np.ndarray  # int64 widen_span's: rows (chunk // 4 + 1, 2), samples (T, TILE // 4, 2)
     ink: Ink  # rows with the inked first layer: a chunk's; others: none (0 rows)
-    narrow: object = None  # samples: numba_narrow.narrow_flag's (_samples_tile); rows: None
+    # samples: numba_narrow.narrow_flag's pair (_samples_tile); rows: unused
+    narrow: object = None
+    wide: object = None
 
 
 def rows_work(sizes, batch_size, nthreads, lanes, dtype, inked=False):
@@ -400,7 +402,7 @@ def samples_work(sizes, batch_size, nthreads, lanes, dtype):
                 np.empty((nthreads, tile_buffer_size(TILE, sizes)), dtype),
                 np.zeros((STATS_PAD * lanes, 2)), np.zeros(2 * SYNC_PAD, np.int64),
                 np.empty((nthreads, TILE // 4, 2), np.int64), ink_work(0, sizes[0], dtype),
-                narrow_flag(sizes, dtype))
+                *narrow_flag(sizes, dtype))
 
 
 @njit(**config.JIT_EXACT_LEAF)
@@ -517,9 +519,9 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
 
 @njit(**config.JIT_LEAF)
 def _samples_tile(net, aoff, buf, ns, batches, first, inv_m, stats_row, pf_lo, pf_hi,
-                  spans, g, accumulate, ink_idx, ink_vals, ink_counts, narrow):
+                  spans, g, accumulate, ink_idx, ink_vals, ink_counts, narrow, wide):
     # train_epoch_samples' tile (a dense first layer) at row 0 of buf, with every
-    # layer's gradient for it into g: (P,) (accumulating: added). narrow: Work.narrow,
+    # layer's gradient for it into g: (P,) (accumulating: added). narrow, wide: Work's,
     # the layers above the first transposed (numba_narrow) or row-major (Numba compiles
     # one of the two)
     sizes = net.sizes
@@ -531,7 +533,7 @@ def _samples_tile(net, aoff, buf, ns, batches, first, inv_m, stats_row, pf_lo, p
                      inv_m, stats_row, _input_and_deltas(buf, TILE, aoff, sizes, 0, 0, ns)[1],
                      g, accumulate, _scratch(buf, TILE, aoff, 0, ns, scratch_rows(sizes)))
         below = 1
-    else:
+    if wide is not None:
         _tile_pass(net, aoff, buf, TILE, 0, ns, batches, first, inv_m, stats_row, pf_lo,
                    pf_hi, spans, ink_idx, ink_vals, ink_counts, None)
     spans = spans_of(spans, ns, True)
@@ -561,7 +563,7 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
     #     hits) in row STATS_PAD * t (rows apart so that threads do not share a cache
     #     line), folded into the last row after each chunk
     theta, sizes, woff, boff = net
-    grad, buf, stats, _, sbuf, ink, _ = work
+    grad, buf, stats, _, sbuf, ink, _, _ = work
     k, batch_size = batches.order.shape[0], batches.batch_size
     L = sizes.shape[0] - 1
     aoff = layer_offsets(sizes)
@@ -737,7 +739,7 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
     # STATS_PAD * l; work.sync: (2 * SYNC_PAD,) int64 for the barrier. Every one of the
     # nthreads iterations of the prange must run at once (Numba's omp and workqueue
     # layers give each thread one: see config.THREADING_LAYERS).
-    gbuf, tbuf, stats, sync, sbuf, ink, narrow = work
+    gbuf, tbuf, stats, sync, sbuf, ink, narrow, wide = work
     ink_idx, ink_vals, ink_counts = ink.idx, ink.vals, ink.counts  # unused: 0 rows
     k, batch_size, lanes = batches.order.shape[0], batches.batch_size, batches.lanes
     P = net.theta.shape[0]
@@ -760,7 +762,7 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
                     # the lane's first tile overwrites its gradient, the others add
                     _samples_tile(net, aoff, buf, ns, batches, first, inv_m,
                                   stats[STATS_PAD * lane], pf_lo, pf_hi, sbuf[t], gbuf[lane],
-                                  first > lo, ink_idx, ink_vals, ink_counts, narrow)
+                                  first > lo, ink_idx, ink_vals, ink_counts, narrow, wide)
             barrier(sync, nthreads)
             sum_and_apply(net.theta, gbuf[:n], (P * t) // nthreads, (P * (t + 1)) // nthreads,
                           lr, opt, step0 + start // batch_size + 1)
