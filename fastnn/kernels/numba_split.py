@@ -162,15 +162,22 @@ def _gather_moved(batches, s, row, lo, hi, out):
 @njit(**config.JIT_LEAF)
 def _first_layer_out(part, b0, f, ns, Z, relu):
     # part: (lanes, batch, n1) -> Z: (>= ns, n1) = b0 + the lanes' sums for samples
-    # f..f+ns, added in lane order (+ ReLU)
+    # f..f+ns, added in lane order (+ ReLU). Lane by lane over a row, not unit by unit
+    # over the lanes: LLVM vectorised that reduction over the lanes (two) into 170 KB of
+    # IR, compiled again in every kernel that calls this one (~1 s of cold compile)
     lanes, n1 = part.shape[0], part.shape[2]
     zero = Z.dtype.type(0)
     for s in range(ns):
+        z = Z[s]
         for o in range(n1):
-            z = b0[o]
-            for lane in range(lanes):
-                z += part[lane, f + s, o]
-            Z[s, o] = zero if relu and z < zero else z
+            z[o] = b0[o]
+        for lane in range(lanes):
+            p = part[lane, f + s]
+            for o in range(n1):
+                z[o] += p[o]
+        if relu:
+            for o in range(n1):
+                z[o] = zero if z[o] < zero else z[o]
 
 
 @njit(**config.JIT_LEAF)
