@@ -791,7 +791,7 @@ def test_choose_split_for_narrow_nets_at_small_batches():
 _WARM_THEN_RUN = """import numpy as np
 from fastnn.kernels import get_kernel, numba_tiles
 from fastnn.model import init_params
-kernels = (numba_tiles.train_epoch_rows, numba_tiles.predict_tiles)
+kernels = (numba_tiles.train_epoch_rows, numba_tiles.predict_tiles.jitted)
 get_kernel("numba").warmup([784, 300, 10], np.float32)
 warm = [len(k.signatures) for k in kernels]
 rng = np.random.default_rng(151)

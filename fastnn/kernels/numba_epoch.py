@@ -261,8 +261,9 @@ def _opt_state(opt, params):
 
 
 def _compiled(kernel):
-    """How many signatures the jitted kernel has compiled (0 without the JIT)."""
-    return len(getattr(kernel, "signatures", ()))
+    """How many signatures the jitted kernel (a launcher's: its ``jitted``) has compiled
+    (0 without the JIT)."""
+    return len(getattr(getattr(kernel, "jitted", kernel), "signatures", ()))
 
 
 @contextlib.contextmanager

@@ -29,11 +29,12 @@ count), not on how many threads run.
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from fastnn import config, model
 from fastnn.kernels.numba_intrinsics import SYNC_PAD, barrier
 from fastnn.kernels.numba_narrow import SOFTMAX_ROWS, narrow_above, narrow_flag, scratch_rows
+from fastnn.kernels.numba_regions import on_threads
 from fastnn.kernels.numba_shared import (
     OptState,
     apply_rule,
@@ -230,13 +231,13 @@ def _layers_above(net, aoff, buf, part, f, ns, batches, first, inv_m, stats_row,
 
 
 @njit(**config.JIT)
-def _panels(net, opt, W, S, lanes, into):
-    # theta's W0 and opt.state's part for it -> (into) or <- the lanes' panels W, S
+def _panels(net, opt, W, S, lanes, nthreads, t, into):
+    # theta's W0 and opt.state's part for it -> (into) or <- thread t's lanes' panels W, S
     # (element by element: a slice assignment compiles its shape-mismatch error,
     # string formatting included, ~2 s of the kernel's cold compile)
     n_in, n1 = net.sizes[0], net.sizes[1]
     C = W.shape[1] // n1
-    for lane in range(lanes):
+    for lane in range(t, lanes, nthreads):
         lo, hi = columns(n_in, lanes, lane)
         for o in range(n1):
             p = net.woff[0] + o * n_in
@@ -252,11 +253,19 @@ def _panels(net, opt, W, S, lanes, into):
                         opt.state[r, p + lo + i] = S[lane, r, o * C + i]
 
 
-@njit(**config.JIT_PARALLEL)
 def train_epoch_split(net, opt, batches, work, lr, nthreads):
-    # The epoch in one parallel region, two barriers a batch (the module's docstring).
-    # Every one of the nthreads iterations of the prange must run at once (as
-    # numba_tiles.train_epoch_samples).
+    # The epoch on nthreads threads at once (numba_regions), two barriers a batch (the
+    # module's docstring)
+    on_threads(_epoch_thread, nthreads, net, opt, batches, work, lr, nthreads)
+    k, batch_size = batches.order.shape[0], batches.batch_size
+    opt.step[0] += (k + batch_size - 1) // batch_size
+
+
+@njit(**config.JIT)
+def _epoch_thread(net, opt, batches, work, lr, nthreads, t):
+    # Thread t of train_epoch_split: lanes t, t + nthreads, ... The panels of W0 and its
+    # state are the lanes' own (W0 lies below theta[above:], which thread 0 updates), so
+    # each thread copies its lanes' in and out without waiting for the others.
     (grads, XP, WP, GP, SP, part, D, tbuf, spans, stats, junk_b, zeros, rows, sync,
      narrow, wide) = work
     k, batch_size, lanes = batches.order.shape[0], batches.batch_size, batches.lanes
@@ -267,39 +276,38 @@ def train_epoch_split(net, opt, batches, work, lr, nthreads):
     aoff = layer_offsets(net.sizes)
     step0 = opt.step[0]
     dt = net.theta.dtype.type
+    buf = tbuf[t]
     # Constants that callees take are passed as np.int64 / np.bool_: a literal argument
-    # compiles a specialisation of its own (and of everything the callee calls), and
-    # prange's index is unsigned inside the loop: each cost seconds of cold compile
-    _panels(net, opt, WP, SP, lanes, np.bool_(True))
-    for t in prange(nthreads):
-        buf = tbuf[t]
-        for start in range(0, k, batch_size):
-            m = min(batch_size, k - start)
-            step = step0 + start // batch_size + 1
-            for lane in range(t, lanes, nthreads):  # 1. the lanes' partial sums
-                lo, hi = columns(n_in, lanes, lane)
-                gather_columns(batches, start, m, XP[lane], lo, hi, spans[lane], rows,
-                               np.int64(t),
-                               min(k, start + batch_size), min(k, start + 2 * batch_size))
-                _blocked_forward(XP[lane], m, WP[lane].reshape((n1, C)), zeros, part[lane],
-                                 spans[lane, : (m + 3) // 4])
-            barrier(sync, nthreads)
-            for lane in range(t, lanes, nthreads):  # 2. the layers above, by samples
-                s_lo, s_hi = (m * lane) // lanes, (m * (lane + 1)) // lanes
-                for f in range(s_lo, s_hi, TILE):
-                    _layers_above(net, aoff, buf, part, f, min(TILE, s_hi - f), batches,
-                                  start + f, dt(1) / dt(m), stats[STATS_PAD * lane], D,
-                                  grads[lane], f > s_lo, spans[lane, :0], narrow, wide)
-                if s_lo == s_hi:  # no samples: nothing to add
-                    grads[lane, above:] = 0
-            barrier(sync, nthreads)
-            if t == 0:  # their update (and b0's), the lanes' gradients added in lane order
-                sum_and_apply(net.theta, grads, above, P, lr, opt, step)
-            for lane in range(t, lanes, nthreads):  # 3. the lanes' columns of W0
-                _grad_rows(_rows(D, 0, 0, 0, m, n1), XP[lane], m, GP[lane].reshape((n1, C)),
-                           junk_b[t], 0, n1, np.bool_(False),
-                           spans[lane, : (m + 3) // 4])
-                apply_rule(WP[lane], GP[lane], np.int64(0), n1 * C, lr,
-                           OptState(opt.kind, opt.hyper, SP[lane], opt.step), step)
-    _panels(net, opt, WP, SP, lanes, np.bool_(False))
-    opt.step[0] = step0 + (k + batch_size - 1) // batch_size
+    # compiles a specialisation of its own (and of everything the callee calls)
+    _panels(net, opt, WP, SP, lanes, nthreads, t, np.bool_(True))
+    for start in range(0, k, batch_size):
+        m = min(batch_size, k - start)
+        step = step0 + start // batch_size + 1
+        for lane in range(t, lanes, nthreads):  # 1. the lanes' partial sums
+            lo, hi = columns(n_in, lanes, lane)
+            gather_columns(batches, start, m, XP[lane], lo, hi, spans[lane], rows, t,
+                           min(k, start + batch_size), min(k, start + 2 * batch_size))
+            _blocked_forward(XP[lane], m, WP[lane].reshape((n1, C)), zeros, part[lane],
+                             spans[lane, : (m + 3) // 4])
+        barrier(sync, nthreads)
+        for lane in range(t, lanes, nthreads):  # 2. the layers above, by samples
+            s_lo, s_hi = (m * lane) // lanes, (m * (lane + 1)) // lanes
+            for f in range(s_lo, s_hi, TILE):
+                _layers_above(net, aoff, buf, part, f, min(TILE, s_hi - f), batches,
+                              start + f, dt(1) / dt(m), stats[STATS_PAD * lane], D,
+                              grads[lane], f > s_lo, spans[lane, :0], narrow, wide)
+            if s_lo == s_hi:  # no samples: nothing to add
+                grads[lane, above:] = 0
+        barrier(sync, nthreads)
+        if t == 0:  # their update (and b0's), the lanes' gradients added in lane order
+            sum_and_apply(net.theta, grads, above, P, lr, opt, step)
+        for lane in range(t, lanes, nthreads):  # 3. the lanes' columns of W0
+            _grad_rows(_rows(D, 0, 0, 0, m, n1), XP[lane], m, GP[lane].reshape((n1, C)),
+                       junk_b[t], 0, n1, np.bool_(False),
+                       spans[lane, : (m + 3) // 4])
+            apply_rule(WP[lane], GP[lane], np.int64(0), n1 * C, lr,
+                       OptState(opt.kind, opt.hyper, SP[lane], opt.step), step)
+    _panels(net, opt, WP, SP, lanes, nthreads, t, np.bool_(False))
+
+
+train_epoch_split.jitted = _epoch_thread  # what compiles (numba_epoch._compiled)

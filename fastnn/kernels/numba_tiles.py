@@ -74,6 +74,7 @@ from fastnn.kernels.numba_narrow import (
     scratch_rows,
     softmax_xent_t,
 )
+from fastnn.kernels.numba_regions import on_threads
 from fastnn.kernels.numba_shared import (
     OptState,
     apply_rule,
@@ -808,12 +809,18 @@ def _fill_panels(WP, net):
     to_panels(net.theta, net.woff[0], net.sizes[1], net.sizes[0], WP)
 
 
-@njit(**config.JIT_PARALLEL)
 def predict_tiles(net, images, scale, work, out):
     # images: (n, 784) uint8 -> out: (n,) int64 argmax of the logits
     # work: PredictWork. With panels in it (predict_work's ``inked``), the first layer
     # from the images' ink lists (numba_inked.inked_forward); compiled apart from the
     # dense kernel (panels None), which holds none of that code.
+    _fill_panels(work.panels, net)
+    on_threads(_predict_thread, work.buf.shape[0], net, images, scale, work, out)
+
+
+@njit(**config.JIT)
+def _predict_thread(net, images, scale, work, out, t):
+    # Thread t of predict_tiles: the t-th of T equal runs of images
     tbuf, sbuf, ink_idx, ink_vals, ink_counts, WP = work
     sizes = net.sizes
     T = tbuf.shape[0]
@@ -822,25 +829,26 @@ def predict_tiles(net, images, scale, work, out):
     aoff = layer_offsets(sizes)  # layer l's (tile, sizes[l]) block starts at tile * aoff[l]
     tile = tbuf.shape[1] // aoff[L + 1]
     b0 = layer_params(net.theta, net, 0)[1]
-    _fill_panels(WP, net)
-    for t in prange(T):
-        buf = tbuf[t]
-        hi = (n * (t + 1)) // T
-        r = t * tile  # the thread's rows of ink lists
-        for first in range((n * t) // T, hi, tile):
-            ns = min(tile, hi - first)
-            X = _rows(buf, tile, 0, 0, tile, sizes[0])
-            spans = spans_of(sbuf[t], ns, WP is None)
-            for s in range(ns):
-                ink_lo, ink_hi = gather_image(images, first + s, scale, X[s])
-                widen_span(spans, s, ink_lo, ink_hi, sizes[0])
-            inked = _inked_first_layer(WP, X, ns, ink_idx[r:], ink_vals[r:], ink_counts[r:],
-                                       b0, _rows(buf, tile, aoff[1], 0, tile, sizes[1]), L > 1)
-            for layer in range(1 if inked else 0, L):
-                W, b = layer_params(net.theta, net, layer)
-                _tile_forward(_rows(buf, tile, aoff[layer], 0, tile, sizes[layer]), ns, W, b,
-                              _rows(buf, tile, aoff[layer + 1], 0, tile, sizes[layer + 1]),
-                              layer < L - 1, _layer_spans(spans, layer))
-            Z = _rows(buf, tile, aoff[L], 0, tile, sizes[L])
-            for s in range(ns):
-                out[first + s] = argmax(Z[s])
+    buf = tbuf[t]
+    hi = (n * (t + 1)) // T
+    r = t * tile  # the thread's rows of ink lists
+    for first in range((n * t) // T, hi, tile):
+        ns = min(tile, hi - first)
+        X = _rows(buf, tile, 0, 0, tile, sizes[0])
+        spans = spans_of(sbuf[t], ns, WP is None)
+        for s in range(ns):
+            ink_lo, ink_hi = gather_image(images, first + s, scale, X[s])
+            widen_span(spans, s, ink_lo, ink_hi, sizes[0])
+        inked = _inked_first_layer(WP, X, ns, ink_idx[r:], ink_vals[r:], ink_counts[r:],
+                                   b0, _rows(buf, tile, aoff[1], 0, tile, sizes[1]), L > 1)
+        for layer in range(1 if inked else 0, L):
+            W, b = layer_params(net.theta, net, layer)
+            _tile_forward(_rows(buf, tile, aoff[layer], 0, tile, sizes[layer]), ns, W, b,
+                          _rows(buf, tile, aoff[layer + 1], 0, tile, sizes[layer + 1]),
+                          layer < L - 1, _layer_spans(spans, layer))
+        Z = _rows(buf, tile, aoff[L], 0, tile, sizes[L])
+        for s in range(ns):
+            out[first + s] = argmax(Z[s])
+
+
+predict_tiles.jitted = _predict_thread  # what compiles (numba_epoch._compiled)
