@@ -30,18 +30,20 @@ def _returns(out, sync, nthreads, base, scale, t):
     return t
 
 
+# both dtypes in one process: each call must find the code compiled for its own types
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("nthreads", sorted({1, config.max_threads()}))
-def test_every_thread_runs_once_and_all_at_once(nthreads):
+def test_every_thread_runs_once_and_all_at_once(nthreads, dtype):
     if numba.config.DISABLE_JIT:
         nthreads = 1  # one t after the other: a barrier has no one to wait for
-    out = np.full(2 * nthreads, np.nan)
+    out = np.full(2 * nthreads, np.nan, dtype)
     sync = np.zeros(2 * SYNC_PAD, np.int64)
     for call in range(3):  # the same region again: the barrier's count has reset
         out[:] = np.nan
         on_threads(_meet, nthreads, out, sync, nthreads, 1.5 * call, 2.0)
-        mine = 1.5 * call + 2.0 * np.arange(nthreads)
+        mine = (1.5 * call + 2.0 * np.arange(nthreads)).astype(dtype)
         assert np.array_equal(out[:nthreads], mine)
-        assert np.array_equal(out[nthreads:], np.full(nthreads, mine.sum()))
+        assert np.array_equal(out[nthreads:], np.full(nthreads, mine.sum(), dtype))
 
 
 def test_a_kernel_that_returns_a_value_is_refused():
