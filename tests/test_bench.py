@@ -61,9 +61,10 @@ def test_headline_cases_are_timed_back_to_back(monkeypatch):
 
 def _bench(name, hidden, rounds_seconds, samples=60000, test="test_train_epoch", **info):
     return dict(name=f"{test}[{name}-{hidden}]", stats=dict(data=rounds_seconds),
-                extra_info=dict(name=name, net=f"784-{hidden}-10", batch_size=128,
-                                dtype="float32", threads=2, samples=samples, train_flop=100,
-                                predict_flop=50, compile_seconds=0.0, **info))
+                extra_info=dict(dict(name=name, net=f"784-{hidden}-10", batch_size=128,
+                                     dtype="float32", threads=2, samples=samples,
+                                     train_flop=100, predict_flop=50, compile_seconds=0.0),
+                                **info))
 
 
 def test_report_takes_medians_ratios_and_keeps_every_round():
@@ -85,6 +86,21 @@ def test_report_takes_medians_ratios_and_keeps_every_round():
     assert lines[2:4] == ["Machine: test", "Commit: 0123456 with uncommitted changes."]
     assert "| 784-10-10 | 128 | float32 | 2 | 10.0k | 120.0k ±21% |" in table
     assert "| 784-10-10 | 128 | 2 | 0 | 400 |" in table  # 100 FLOP x 120k/s = 0.012 GFLOP/s
+
+
+def test_scaling_table_sets_the_machines_own_ratio_beside_the_kernels():
+    doc = dict(machine_info={}, benchmarks=[
+        _bench("numba", 10, [0.5]),  # 120k/s on 2 threads
+        _bench("numba", 10, [0.75], threads=1, sgemm_then={"1": 100.0, "2": 150.0}),  # 80k
+        _bench("numba", 10, [0.5], test="test_train_epoch_contended"),
+        _bench("numba", 10, [1.0], test="test_train_epoch_contended", threads=1),
+    ])
+    lines, data = report.render(doc)
+    table = "\n".join(lines)
+    assert "| 784-10-10 | 128 | float32 | 80.0k | 120.0k (2) | 1.50 | 1.50 |" in table
+    assert data["train"][1]["sgemm_then"] == {"1": 100.0, "2": 150.0}
+    # the contended table has no such column: nothing measured it there
+    assert "| 784-10-10 | 128 | float32 | 60.0k | 120.0k (2) | 2.00 |\n" in table
 
 
 def test_report_shows_the_distortions_share_of_an_epoch():

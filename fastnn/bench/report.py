@@ -60,6 +60,8 @@ def _rows(benchmarks, test, key):
             {k: info[k] for k in key}, runs={}, compile_seconds={}, train_flop=info["train_flop"],
             predict_flop=info["predict_flop"]))
         row["runs"][info["name"]] = [info["samples"] / t for t in b["stats"]["data"]]
+        if "sgemm_then" in info:
+            row["sgemm_then"] = info["sgemm_then"]
         row["compile_seconds"][info["name"]] = info["compile_seconds"]
     for row in rows.values():
         rate = row["samples_per_second"] = {n: median(r) for n, r in row["runs"].items()}
@@ -107,8 +109,15 @@ def _paired(rows, bases, key):
 
 
 def _scaling(train):
+    """Rows of 1 thread, all threads, their ratio and sgemm's at all threads over 1
+    measured right after the 1-thread case (its sgemm_then; "-" without it)."""
+    def machine(base, threads):
+        g = base.get("sgemm_then") or {}
+        return f"{g[str(threads)] / g['1']:.2f}" if str(threads) in g and "1" in g else "-"
+
     return [[r["net"], r["batch_size"], r["dtype"], _cell(base["runs"][FAST]),
-             f"{_cell(r['runs'][FAST])} ({r['threads']})", f"{b / a:.2f}"]
+             f"{_cell(r['runs'][FAST])} ({r['threads']})", f"{b / a:.2f}",
+             machine(base, r["threads"])]
             for base, r, a, b in _paired([r for r in train if r["threads"] > 1],
                                          [r for r in train if r["threads"] == 1],
                                          ("net", "batch_size", "dtype"))]
@@ -159,12 +168,16 @@ def render(bench_json):
                          "the rounds, ±half their range)", train, cols)
     lines += _throughput("## Inference: samples/s, predict over the 10,000 test images",
                          infer, [c for c in cols if c[0] != "batch_size"])
+    head = ["net", "batch", "dtype", "1 thread", "all threads", "ratio"]
     if scaling := _scaling(train):
-        lines += _table(f"## Thread scaling of {FAST}",
-                        ["net", "batch", "dtype", "1 thread", "all threads", "ratio"], scaling)
+        lines += _table(f"## Thread scaling of {FAST}", head + ["sgemm's ratio then"],
+                        scaling, "sgemm's ratio then: NumPy's float32 1024x1024 product, all "
+                        "threads over 1 (best of 5 each), measured right after the 1-thread "
+                        "epochs: what the machine itself gave a second thread at that "
+                        "minute.", "")
     if busy := _scaling(contended):
         lines += _table(f"## {FAST} with another busy process (a Python loop) running",
-                        ["net", "batch", "dtype", "1 thread", "all threads", "ratio"], busy,
+                        head, [r[:-1] for r in busy],
                         "All threads: the default, whose pieces of an epoch run on all "
                         "threads or on one, whichever is faster (numba_epoch.Pacer).", "")
     if cost := _distortion_cost(train, distorted, alone):

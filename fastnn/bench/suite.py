@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from fastnn import config, model, peers, tolerances, train
+from fastnn import blas, config, model, peers, tolerances, train
 from fastnn.bench import MAX_ROUNDS, build_parser, settings
 from fastnn.kernels import KERNELS, get_kernel
 from fastnn.kernels.numpy_ref import to_float
@@ -26,6 +26,7 @@ SETTINGS.update(json.loads(os.environ.get("FASTNN_BENCH", "{}")))
 THREADS = SETTINGS["threads"] or config.max_threads()
 LR = train.DEFAULTS["lr"]
 SETTLE_SECONDS = 0.25
+SGEMM_THEN_N = 1024  # 2 GFLOP a product: ~0.2 s in all
 
 
 # Timed first for each net, one right after the other: the ratios the report and the
@@ -183,6 +184,12 @@ def test_train_epoch(benchmark, data, case):
     with _case(benchmark, data, *case) as (kernel, params):
         loss, _ = _time_epochs(benchmark, epoch(case[0], kernel, params, data, case[2]),
                                lambda: (rng.permutation(len(images)),), len(images))
+    if case[4] == 1 and THREADS > 1:
+        # The machine's own gain from its threads at this minute, beside the scaling
+        # case's: on a shared machine it comes and goes in phases (a loop that never
+        # left registers ran 1.7x slower per thread on 2 threads in some, 1.0x in others)
+        benchmark.extra_info["sgemm_then"] = {
+            str(k): v for k, v in blas.sgemm_gflops(SGEMM_THEN_N, repeats=5).items()}
     assert np.isfinite(loss)
 
 
