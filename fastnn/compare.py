@@ -119,7 +119,8 @@ def run(args, data, out=None):
         rows = ([] if res["images"] is None else
                 [tolerances.images_row(res["images"], ref["images"], dtype, distort)])
         rows += [tolerances.row(label, res[key] if i is None else res[key][i],
-                                ref[key] if i is None else ref[key][i], dtype, traj, scale)
+                                ref[key] if i is None else ref[key][i], dtype, traj, scale,
+                                tolerances.LOSS_MAGNITUDE if key == "loss" else None)
                  for label, key, i, traj, scale in checks]
         for r in rows:
             ok &= r["ok"]
