@@ -874,6 +874,26 @@ def test_results_do_not_depend_on_the_thread_count(name):
             assert np.array_equal(a, b)
 
 
+def test_pacer_does_not_switch_on_one_slow_piece():
+    from fastnn.kernels.numba_epoch import Pacer
+
+    def piece(threads, rate, seconds=0.01):
+        pacer.record(threads, int(rate * seconds), seconds)
+
+    pacer = Pacer(2)
+    piece(2, 500e3)
+    piece(1, 200e3)
+    assert pacer.threads() == 2
+    piece(2, 150e3)  # a hiccup (a thread descheduled a few ms): all threads are kept
+    assert pacer.threads() == 2
+    piece(2, 150e3)  # slow again (another busy process): one thread
+    assert pacer.threads() == 1
+    piece(1, 200e3, Pacer.PROBE_FIRST)
+    assert pacer.threads() == 2  # the probe...
+    piece(2, 500e3)  # ...finds the other process gone
+    assert pacer.threads() == 2
+
+
 def test_pacer_tries_both_and_keeps_the_faster():
     from fastnn.kernels.numba_epoch import Pacer
 
