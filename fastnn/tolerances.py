@@ -165,20 +165,12 @@ def _names(params):
     return [f"{w}{i + 1}" for i in range(len(params)) for w in ("W", "b")]
 
 
-def check_backend(backend, params, X, y, images, labels, order, batch_size, lr,
-                  test_images):
-    """Rows for everything a backend (or a peer) must agree with the reference on.
-
-    On the batch X, y (float of the params' dtype, int64; the samples near a
-    ReLU kink left out): the probabilities and the loss (rtol scaled by the
-    logits' size) and every gradient. Training: ``train_epoch`` over ``order``
-    from copies of params, plain SGD at ``lr``: the mean loss and every
-    parameter after (trajectory rtol). Inference: ``predict`` on test_images,
-    whose labels must equal the reference's except at near-ties (max_abs
-    holds how many differ).
-    """
+def batch_rows(backend, params, X, y):
+    """Rows for one batch X, y (float of the params' dtype, int64), the samples near a
+    ReLU kink left out: the probabilities and the loss (rtol scaled by the logits'
+    size, the loss with LOSS_MAGNITUDE) and every gradient (against its terms'
+    magnitudes), the backend's against the reference's."""
     from fastnn.kernels import REFERENCE, get_kernel
-    from fastnn.model import copy_params
 
     ref = get_kernel(REFERENCE)
     dtype = params[0][0].dtype
@@ -190,9 +182,27 @@ def check_backend(backend, params, X, y, images, labels, order, batch_size, lr,
     (loss, grads), (loss_ref, grads_ref) = (b.loss_and_grads(params, X, y)
                                             for b in (backend, ref))
     rows.append(row("loss", loss, loss_ref, dtype, scale=scale, magnitude=LOSS_MAGNITUDE))
-    rows += [row(f"d{n}", g, r, dtype, magnitude=size)
-             for n, g, r, size in zip(_names(params), _flat(grads), _flat(grads_ref),
-                                      _flat(gradient_magnitudes(params, X, y)))]
+    return rows + [row(f"d{n}", g, r, dtype, magnitude=size)
+                   for n, g, r, size in zip(_names(params), _flat(grads), _flat(grads_ref),
+                                            _flat(gradient_magnitudes(params, X, y)))]
+
+
+def check_backend(backend, params, X, y, images, labels, order, batch_size, lr,
+                  test_images):
+    """Rows for everything a backend (or a peer) must agree with the reference on.
+
+    The batch X, y: ``batch_rows``. Training: ``train_epoch`` over ``order``
+    from copies of params, plain SGD at ``lr``: the mean loss and every
+    parameter after (trajectory rtol). Inference: ``predict`` on test_images,
+    whose labels must equal the reference's except at near-ties (max_abs
+    holds how many differ).
+    """
+    from fastnn.kernels import REFERENCE, get_kernel
+    from fastnn.model import copy_params
+
+    ref = get_kernel(REFERENCE)
+    dtype = params[0][0].dtype
+    rows = batch_rows(backend, params, X, y)
     trained = []
     for b in (backend, ref):
         p = copy_params(params)
