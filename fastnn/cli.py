@@ -13,7 +13,10 @@ after it).
 """
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 
 import numpy as np
 
@@ -37,6 +40,26 @@ def main(parser, run, argv=None, runtime_errors=()):
         return 0
 
     return run_command(parser, body, runtime_errors)
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Ctrl-C (SIGINT) held back until the block ends, then raised there as
+    KeyboardInterrupt: a file written in the block and what the program says of it stay
+    in step. Only where Python's own handler is in place, in the main thread (elsewhere
+    the block runs as it is)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def run_command(parser, body, runtime_errors=()):

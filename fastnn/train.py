@@ -517,47 +517,58 @@ def fit(args, out=None):
     show_bar = not args.quiet and sys.stderr.isatty()
     log_every = max(1, args.epochs // 25)
     train_seconds = sum(row["seconds"] for row in history)
-    # the checkpoint that holds the last finished epoch, for messages
-    last_saved = args.resume
+    # the checkpoint that holds the last finished epoch, and that epoch, for messages
+    last_saved, saved_epoch = args.resume, first_epoch - 1
 
-    def kept(epoch, resume_hint=False):
+    def kept(resume_hint=False):
         """What the checkpoint on disk still holds, for the messages below."""
         if not last_saved:
             return ""
         hint = f": continue with --resume {last_saved}" if resume_hint else ""
-        return f"; {last_saved} still holds epoch {epoch - 1}{hint}"
+        return f"; {last_saved} still holds epoch {saved_epoch}{hint}"
 
-    for epoch in range(first_epoch, args.epochs + 1):
-        try:
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                row = run_epoch(args, kernel, params, opt, rng, epoch, train_x, train_y,
-                                test_x, test_y, bs, show_bar)
-        except KeyboardInterrupt:
-            raise cli.Interrupted(f"interrupted during epoch {epoch}{kept(epoch, True)}") from None
-        except Diverged as e:
-            last = (f"the last epoch's loss was {history[-1]['loss']:.4f}" if history
-                    else "no epoch finished with a finite loss")
-            raise Diverged(f"training diverged in epoch {epoch}: {e} ({last}); try "
-                           f"{divergence_remedy(args)}{kept(epoch)}") from None
-        train_seconds += row["seconds"]
-        history.append(row)
-        if epoch % log_every == 0 or epoch == args.epochs or epoch == first_epoch:
-            extra = (f"  (+{compile_seconds:.2f} s JIT compile, excluded)"
-                     if epoch == first_epoch and compile_seconds > 0 else "")
-            say(f"epoch {epoch:3d}/{args.epochs}  loss {row['loss']:.4f}  train "
-                f"{100 * row['train_accuracy']:6.2f}%  test {100 * row['test_accuracy']:6.2f}%"
-                f"  {row['seconds']:6.2f} s  {row['samples_per_second']:>11,.0f} samples/s{extra}")
-        if args.save:
+    epoch = first_epoch - 1
+    try:
+        for epoch in range(first_epoch, args.epochs + 1):
             try:
-                model.save(args.save, params, dict(config=cfg, epoch=epoch, history=history,
-                                                   optimizer_step=opt.step), opt.state)
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    row = run_epoch(args, kernel, params, opt, rng, epoch, train_x, train_y,
+                                    test_x, test_y, bs, show_bar)
             except KeyboardInterrupt:
-                raise cli.Interrupted(f"interrupted while saving epoch {epoch}"
-                                      f"{kept(epoch, True)}") from None
-            except files.FileError as e:
-                raise files.FileError(f"--save {e.path}", e.problem + (
-                    kept(epoch) or "; nothing was written"), e.remedy) from None
-            last_saved = args.save
+                raise cli.Interrupted(f"interrupted during epoch {epoch}{kept(True)}") from None
+            except Diverged as e:
+                last = (f"the last epoch's loss was {history[-1]['loss']:.4f}" if history
+                        else "no epoch finished with a finite loss")
+                raise Diverged(f"training diverged in epoch {epoch}: {e} ({last}); try "
+                               f"{divergence_remedy(args)}{kept()}") from None
+            train_seconds += row["seconds"]
+            history.append(row)
+            if epoch % log_every == 0 or epoch == args.epochs or epoch == first_epoch:
+                extra = (f"  (+{compile_seconds:.2f} s JIT compile, excluded)"
+                         if epoch == first_epoch and compile_seconds > 0 else "")
+                say(f"epoch {epoch:3d}/{args.epochs}  loss {row['loss']:.4f}  train "
+                    f"{100 * row['train_accuracy']:6.2f}%  test "
+                    f"{100 * row['test_accuracy']:6.2f}%  {row['seconds']:6.2f} s  "
+                    f"{row['samples_per_second']:>11,.0f} samples/s{extra}")
+            if args.save:
+                # A Ctrl-C while saving lands once the checkpoint and what the messages
+                # say of it agree (cli.deferred_interrupt)
+                with cli.deferred_interrupt():
+                    try:
+                        model.save(args.save, params, dict(config=cfg, epoch=epoch,
+                                                           history=history,
+                                                           optimizer_step=opt.step), opt.state)
+                    except KeyboardInterrupt:
+                        raise cli.Interrupted(f"interrupted while saving epoch {epoch}"
+                                              f"{kept(True)}") from None
+                    except files.FileError as e:
+                        raise files.FileError(f"--save {e.path}", e.problem + (
+                            kept() or "; nothing was written"), e.remedy) from None
+                    last_saved, saved_epoch = args.save, epoch
+    except KeyboardInterrupt:
+        # Python raises a Ctrl-C at its next check, which may come after the try that
+        # was running when it arrived: between two epochs, once a checkpoint was written
+        raise cli.Interrupted(f"interrupted after epoch {epoch}{kept(True)}") from None
 
     result = dict(kernel=args.kernel, config=cfg, epochs=history,
                   test_accuracy=history[-1]["test_accuracy"], train_seconds=train_seconds,

@@ -151,3 +151,26 @@ def test_fashion_mnist_trains(fashion, tmp_path):
                           "--index", "0"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "true Ankle boot" in res.stdout
+
+
+def test_deferred_interrupt_lets_the_block_finish_then_raises():
+    """A real SIGINT inside the block: the block runs to its end, then KeyboardInterrupt;
+    none: nothing raised; Python's own handler is back either way."""
+    import os
+    import signal
+
+    from fastnn import cli
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with cli.deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # Python checks for signals in loops: none raised here
+                pass
+            done.append(True)
+    assert done == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with cli.deferred_interrupt():
+        done.append(True)
+    assert done == [True, True]
