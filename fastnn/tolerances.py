@@ -165,17 +165,19 @@ def _names(params):
     return [f"{w}{i + 1}" for i in range(len(params)) for w in ("W", "b")]
 
 
-def batch_rows(backend, params, X, y):
+def batch_rows(backend, params, X, y, keep_kinks=False):
     """Rows for one batch X, y (float of the params' dtype, int64), the samples near a
-    ReLU kink left out: the probabilities and the loss (rtol scaled by the logits'
-    size, the loss with LOSS_MAGNITUDE) and every gradient (against its terms'
-    magnitudes), the backend's against the reference's."""
+    ReLU kink left out (``keep_kinks``: every sample judged, for batches known to lie
+    away from kinks or exactly on them, as the tests' are): the probabilities and the
+    loss (rtol scaled by the logits' size, the loss with LOSS_MAGNITUDE) and every
+    gradient (against its terms' magnitudes), the backend's against the reference's."""
     from fastnn.kernels import REFERENCE, get_kernel
 
     ref = get_kernel(REFERENCE)
     dtype = params[0][0].dtype
-    keep = away_from_kinks(params, X)
-    X, y = X[keep], y[keep]
+    if not keep_kinks:
+        keep = away_from_kinks(params, X)
+        X, y = X[keep], y[keep]
     scale = logit_scale(ref.logits(params, X))
     rows = [row("probabilities", backend.forward(params, X), ref.forward(params, X), dtype,
                 scale=scale)]

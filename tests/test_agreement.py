@@ -28,10 +28,11 @@ from fastnn.kernels import KERNELS, REFERENCE, get_kernel, numba_epoch, numba_na
 from fastnn.kernels.numpy_ref import to_float
 from fastnn.model import INITS, copy_params, init_params
 from fastnn.tolerances import (
-    LOSS_MAGNITUDE,
     assert_agree,
+    assert_rows,
+    away_from_kinks,
+    batch_rows,
     gradient_magnitudes,
-    logit_scale,
     rtol_for,
 )
 
@@ -117,41 +118,24 @@ def assert_params_agree(params, ref_params, dtype, what, trajectory=False):
 
 
 def assert_batch_agrees(name, params, X, y):
-    """forward P, loss and every dW/db of backend `name` against the reference."""
+    """forward P, loss and every dW/db of backend `name` against the reference
+    (tolerances.batch_rows, every sample judged), of the right shapes and dtype, the
+    params left as they were."""
     dtype = params[0][0].dtype
-    kernel, ref = get_kernel(name), get_kernel(REFERENCE)
+    kernel = get_kernel(name)
     before = copy_params(params)
-
-    P, P_ref = kernel.forward(params, X), ref.forward(params, X)
-    assert P.shape == P_ref.shape == (len(X), params[-1][0].shape[0])
-    assert P.dtype == dtype
-    scale = logit_scale(naive.logits(params, X))
-    assert_agree(P, P_ref, dtype, f"{name} forward probabilities", scale=scale)
-
-    loss, grads = kernel.loss_and_grads(params, X, y)
-    loss_ref, grads_ref = ref.loss_and_grads(params, X, y)
-    assert np.isfinite(loss)
-    assert_agree(loss, loss_ref, dtype, f"{name} loss", scale=scale,
-                 magnitude=LOSS_MAGNITUDE)
-    assert len(grads) == len(grads_ref) == len(params)
-    sizes = flat(gradient_magnitudes(params, X, y))
-    for gname, g, r, size in zip(param_names(params), flat(grads), flat(grads_ref), sizes):
-        assert g.shape == r.shape and g.dtype == dtype, f"{name} d{gname}: {g.shape} {g.dtype}"
-        assert_agree(g, r, dtype, f"{name} d{gname}", magnitude=size)
-
+    P = kernel.forward(params, X)
+    assert P.shape == (len(X), params[-1][0].shape[0]) and P.dtype == dtype
+    _, grads = kernel.loss_and_grads(params, X, y)
+    assert len(grads) == len(params)
+    for gname, g, p in zip(param_names(params), flat(grads), flat(params)):
+        assert g.shape == p.shape and g.dtype == dtype, f"{name} d{gname}: {g.shape} {g.dtype}"
+    assert_rows(batch_rows(kernel, params, X, y, keep_kinks=True), name)
     for a, b in zip(flat(params), flat(before)):
         assert np.array_equal(a, b), f"{name}: forward/loss_and_grads modified the params"
 
 
 # ---------------------------------------------------------------- 1. kernels, hypothesis
-
-
-# A float32 draw with a hidden pre-activation this close to zero is left out:
-# float32 rounding of a 784-term dot product (~1e-7 here) may then land on
-# either side of the ReLU, so backend and reference are both right and their
-# dW differ by one sample's whole contribution (seen: |Z| = 5.3e-7 at 784-59-10,
-# batch 187, dW1 off by 500x the tolerance). Float64 draws are all kept.
-RELU_TIE_FLOAT32 = 4e-6
 
 
 @st.composite
@@ -201,8 +185,8 @@ def _with_examples(test):
 def test_forward_loss_grads_agree(name, case):
     sizes = [784, *case["hidden"], 10]
     params, X, y = random_batch(sizes, case["m"], case["dtype"], case["init"], case["seed"])
-    if case["dtype"] == "float32":
-        assume(naive.min_distance_to_relu_kink(params, X) > RELU_TIE_FLOAT32)
+    if case["dtype"] == "float32":  # a draw near a ReLU kink: tolerances.KINK_MARGIN
+        assume(away_from_kinks(params, X).all())
     assert_batch_agrees(name, params, X, y)
 
 
