@@ -33,6 +33,7 @@ from fastnn.demo.engine import Engine
 from fastnn.demo.server import MAX_BODY
 from fastnn.kernels import get_kernel
 from fastnn.kernels.numpy_ref import to_float
+from fastnn.tolerances import assert_agree
 
 DIGITS = [str(k) for k in range(10)]
 
@@ -81,8 +82,8 @@ def test_a_drawing_goes_through_predict_images_preprocessing(server, params, tmp
     assert out["label"] == int(np.argmax(P))
     assert [h["unit"] for h in out["hidden"]] == list(range(10))  # all 10, in order
     np.testing.assert_array_equal([h["activation"] for h in out["hidden"]], hidden)
-    ref = get_kernel("numpy").activations(params, pixels[None].astype(np.float32) / 255)[0][0]
-    np.testing.assert_allclose(hidden, ref, rtol=1e-5, atol=1e-5)
+    ref = get_kernel("numpy").activations(params, to_float(pixels[None], np.float32))[0][0]
+    assert_agree(hidden, ref, np.float32, "the demo's hidden activations")
 
 
 def test_pixels_are_used_as_they_are(server, params, test_set):
