@@ -151,7 +151,6 @@ class Pacer:
     # (a call with a few batches): not taken into account, and the next piece is
     # four times larger, until one is long enough.
     MIN_SECONDS = 0.005
-    MARGIN = 1.1  # one thread must be this much faster to be kept (timings are noisy)
     # seconds of training between two tries: soon at first (a first try may have met a
     # passing slow spell: NumPy's BLAS threads spin for ~0.1 s after its last product),
     # and never more than a few seconds apart, so that a choice made while another
@@ -171,7 +170,11 @@ class Pacer:
     def _best(self):
         if len(self.rate) < 2:
             return None
-        return 1 if self.rate[1] > self.MARGIN * self.rate[self.nthreads] else self.nthreads
+        # No margin in favour of all threads: with one, one thread had to be 10% faster,
+        # and with another busy process, where the two counts are about as fast, the
+        # default ran at 0.75-1.10x --threads 1 (784-10-10, batch 32, eight reports);
+        # without, at 1.01-1.15x, eight reports interleaved with those
+        return 1 if self.rate[1] > self.rate[self.nthreads] else self.nthreads
 
     def threads(self):
         """The thread count for the next piece."""
