@@ -893,6 +893,8 @@ def test_pacer_tries_both_and_keeps_the_faster():
     assert pacer.threads() == 1
     piece(1, 95e3)  # slower: all threads are kept
     assert pacer.threads() == 2
+    piece(1, 105e3)  # faster, if only just: neither count is favoured
+    assert pacer.threads() == 1
     piece(1, 200e3)  # one thread is faster (another busy process)
     assert pacer.threads() == 1
     piece(1, 200e3, Pacer.PROBE_FIRST)  # after PROBE_FIRST seconds of training...
