@@ -20,14 +20,6 @@ from fastnn.kernels import KERNELS, REFERENCE, get_kernel
 from fastnn.kernels.numpy_ref import to_float
 
 
-def _names(params):
-    return [f"{w}{i + 1}" for i in range(len(params)) for w in ("W", "b")]
-
-
-def _flat(params_or_grads):
-    return [a for pair in params_or_grads for a in pair]
-
-
 def sample_order(seed, n, n_samples, batch_size, shift=0):
     """The --compare batches: (order, shifts) pieces, order the sample indices,
     permutations of range(n) one after another cut to n_samples, and shifts each
@@ -70,7 +62,7 @@ def measure(name, params0, train, test, pieces, batch_size, lr, distort=None):
         seconds += time.perf_counter() - t0
         samples += len(order)
     accuracy = float(np.mean(kernel.predict(params, test[0]) == test[1]))
-    return dict(batch_rows=rows, params=_flat(params), test_accuracy=accuracy,
+    return dict(batch_rows=rows, params=params, test_accuracy=accuracy,
                 seconds=seconds, images=images, samples_per_second=samples / seconds,
                 compile_seconds=compile_seconds)
 
@@ -93,8 +85,6 @@ def run(args, data, out=None):
     results = {name: measure(name, params0, train, test, pieces, bs, args.lr, distort)
                for name in KERNELS}
     ref = results[REFERENCE]
-    names = _names(params0)
-    checks = [(f"{n} after {args.compare_steps} steps", i) for i, n in enumerate(names)]
 
     report, ok = {"config": dict(sizes=sizes, dtype=args.dtype, batch_size=bs, lr=args.lr,
                                  steps=args.compare_steps, seed=args.seed,
@@ -112,8 +102,7 @@ def run(args, data, out=None):
         rows = ([] if res["images"] is None else
                 [tolerances.images_row(res["images"], ref["images"], dtype, distort)])
         rows += res["batch_rows"]
-        rows += [tolerances.row(label, res["params"][i], ref["params"][i], dtype,
-                                trajectory=True) for label, i in checks]
+        rows += tolerances.params_rows(res["params"], ref["params"], args.compare_steps, dtype)
         for r in rows:
             ok &= r["ok"]
             label, bound = ((r["quantity"] + " (atol)", r["atol"]) if "atol" in r

@@ -212,11 +212,17 @@ def check_backend(backend, params, X, y, images, labels, order, batch_size, lr,
     (loss, p), (loss_ref, p_ref) = trained
     steps = -(-len(order) // batch_size)
     rows.append(row(f"mean loss over {steps} steps", loss, loss_ref, dtype, trajectory=True))
-    rows += [row(f"{n} after {steps} steps", a, r, dtype, trajectory=True)
-             for n, a, r in zip(_names(params), _flat(p), _flat(p_ref))]
+    rows += params_rows(p, p_ref, steps, dtype)
     rows.append(_predict_row(backend.predict(params, test_images),
                              ref.predict(params, test_images), params, test_images))
     return rows
+
+
+def params_rows(params, ref_params, steps, dtype):
+    """Rows for every parameter after ``steps`` training steps through the same
+    batches, against the reference's (trajectory rtol)."""
+    return [row(f"{n} after {steps} steps", a, r, dtype, trajectory=True)
+            for n, a, r in zip(_names(params), _flat(params), _flat(ref_params))]
 
 
 def _predict_row(labels, ref_labels, params, images):
