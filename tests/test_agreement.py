@@ -12,6 +12,7 @@ also runs in minutes with NUMBA_DISABLE_JIT=1 (pure-Python loops).
 """
 
 import contextlib
+import itertools
 import math
 import os
 
@@ -740,7 +741,8 @@ def test_each_implementation_is_tested_once():
 def test_numba_picks_its_strategy(hidden):
     """"numba" trains and predicts exactly (bit for bit) like the strategy choose() picks:
     "split" for a small net at a small batch on a machine of several threads ("samples"
-    on one), "inked" for a wide first layer on sparse ink (digits), at any thread count."""
+    on one, or for shifted batches), "inked" for a wide first layer on sparse ink
+    (digits), at any thread count."""
     from fastnn.kernels.numba_epoch import choose, ink_fraction
 
     if SMALL and hidden == 400:
@@ -749,16 +751,19 @@ def test_numba_picks_its_strategy(hidden):
     sizes = [784, hidden, 10]
     images, labels = mnist_like_images(64, seed=121)
     order = np.random.default_rng(122).permutation(64)
-    for threads in thread_counts():
+    shifts = np.random.default_rng(124).integers(-1, 2, (64, 2))
+    for threads, moved in itertools.product(thread_counts(), (None, shifts)):
         with numba_threads(threads):
             # the lanes are the machine's threads, however many run
-            picked = choose(sizes, config.max_threads(), ink_fraction(images), 16)
-            small = "split" if config.max_threads() > 1 else "samples"
+            picked = choose(sizes, config.max_threads(), ink_fraction(images), 16,
+                            moved is not None)
+            small = "split" if config.max_threads() > 1 and moved is None else "samples"
             assert picked == (small if hidden == 10 else "inked")
             runs = []
             for name in ("numba", f"numba:{picked}"):
                 params = init_params(sizes, 123)
-                stats = get_kernel(name).train_epoch(params, images, labels, order, 16, 0.1)
+                stats = get_kernel(name).train_epoch(params, images, labels, order, 16, 0.1,
+                                                     None, moved)
                 runs.append((stats, params, get_kernel(name).predict(params, images)))
             (s1, p1, l1), (s2, p2, l2) = runs
             assert s1 == s2 and np.array_equal(l1, l2)
@@ -768,7 +773,8 @@ def test_numba_picks_its_strategy(hidden):
 
 def test_choose_split_for_narrow_nets_at_small_batches():
     """choose's thresholds: "split" from 2 lanes for a first layer narrower than the
-    inked one at batches up to SPLIT_MAX_BATCH (None: the training command's default)."""
+    inked one at batches up to SPLIT_MAX_BATCH (None: the training command's default),
+    neither shifted nor distorted."""
     from fastnn import train
 
     choose = numba_epoch.choose
@@ -777,6 +783,7 @@ def test_choose_split_for_narrow_nets_at_small_batches():
         assert choose([784, 10, 10], 2, 0.2, bs) == "split"
         assert choose([784, 63, 10], 4, 0.2, bs) == "split"
         assert choose([784, 10, 10], 1, 0.2, bs) == "samples"
+        assert choose([784, 10, 10], 2, 0.2, bs, moved=True) == "samples"
     assert choose([784, 10, 10], 2, 0.2, numba_epoch.SPLIT_MAX_BATCH + 1) == "samples"
     assert choose([784, 64, 10], 2, 0.2, 32) == "inked"
     assert choose([784, 64, 10], 2, 0.5, 32) == "samples"

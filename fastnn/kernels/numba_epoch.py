@@ -94,6 +94,14 @@ SPLIT_MAX_FLOATS = 1 << 18
 # panels outgrow the caches.
 SPLIT_MAX_BATCH = 256
 DEFAULT_BATCH = 32  # the training command's
+# Not for shifted or distorted batches: every lane of "split" moves (or distorts) the
+# whole image to take its columns, so each image is moved once per lane, and a
+# thread's share of the work does not shrink (measured on 2 cores, Zen 4, MNIST,
+# 784-10-10, full epochs, best of three, "split" against "samples" samples/s: batch 32
+# on 2 threads, --shift 1 837k against 1.48M, --preset record's distortion 206k
+# against 427k; on 1 thread 468k against 958k and 114k against 232k; batch 128 on 2
+# threads 937k against 1.92M and 216k against 440k; 784-32-10 batch 32 599k against
+# 750k and 201k against 331k; plain, "split" was the faster: 2.45M against 2.10M).
 
 # The inked first layer from this many units on (measured on 2 cores, Zen 4, MNIST,
 # full epochs, best of two, "samples" against "inked" samples/s, 1 and 2 threads: batch
@@ -118,14 +126,14 @@ def ink_fraction(images, rows=1024):
     return np.count_nonzero(sample) / sample.size if sample.size else 0.0
 
 
-def choose(sizes, lanes, ink=0.0, batch_size=None):
+def choose(sizes, lanes, ink=0.0, batch_size=None, moved=False):
     """The strategy "numba" trains a net of these layer sizes with, "split", "samples",
     "rows" or "inked", for batches of ``batch_size`` (None: the training command's
     default) cut into ``lanes`` (the machine's thread count: numba_shared.Batches) from
-    images whose ink_fraction is ``ink``."""
+    images whose ink_fraction is ``ink``, ``moved`` (shifted or distorted) or not."""
     if sizes[1] >= INKED_MIN_UNITS and ink <= INKED_MAX_INK:
         return "inked"
-    if (lanes > 1 and sizes[1] < INKED_MIN_UNITS
+    if (lanes > 1 and sizes[1] < INKED_MIN_UNITS and not moved
             and (batch_size or DEFAULT_BATCH) <= SPLIT_MAX_BATCH):
         return "split"
     return "samples" if model.n_params(sizes) * lanes <= SPLIT_MAX_FLOATS else "rows"
@@ -319,10 +327,10 @@ class Backend:
         this before each case: a case must not inherit another's thread choice)."""
         self._pacers.clear()
 
-    def _strategy(self, sizes, ink, batch_size=None):
+    def _strategy(self, sizes, ink, batch_size=None, moved=False):
         # ink: the images' ink_fraction (1.0 where it does not matter)
         return STRATEGIES[self.strategy or choose(sizes, config.max_threads(), ink,
-                                                  batch_size)]
+                                                  batch_size, moved)]
 
     def implementation(self, attr):
         """The kernel behind ``attr``: what tells two registry names' code apart."""
@@ -351,7 +359,8 @@ class Backend:
         nthreads = numba.get_num_threads()
         # the images' ink only for a first layer wide enough to use it
         kernels = self._strategy(net.sizes, ink_fraction(images)
-                                 if net.sizes[1] >= INKED_MIN_UNITS else 1.0, bs)
+                                 if net.sizes[1] >= INKED_MIN_UNITS else 1.0, bs,
+                                 shifts is not None or distort is not None)
         if kernels.train in BARRIER_KERNELS and not _barriers_safe():
             nthreads = 1
         work = kernels.work(net.sizes, bs, nthreads, lanes, net.theta.dtype)
