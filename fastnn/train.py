@@ -505,7 +505,7 @@ def fit(args, out=None):
         params = model.init_params(cfg["sizes"], seed=args.seed, dtype=dtype, init=args.init)
         opt, first_epoch, history = make_optimizer(args), 1, []
     bs = cfg["batch_size"]
-    compile_seconds = kernel.warmup(cfg["sizes"], dtype, bs)
+    compile_seconds = kernel.warmup(cfg["sizes"], dtype, bs, bool(args.shift) or distorting(args))
     say(f"fastnn: {'-'.join(map(str, cfg['sizes']))} net, {args.kernel} kernel, {args.dtype}, "
         f"{args.optimizer} lr {args.lr} ({args.schedule}), batch {bs}, {args.epochs} epochs, "
         f"{cfg['threads']} threads{augmentation_text(args)}"

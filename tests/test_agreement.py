@@ -822,6 +822,48 @@ def test_warmup_compiles_what_a_wide_net_runs():
     assert warm == used
 
 
+_WARM_MOVED_THEN_RUN = """import numpy as np
+from fastnn import config
+from fastnn.augment import Distortion
+from fastnn.kernels import get_kernel, numba_epoch, numba_regions, numba_split, numba_tiles
+from fastnn.model import init_params
+kernels = (numba_tiles._samples_thread, numba_split._epoch_thread, numba_regions._region6)
+get_kernel("numba").warmup([784, 10, 10], np.float32, 32, moved=True)
+warm = [len(k.signatures) for k in kernels]
+rng = np.random.default_rng(153)
+images = rng.integers(0, 256, (64, 784)).astype(np.uint8)
+params, labels = init_params([784, 10, 10], 154), rng.integers(0, 10, 64)
+numba_kernel = get_kernel("numba")
+numba_kernel.train_epoch(params, images, labels, np.arange(64), 32, 0.1, None,
+                         rng.integers(-1, 2, (64, 2)))
+numba_kernel.train_epoch(params, images, labels, np.arange(64), 32, 0.1, None, None,
+                         Distortion(155, 34.0, 4.0, 10.0, 0.1, 0.2))
+print(numba_epoch.choose([784, 10, 10], config.max_threads(), 0.2, 32, True))
+print(warm)
+print([len(k.signatures) for k in kernels])"""
+
+
+def test_warmup_compiles_what_moved_batches_run():
+    """In a fresh process, warmup(moved=True) compiles (or loads) the kernel that
+    shifted and distorted training then runs, and not the plain one that would go
+    unused (numba:split's at 784-10-10): the training command's --shift and
+    distortions."""
+    if SMALL or numba.config.DISABLE_JIT:
+        pytest.skip("about the JIT's compiled signatures")
+    import json
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _WARM_MOVED_THEN_RUN], capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    strategy, warm, used = run.stdout.split("\n")[:3]
+    assert strategy == "samples"
+    assert warm == used
+    samples, split, _ = json.loads(warm)
+    assert samples == 1 and split == 0
+
+
 def test_numba_trains_params_in_place_only_when_flat():
     """The fused kernels update the flat vector itself: a plain list is refused, not
     silently left unchanged."""

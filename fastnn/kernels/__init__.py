@@ -6,8 +6,9 @@
 shifts=None, distort=None)``, ``gather(images, order, dtype, shifts=None,
 distort=None)`` (the batches as train_epoch sees them: scaled, shifted and
 distorted), ``predict(params, images)``, ``sgd_step(params, grads, lr)``,
-``apply_update(params, grads, lr, opt)`` and ``warmup(sizes, dtype, batch_size=None)``
-(what training at that batch size compiles; None: the training command's). A new
+``apply_update(params, grads, lr, opt)`` and ``warmup(sizes, dtype, batch_size=None,
+moved=False)`` (what training at that batch size, None: the training command's, on
+batches shifted or distorted or not, compiles). A new
 backend is one module (or one variant) plus one line here.
 
 "numpy" is the reference. The numba backend has one name per way of

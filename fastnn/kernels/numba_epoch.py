@@ -62,11 +62,11 @@ class Strategy(NamedTuple):
 
 STRATEGIES = {
     "samples": Strategy(numba_tiles.train_epoch_samples, numba_tiles.samples_work,
-                        numba_tiles.predict_tiles, numba_tiles.predict_work),
+                        numba_tiles.predict_tiles, numba_tiles.predict_work, numba_tiles.plain),
     "rows": Strategy(numba_tiles.train_epoch_rows, numba_tiles.rows_work,
-                     numba_tiles.predict_tiles, numba_tiles.predict_work),
+                     numba_tiles.predict_tiles, numba_tiles.predict_work, numba_tiles.plain),
     "inked": Strategy(numba_tiles.train_epoch_rows, numba_tiles.inked_work,
-                      numba_tiles.predict_tiles, numba_tiles.predict_work),
+                      numba_tiles.predict_tiles, numba_tiles.predict_work, numba_tiles.plain),
     "split": Strategy(numba_split.train_epoch_split, numba_split.split_work,
                       numba_tiles.predict_tiles, numba_tiles.predict_work, numba_split.plain),
     "simple": Strategy(numba_simple.train_epoch_simple, numba_simple.work,
@@ -413,17 +413,19 @@ class Backend:
         update_params(net.theta, grads.theta[None, :], net.theta.dtype.type(lr), state)
         opt.step = int(state.step[0])
 
-    def warmup(self, sizes, dtype, batch_size=None):
+    def warmup(self, sizes, dtype, batch_size=None, moved=False):
         """Compile (or load from Numba's cache) what training at ``batch_size`` (None:
-        the training command's default) and predict use for a net of these sizes (at
-        any thread count: the strategy depends on the machine's, see choose); return the
-        seconds it took."""
+        the training command's default) on batches ``moved`` (shifted or distorted) or
+        not, and predict, use for a net of these sizes (at any thread count: the
+        strategy depends on the machine's, see choose); return the seconds it took."""
         t0 = time.perf_counter()
         params = model.init_params([sizes[0], 2, sizes[-1]], dtype=dtype)
         images = np.zeros((3, sizes[0]), np.uint8)
         backend = Backend(self.strategy or choose(sizes, config.max_threads(), 0.0,
-                                                  batch_size))
-        backend.train_epoch(params, images, np.zeros(3, np.int64), np.arange(3), 2, 0.0)
+                                                  batch_size, moved))
+        # zero shifts take the path a distortion takes too (numba_shared.gather_row)
+        backend.train_epoch(params, images, np.zeros(3, np.int64), np.arange(3), 2, 0.0,
+                            None, np.zeros((3, 2), np.int64) if moved else None)
         backend.predict(params, images)
         if sizes[1] >= INKED_PREDICT_MIN_UNITS:  # predict's inked path (blank images: no ink)
             backend.predict(model.init_params([sizes[0], INKED_PREDICT_MIN_UNITS, sizes[-1]],

@@ -10,9 +10,9 @@ Two ways to share the lanes between threads, the "numba:samples" and
 "numba:rows" (and "numba:inked") backends ("numba" picks one per net:
 numba_epoch.choose):
 
-* ``train_epoch_samples`` (small nets): one parallel region for the whole
-  epoch. Each thread gathers, runs forward and backward and sums the
-  gradient of each of its lanes into the lane's buffer; at a barrier the
+* ``train_epoch_samples`` (small nets): the whole epoch on all threads at
+  once (numba_regions). Each thread gathers, runs forward and backward and
+  sums the gradient of each of its lanes into the lane's buffer; at a barrier the
   threads meet, add the buffers up in lane order, each over its share of
   the parameters, and apply the optimizer. Activations and weights stay in
   the cache of the core that uses them.
@@ -379,10 +379,22 @@ class Work(NamedTuple):
     stats: np.ndarray  # float64 (rows, 2): column sums are (loss sum, hits)
     sync: np.ndarray  # int64 (2 * SYNC_PAD,): the samples strategy's barrier (rows: unused)
     spans: np.ndarray  # int64 widen_span's: rows (chunk // 4 + 1, 2), samples (T, TILE // 4, 2)
-    ink: Ink  # rows with the inked first layer: a chunk's; others: none (0 rows)
+    ink: Ink  # rows with the inked first layer: a chunk's, else 0 rows; samples: None
     # samples: numba_narrow.narrow_flag's pair (_samples_tile); rows: unused
     narrow: object = None
     wide: object = None
+    # MOVED where batches may be shifted or distorted, None where they never are (plain:
+    # a kernel of its own, without the moved gather, whose distortion is most of its
+    # cold compile)
+    moved: object = None
+
+
+MOVED = np.zeros(0, np.int8)
+
+
+def plain(work):
+    """work for batches that are neither shifted nor distorted."""
+    return work._replace(moved=None)
 
 
 def rows_work(sizes, batch_size, nthreads, lanes, dtype, inked=False):
@@ -391,7 +403,7 @@ def rows_work(sizes, batch_size, nthreads, lanes, dtype, inked=False):
                 np.empty(tile_buffer_size(chunk, sizes), dtype),
                 np.zeros((STATS_PAD * (chunk // 4 + 1) + 1, 2)), np.zeros(0, np.int64),
                 np.empty((chunk // 4 + 1, 2), np.int64),
-                ink_work(chunk if inked else 0, sizes[0], dtype, columns=inked))
+                ink_work(chunk if inked else 0, sizes[0], dtype, columns=inked), moved=MOVED)
 
 
 def inked_work(sizes, batch_size, nthreads, lanes, dtype):
@@ -402,8 +414,8 @@ def samples_work(sizes, batch_size, nthreads, lanes, dtype):
     return Work(np.empty((lanes, model.n_params(sizes)), dtype),
                 np.empty((nthreads, tile_buffer_size(TILE, sizes)), dtype),
                 np.zeros((STATS_PAD * lanes, 2)), np.zeros(2 * SYNC_PAD, np.int64),
-                np.empty((nthreads, TILE // 4, 2), np.int64), ink_work(0, sizes[0], dtype),
-                *narrow_flag(sizes, dtype))
+                np.empty((nthreads, TILE // 4, 2), np.int64), None, *narrow_flag(sizes, dtype),
+                MOVED)
 
 
 @njit(**config.JIT_EXACT_LEAF)
@@ -467,7 +479,7 @@ def _inked_first_layer(WP, X, ns, idx, vals, counts, b, Z, relu):
 
 @njit(**config.JIT)
 def _tile_first(net, aoff, buf, cap, f, ns, batches, first, pf_lo, pf_hi, spans, ink_idx,
-                ink_vals, ink_counts, WT):
+                ink_vals, ink_counts, WT, moved):
     # The gather and the first layer's output (after its ReLU when layers follow) of
     # order positions first..first+ns, kept as rows f..f+ns of buf's blocks (_tile_pass)
     # pf_lo, pf_hi: order positions of the tile that comes next, prefetched here (one
@@ -477,12 +489,17 @@ def _tile_first(net, aoff, buf, cap, f, ns, batches, first, pf_lo, pf_hi, spans,
     # WT: the first layer's weights as panels (numba_inked), or None: with them, the
     # first layer runs from the rows' ink lists, written to ink_* (numba_inked.Ink's
     # first fields; a named tuple cannot enter a prange unless it is an argument)
+    # moved: Work's; None: the images are neither shifted nor distorted
     sizes = net.sizes
     L = sizes.shape[0] - 1
     X = _rows(buf, cap, 0, f, ns, sizes[0])
     spans = spans_of(spans, ns, WT is None)
     for s in range(ns):
-        ink_lo, ink_hi = gather_row(batches, first + s, X[s])
+        if moved is None:
+            ink_lo, ink_hi = gather_image(batches.images, batches.order[first + s],
+                                          batches.scale, X[s])
+        else:
+            ink_lo, ink_hi = gather_row(batches, first + s, X[s])
         widen_span(spans, s, ink_lo, ink_hi, sizes[0])
         prefetch_samples(batches, min(pf_lo + s, pf_hi), min(pf_lo + s + 1, pf_hi))
     prefetch_samples(batches, min(pf_lo + ns, pf_hi), pf_hi)
@@ -494,7 +511,7 @@ def _tile_first(net, aoff, buf, cap, f, ns, batches, first, pf_lo, pf_hi, spans,
 
 @njit(**config.JIT)
 def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_lo, pf_hi,
-               spans, ink_idx, ink_vals, ink_counts, WT):
+               spans, ink_idx, ink_vals, ink_counts, WT, moved):
     # Forward and backward deltas of order positions first..first+ns, kept as rows
     # f..f+ns of buf's blocks: layer l's activations (cap, n_l) start at cap * aoff[l],
     # its deltas at cap * (aoff[L+1] + aoff[l]); aoff: (L+2,) prefix sums of sizes.
@@ -503,7 +520,7 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
     sizes = net.sizes
     L = sizes.shape[0] - 1
     _tile_first(net, aoff, buf, cap, f, ns, batches, first, pf_lo, pf_hi, spans, ink_idx,
-                ink_vals, ink_counts, WT)
+                ink_vals, ink_counts, WT, moved)
     for layer in range(1, L):
         W, b = layer_params(net.theta, net, layer)
         _tile_forward(_rows(buf, cap, aoff[layer], f, ns, sizes[layer]), ns, W, b,
@@ -520,23 +537,23 @@ def _tile_pass(net, aoff, buf, cap, f, ns, batches, first, inv_m, stats_row, pf_
 
 @njit(**config.JIT_LEAF)
 def _samples_tile(net, aoff, buf, ns, batches, first, inv_m, stats_row, pf_lo, pf_hi,
-                  spans, g, accumulate, ink_idx, ink_vals, ink_counts, narrow, wide):
+                  spans, g, accumulate, narrow, wide, moved):
     # train_epoch_samples' tile (a dense first layer) at row 0 of buf, with every
     # layer's gradient for it into g: (P,) (accumulating: added). narrow, wide: Work's,
     # the layers above the first transposed (numba_narrow) or row-major (Numba compiles
-    # one of the two)
+    # one of the two); moved: Work's (_tile_first)
     sizes = net.sizes
     below = sizes.shape[0] - 1  # the layers whose gradient is left for _grad_rows
     if narrow is not None:
         _tile_first(net, aoff, buf, TILE, 0, ns, batches, first, pf_lo, pf_hi, spans,
-                    ink_idx, ink_vals, ink_counts, None)
+                    None, None, None, None, moved)
         narrow_above(net, _rows(buf, TILE, aoff[1], 0, ns, sizes[1]), ns, batches, first,
                      inv_m, stats_row, _input_and_deltas(buf, TILE, aoff, sizes, 0, 0, ns)[1],
                      g, accumulate, _scratch(buf, TILE, aoff, 0, ns, scratch_rows(sizes)))
         below = 1
     if wide is not None:
         _tile_pass(net, aoff, buf, TILE, 0, ns, batches, first, inv_m, stats_row, pf_lo,
-                   pf_hi, spans, ink_idx, ink_vals, ink_counts, None)
+                   pf_hi, spans, None, None, None, None, moved)
     spans = spans_of(spans, ns, True)
     for layer in range(below):
         A, D = _input_and_deltas(buf, TILE, aoff, sizes, layer, 0, ns)
@@ -564,7 +581,7 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
     #     hits) in row STATS_PAD * t (rows apart so that threads do not share a cache
     #     line), folded into the last row after each chunk
     theta, sizes, woff, boff = net
-    grad, buf, stats, _, sbuf, ink, _, _ = work
+    grad, buf, stats, _, sbuf, ink, _, _, moved = work
     k, batch_size = batches.order.shape[0], batches.batch_size
     L = sizes.shape[0] - 1
     aoff = layer_offsets(sizes)
@@ -613,11 +630,11 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
                 if not inked:
                     _tile_pass(net, aoff, buf, chunk, f, ns, batches, c0 + f, inv_m,
                                stats[STATS_PAD * tile], pf_lo, pf_hi, sbuf[f // 4:],
-                               ink_idx, ink_vals, ink_counts, None)
+                               ink_idx, ink_vals, ink_counts, None, moved)
                 else:
                     _tile_pass(net, aoff, buf, chunk, f, ns, batches, c0 + f, inv_m,
                                stats[STATS_PAD * tile], pf_lo, pf_hi, sbuf[f // 4:],
-                               ink_idx[f:], ink_vals[f:], ink_counts[f:], WT)
+                               ink_idx[f:], ink_vals[f:], ink_counts[f:], WT, moved)
                     ink_columns(ink_idx[f:], ink_vals[f:], ink_counts[f:], ns, f,
                                 ink_colptr[tile], ink_rows, ink_cvals, f * n_px)
                     rows_to_panels(_input_and_deltas(buf, chunk, aoff, sizes, 0, f, ns)[1], f,
@@ -723,52 +740,59 @@ def _next_tile(after, hi, lane, t, start, k, batch_size, lanes, nthreads):
     return 0, 0
 
 
-@njit(**config.JIT_PARALLEL)
 def train_epoch_samples(net, opt, batches, work, lr, nthreads):
-    # The same epoch, parallel over samples only, in one parallel region. A batch is
-    # cut into batches.lanes contiguous lanes (fewer for a small batch), whatever the
-    # number of threads: thread t runs lanes t, t + nthreads, ..., TILE samples at a
-    # time, through _samples_tile, which sums each lane's gradient into that lane's
-    # work.grad row. Then the threads meet (a spin barrier, ~0.1 us, where a fork and
-    # join costs ~1.2 us), each adds the rows up, in lane order, over its own share of
-    # the parameters and applies the optimizer to it, and they meet again before the
-    # next batch reads the weights. Every sum has the same order for any thread count.
-    # For small layers this beats train_epoch_rows: no thread reads activations
-    # another core wrote.
+    # The same epoch, parallel over samples only, on nthreads threads at once
+    # (numba_regions: _samples_thread and what it calls compile once, not three times as
+    # a prange's body). A batch is cut into batches.lanes contiguous lanes (fewer for a
+    # small batch), whatever the number of threads: thread t runs lanes t, t + nthreads,
+    # ..., TILE samples at a time, through _samples_tile, which sums each lane's
+    # gradient into that lane's work.grad row. Then the threads meet (a spin barrier,
+    # ~0.1 us, where a fork and join costs ~1.2 us), each adds the rows up, in lane
+    # order, over its own share of the parameters and applies the optimizer to it, and
+    # they meet again before the next batch reads the weights. Every sum has the same
+    # order for any thread count. For small layers this beats train_epoch_rows: no
+    # thread reads activations another core wrote.
+    on_threads(_samples_thread, nthreads, net, opt, batches, work, lr, nthreads)
+    k, batch_size = batches.order.shape[0], batches.batch_size
+    opt.step[0] += (k + batch_size - 1) // batch_size
+
+
+@njit(**config.JIT)
+def _samples_thread(net, opt, batches, work, lr, nthreads, t):
+    # Thread t of train_epoch_samples.
     # work.grad: (lanes, P) per-lane gradients; work.buf: (nthreads, tile_buffer_size)
     # work.stats: (STATS_PAD * lanes, 2) float64, lane l's (loss sum, hits) in row
-    # STATS_PAD * l; work.sync: (2 * SYNC_PAD,) int64 for the barrier. Every one of the
-    # nthreads iterations of the prange must run at once (Numba's omp and workqueue
-    # layers give each thread one: see config.THREADING_LAYERS).
-    gbuf, tbuf, stats, sync, sbuf, ink, narrow, wide = work
-    ink_idx, ink_vals, ink_counts = ink.idx, ink.vals, ink.counts  # unused: 0 rows
+    # STATS_PAD * l; work.sync: (2 * SYNC_PAD,) int64 for the barrier; work.ink: None
+    # (samples_work: the dense first layer only)
+    gbuf, tbuf, stats, sync, sbuf, _, narrow, wide, moved = work
     k, batch_size, lanes = batches.order.shape[0], batches.batch_size, batches.lanes
     P = net.theta.shape[0]
     aoff = layer_offsets(net.sizes)
     step0 = opt.step[0]
-    for t in prange(nthreads):
-        buf = tbuf[t]
-        for start in range(0, k, batch_size):
-            m = min(batch_size, k - start)
-            inv_m = net.theta.dtype.type(1) / net.theta.dtype.type(m)
-            n = _lane(start, k, batch_size, lanes, 0)[2]
-            for lane in range(t, n, nthreads):
-                lo, hi, _ = _lane(start, k, batch_size, lanes, lane)
-                if start == 0 and lane == t:
-                    prefetch_samples(batches, lo, min(lo + TILE, hi))
-                for first in range(lo, hi, TILE):
-                    ns = min(TILE, hi - first)
-                    pf_lo, pf_hi = _next_tile(first + ns, hi, lane, t, start, k, batch_size,
-                                              lanes, nthreads)
-                    # the lane's first tile overwrites its gradient, the others add
-                    _samples_tile(net, aoff, buf, ns, batches, first, inv_m,
-                                  stats[STATS_PAD * lane], pf_lo, pf_hi, sbuf[t], gbuf[lane],
-                                  first > lo, ink_idx, ink_vals, ink_counts, narrow, wide)
-            barrier(sync, nthreads)
-            sum_and_apply(net.theta, gbuf[:n], (P * t) // nthreads, (P * (t + 1)) // nthreads,
-                          lr, opt, step0 + start // batch_size + 1)
-            barrier(sync, nthreads)
-    opt.step[0] = step0 + (k + batch_size - 1) // batch_size
+    buf = tbuf[t]
+    for start in range(0, k, batch_size):
+        m = min(batch_size, k - start)
+        inv_m = net.theta.dtype.type(1) / net.theta.dtype.type(m)
+        n = _lane(start, k, batch_size, lanes, 0)[2]
+        for lane in range(t, n, nthreads):
+            lo, hi, _ = _lane(start, k, batch_size, lanes, lane)
+            if start == 0 and lane == t:
+                prefetch_samples(batches, lo, min(lo + TILE, hi))
+            for first in range(lo, hi, TILE):
+                ns = min(TILE, hi - first)
+                pf_lo, pf_hi = _next_tile(first + ns, hi, lane, t, start, k, batch_size,
+                                          lanes, nthreads)
+                # the lane's first tile overwrites its gradient, the others add
+                _samples_tile(net, aoff, buf, ns, batches, first, inv_m,
+                              stats[STATS_PAD * lane], pf_lo, pf_hi, sbuf[t], gbuf[lane],
+                              first > lo, narrow, wide, moved)
+        barrier(sync, nthreads)
+        sum_and_apply(net.theta, gbuf[:n], (P * t) // nthreads, (P * (t + 1)) // nthreads,
+                      lr, opt, step0 + start // batch_size + 1)
+        barrier(sync, nthreads)
+
+
+train_epoch_samples.jitted = _samples_thread  # what compiles (numba_epoch._compiled)
 
 
 # Inference has no batches: tiles this large stream each weight row through a core

@@ -232,6 +232,6 @@ def predict(params, images, chunk=4096):
     return out
 
 
-def warmup(sizes, dtype, batch_size=None):
+def warmup(sizes, dtype, batch_size=None, moved=False):
     """Nothing to compile; return the compile time in seconds."""
     return 0.0
