@@ -792,8 +792,8 @@ def test_choose_split_for_narrow_nets_at_small_batches():
 _WARM_THEN_RUN = """import numpy as np
 from fastnn.kernels import get_kernel, numba_regions, numba_tiles
 from fastnn.model import init_params
-kernels = (numba_tiles.train_epoch_rows, numba_tiles.predict_tiles.jitted,
-           numba_regions._region5)
+kernels = (numba_tiles.train_epoch_rows.jitted, numba_tiles.predict_tiles.jitted,
+           numba_regions._region5, numba_regions._region6)
 get_kernel("numba").warmup([784, 300, 10], np.float32)
 warm = [len(k.signatures) for k in kernels]
 rng = np.random.default_rng(151)

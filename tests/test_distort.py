@@ -391,3 +391,31 @@ def test_train_epoch_refuses_a_bad_distortion():
         with pytest.raises(ValueError, match="sigma"):
             get_kernel(name).train_epoch(params, x, y, np.arange(4), 2, 0.1, None, None,
                                          Distortion(0, 34.0, 0.0))
+
+
+_DISTORT_DIGITS = """import hashlib, sys
+import numpy as np
+from fastnn.augment import Distortion
+from fastnn.kernels import get_kernel
+images = np.random.default_rng(61).integers(0, 256, (200, 784)).astype(np.uint8)
+for dtype in (np.float32, np.float64):
+    out = get_kernel("numba").gather(images, np.arange(200), dtype, None,
+                                     Distortion(62, 34.0, 4.0, 10.0, 0.1, 0.2))
+    print(hashlib.sha256(out.tobytes()).hexdigest())"""
+
+
+def test_cold_and_warm_cache_distort_alike(tmp_path):
+    """A process that compiles the distortion and one that loads it from Numba's cache
+    give the same bits (with fast-math they did not: a run's first training, on a cold
+    cache, differed from the same run repeated)."""
+    if numba.config.DISABLE_JIT:
+        pytest.skip("about compiled code")
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", _DISTORT_DIGITS], env=env,
+                           capture_output=True, text=True, timeout=900) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert runs[0].stdout == runs[1].stdout

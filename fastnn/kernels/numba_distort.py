@@ -29,6 +29,13 @@ epoch's Batches carry a distortion (the last five fields of Batches are
 Nothing is allocated: every buffer is a piece of the calling thread's row of
 ``Distort.scratch`` (``scratch_layout``; rows and pieces start on 64-byte
 lines), whose borders of zeros are never written after the row is allocated.
+
+No fast-math here (config.JIT_EXACT): with it, the distorted pixels of a process
+that compiled these functions differed from those of one that loaded them from
+Numba's cache (9% of 2,000 digits' pixels, by up to 2.4e-6: fast-math lets LLVM
+contract and reorder the arithmetic differently in each build), so a run's first,
+cold-cache training differed from the same run repeated. Without it the bits do
+not depend on the build (tested).
 """
 
 import math
@@ -63,7 +70,7 @@ class Distort(NamedTuple):
     scratch: np.ndarray  # (T, scratch_layout(R)[-1]) params' dtype, zeros: a row per thread
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_EXACT)
 def scratch_layout():
     # offsets of the pieces of a scratch row, and its length: two noise fields between
     # PAD zero rows (28 + 2 PAD rows of 32 each); the first pass's output (33 rows of
@@ -95,7 +102,7 @@ def kernel_args(d, dtype):
                    aligned_zeros((config.max_threads(), size), dt))
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_EXACT)
 def mix(z):
     # z: uint64 -> uint64, SplitMix64's finaliser (augment.mix), wrapping arithmetic
     z = (z ^ (z >> np.uint64(30))) * MIX1
@@ -103,14 +110,14 @@ def mix(z):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_EXACT)
 def _uniform(bits, dt):
     # a 24-bit integer (uint64) -> U = bits 2^-23 - 1 in [-1, 1) of type dt, exactly;
     # through int32, whose conversion to float vectorises (uint64's does not on AVX2)
     return dt(np.int32(bits)) * dt(STEP) - dt(1)
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_EXACT)
 def _noise(k, ux, uy):
     # k: uint64 the sample's key -> ux, uy: (896,) its uniform noise, transposed in rows
     # of 32: pixel p = 28 y + x from hash p into slot 32 x + y (slots y > 27 get hashes
@@ -128,14 +135,14 @@ def _noise(k, ux, uy):
             v[y] = _uniform((h >> np.uint64(16)) & LOW24, dt)
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_EXACT)
 def _tap(taps, k):
     # taps: (2R + 1,) -> the tap at offset k, 0 beyond R
     R = taps.shape[0] // 2
     return taps[R + k] if abs(k) <= R else taps.dtype.type(0)
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_EXACT)
 def _smooth_down(padded, taps, dst):
     # padded: (32 (28 + 2 PAD),) a field of 28 rows of 32 between PAD rows of zeros;
     # taps: (2R + 1,) symmetric -> dst: (32 x 30,), its row y + 1 the output row y,
@@ -194,7 +201,7 @@ def _smooth_down(padded, taps, dst):
         d += 8
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_EXACT)
 def _transpose(src, dst):
     # src: (32 x 32,), dst: (896,) 28x28 in rows of 32; dst[x, y] = src[y, x] for x, y
     # < 28, as four 16x16 blocks in registers (src rows and columns 28-31 are read;
@@ -206,7 +213,7 @@ def _transpose(src, dst):
     transpose16(src, H * ROW + H, ROW, dst, H * ROW + H, ROW, SIDE - H)
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_EXACT)
 def _field(padded, taps, tmp, out):
     # padded: a field stored transposed, between zero rows (as _smooth_down) -> out:
     # (32 x 30,) the smoothed field from its row 1 on, out[32 (y + 1) + x] = (G * field)
@@ -217,7 +224,7 @@ def _field(padded, taps, tmp, out):
     _smooth_down(padded, taps, out)  # down the columns: along y
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_EXACT)
 def _affine(k, ranges):
     # the sample's M = s R(a) [[1, e], [0, 1]] (augment.affine_maps), float64
     h0 = mix(k + np.uint64(N_PIXELS + 1) * GOLDEN)
@@ -230,7 +237,7 @@ def _affine(k, ranges):
     return s * cos, s * (cos * e - sin), s * sin, s * (sin * e + cos)
 
 
-@njit(**config.JIT)
+@njit(**config.JIT_EXACT)
 def distort_row(batches, s, out):
     # batches: numba_shared.Batches with a distortion -> out: (784,) the image of order
     # position s (training sample j = order[s]), distorted and shifted, times scale

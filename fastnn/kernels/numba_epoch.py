@@ -74,7 +74,8 @@ STRATEGIES = {
 }
 
 # the kernels whose threads meet at numba_intrinsics.barrier
-BARRIER_KERNELS = (numba_tiles.train_epoch_samples, numba_split.train_epoch_split)
+BARRIER_KERNELS = (numba_tiles.train_epoch_samples, numba_tiles.train_epoch_rows,
+                   numba_split.train_epoch_split)
 
 # Per-lane gradient buffers up to this many floats in all (1 MiB of float32):
 # below it, adding them up costs less than train_epoch_rows's extra parallel

@@ -10,7 +10,7 @@ compiled code through its address (``call_compiled``), so ``kernel`` and what it
 calls compile once, on their own; the region itself is a few lines, compiled once
 per argument types. The arguments are what a prange takes: arrays, scalars, None,
 and named tuples of those, not a named tuple inside another (so the rows
-strategy, whose work holds its ink lists so, keeps pranges of its own). The
+strategy's work holds its ink lists' arrays side by side). The
 threads are Numba's, as in any prange: every iteration runs at once on its own
 thread under the omp and workqueue layers (what numba_intrinsics.barrier needs:
 numba_epoch).

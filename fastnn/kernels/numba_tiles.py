@@ -48,11 +48,11 @@ forward pass, and carries a zero coefficient in the gradient sums.
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from fastnn import config, model
 from fastnn.kernels.numba_inked import (
-    Ink,
+    COMBINATION_BYTES,
     from_panels,
     ink_columns,
     ink_lists,
@@ -60,7 +60,6 @@ from fastnn.kernels.numba_inked import (
     ink_work,
     inked_forward,
     inked_grad_rows,
-    padded,
     panel_width,
     panels_size,
     rows_to_panels,
@@ -370,25 +369,9 @@ def _tile_grad_input(D, W, A, ns, DA):
                 da[i] = zero
 
 
-class Work(NamedTuple):
-    """Buffers of a tiled epoch: see samples_work and rows_work."""
-
-    grad: np.ndarray  # gradients: rows (P,), samples (lanes, P) one row per lane
-    buf: np.ndarray  # activations, deltas, softmax scratch: rows
-    #                  (tile_buffer_size(chunk),), samples (T, tile_buffer_size(TILE))
-    stats: np.ndarray  # float64 (rows, 2): column sums are (loss sum, hits)
-    sync: np.ndarray  # int64 (2 * SYNC_PAD,): the samples strategy's barrier (rows: unused)
-    spans: np.ndarray  # int64 widen_span's: rows (chunk // 4 + 1, 2), samples (T, TILE // 4, 2)
-    ink: Ink  # rows with the inked first layer: a chunk's, else 0 rows; samples: None
-    # samples: numba_narrow.narrow_flag's pair (_samples_tile); rows: unused
-    narrow: object = None
-    wide: object = None
-    # MOVED where batches may be shifted or distorted, None where they never are (plain:
-    # a kernel of its own, without the moved gather, whose distortion is most of its
-    # cold compile)
-    moved: object = None
-
-
+# Work's and RowsWork's ``moved``: MOVED where batches may be shifted or distorted, None
+# where they never are (plain: a kernel of its own, without the moved gather, whose
+# distortion is most of its cold compile)
 MOVED = np.zeros(0, np.int8)
 
 
@@ -397,25 +380,79 @@ def plain(work):
     return work._replace(moved=None)
 
 
-def rows_work(sizes, batch_size, nthreads, lanes, dtype, inked=False):
-    chunk = min(batch_size, CHUNK)
-    return Work(np.empty(model.n_params(sizes), dtype),
-                np.empty(tile_buffer_size(chunk, sizes), dtype),
-                np.zeros((STATS_PAD * (chunk // 4 + 1) + 1, 2)), np.zeros(0, np.int64),
-                np.empty((chunk // 4 + 1, 2), np.int64),
-                ink_work(chunk if inked else 0, sizes[0], dtype, columns=inked), moved=MOVED)
+class Work(NamedTuple):
+    """Buffers of train_epoch_samples (samples_work)."""
 
-
-def inked_work(sizes, batch_size, nthreads, lanes, dtype):
-    return rows_work(sizes, batch_size, nthreads, lanes, dtype, inked=True)
+    grad: np.ndarray  # (lanes, P) one gradient per lane
+    buf: np.ndarray  # (T, tile_buffer_size(TILE)) activations, deltas, softmax scratch
+    stats: np.ndarray  # float64 (STATS_PAD * lanes, 2): lane l's (loss sum, hits) in row
+    #                    STATS_PAD * l
+    sync: np.ndarray  # int64 (2 * SYNC_PAD,) the barrier
+    spans: np.ndarray  # int64 (T, TILE // 4, 2) widen_span's
+    # numba_narrow.narrow_flag's pair (_samples_tile)
+    narrow: object
+    wide: object
+    moved: object
 
 
 def samples_work(sizes, batch_size, nthreads, lanes, dtype):
     return Work(np.empty((lanes, model.n_params(sizes)), dtype),
                 np.empty((nthreads, tile_buffer_size(TILE, sizes)), dtype),
                 np.zeros((STATS_PAD * lanes, 2)), np.zeros(2 * SYNC_PAD, np.int64),
-                np.empty((nthreads, TILE // 4, 2), np.int64), None, *narrow_flag(sizes, dtype),
+                np.empty((nthreads, TILE // 4, 2), np.int64), *narrow_flag(sizes, dtype),
                 MOVED)
+
+
+class RowsWork(NamedTuple):
+    """Buffers of train_epoch_rows (rows_work, inked_work): arrays side by side, no
+    named tuple inside (numba_regions)."""
+
+    grad: np.ndarray  # (P,) the batch gradient, each row written by the thread that owns it
+    buf: np.ndarray  # (tile_buffer_size(chunk),) activations, deltas, softmax scratch
+    stats: np.ndarray  # float64 (STATS_PAD * (chunk // 4 + 1) + 1, 2): tile t's (loss sum,
+    #                    hits) in row STATS_PAD * t, folded into the last row after a chunk
+    sync: np.ndarray  # int64 (2 * SYNC_PAD,) the barrier
+    spans: np.ndarray  # int64 (chunk // 4 + 1, 2) widen_span's
+    # With the inked first layer: numba_inked.Ink's fields for a chunk (else 0 rows), ...
+    ink_idx: np.ndarray
+    ink_vals: np.ndarray
+    ink_counts: np.ndarray
+    ink_colptr: np.ndarray
+    ink_rows: np.ndarray
+    ink_cvals: np.ndarray
+    totals: np.ndarray  # int64 (T, n_in + 1): each thread's sums of the tiles' colptr
+    # ... the first layer's weights transposed as panels, (n_in * n_pad,) with n_hid
+    # padded to whole panels, their gradient, a chunk's first-layer deltas as panels
+    # (chunk * n_pad,), and the optimizer's state for WT (2, n_in * n_pad), Adam's
+    # two rows: train_epoch_rows passes on as many as opt has. (0,) each without.
+    WT: np.ndarray
+    gWT: np.ndarray
+    DP: np.ndarray
+    state_t: np.ndarray
+    moved: object
+
+
+def rows_work(sizes, batch_size, nthreads, lanes, dtype, inked=False):
+    chunk = min(batch_size, CHUNK)
+    n_px = sizes[0]
+    width = COMBINATION_BYTES // np.dtype(dtype).itemsize  # numba_inked.panel_width
+    n_pad = -(-int(sizes[1]) // width) * width
+    panels = n_px * n_pad if inked else 0
+    # the panels start a cache line: a 64-byte row of them that straddles two lines
+    # costs two loads
+    zeros = model.aligned_zeros
+    return RowsWork(np.empty(model.n_params(sizes), dtype),
+                    np.empty(tile_buffer_size(chunk, sizes), dtype),
+                    np.zeros((STATS_PAD * (chunk // 4 + 1) + 1, 2)),
+                    np.zeros(2 * SYNC_PAD, np.int64), np.empty((chunk // 4 + 1, 2), np.int64),
+                    *ink_work(chunk if inked else 0, n_px, dtype, columns=inked),
+                    np.zeros((nthreads, n_px + 1), np.int64), zeros(panels, dtype),
+                    zeros(panels, dtype), zeros(chunk * n_pad if inked else 0, dtype),
+                    zeros((2, panels), dtype), MOVED)
+
+
+def inked_work(sizes, batch_size, nthreads, lanes, dtype):
+    return rows_work(sizes, batch_size, nthreads, lanes, dtype, inked=True)
 
 
 @njit(**config.JIT_EXACT_LEAF)
@@ -562,53 +599,57 @@ def _samples_tile(net, aoff, buf, ns, batches, first, inv_m, stats_row, pf_lo, p
                    _layer_spans(spans, layer))
 
 
-@njit(**config.JIT)
-def _aligned_empty(n, like):
-    # (n,) of like's dtype, starting a cache line: Numba aligns its arrays to 32 bytes,
-    # and a 64-byte row of the panels that straddles two lines costs two loads
-    item = like.itemsize
-    raw = np.empty(n + model.CACHE_LINE // item, like.dtype)
-    skip = (-raw.ctypes.data % model.CACHE_LINE) // item
-    return raw[skip: skip + n]
-
-
-@njit(**config.JIT_PARALLEL)
 def train_epoch_rows(net, opt, batches, work, lr, nthreads):
-    # The epoch in chunks of up to CHUNK samples, two parallel phases per chunk.
-    # work.grad: (P,) the batch gradient, each row written by the thread that owns it
-    # work.buf: (tile_buffer_size(chunk),) activations of up to chunk samples, deltas, scratch
-    # work.stats: (STATS_PAD * (chunk // 4 + 1) + 1, 2) float64: tile t's (loss sum,
-    #     hits) in row STATS_PAD * t (rows apart so that threads do not share a cache
-    #     line), folded into the last row after each chunk
+    # The epoch in chunks of up to CHUNK samples, two phases per chunk on nthreads
+    # threads at once (numba_regions), a barrier after each. The inked first layer
+    # (work.WT not empty) trains its weights transposed, as panels (numba_inked), with
+    # the optimizer's state laid out alike, for this call.
+    inked = work.WT.shape[0] > 0
+    if inked:
+        work = work._replace(state_t=work.state_t[: opt.state.shape[0]])
+        _panels(net, opt, work.WT, work.state_t, True)
+    on_threads(_rows_thread, nthreads, net, opt, batches, work, lr, nthreads)
+    if inked:  # the first layer's weights and state back in place
+        _panels(net, opt, work.WT, work.state_t, False)
+    k, batch_size = batches.order.shape[0], batches.batch_size
+    opt.step[0] += (k + batch_size - 1) // batch_size
+
+
+@njit(**config.JIT)
+def _panels(net, opt, WT, state_t, into):
+    # theta's W0 and opt.state's part for it -> (into) or <- WT, state_t: their panels
+    n_px, n_hid, w0 = net.sizes[0], net.sizes[1], net.woff[0]
+    if into:
+        to_panels(net.theta, w0, n_hid, n_px, WT)
+        for j in range(opt.state.shape[0]):
+            to_panels(opt.state[j], w0, n_hid, n_px, state_t[j])
+    else:
+        from_panels(WT, n_px, n_hid, net.theta, w0)
+        for j in range(opt.state.shape[0]):
+            from_panels(state_t[j], n_px, n_hid, opt.state[j], w0)
+
+
+@njit(**config.JIT)
+def _rows_thread(net, opt, batches, work, lr, nthreads, t):
+    # Thread t of train_epoch_rows, for each chunk: (1) tiles t, t + nthreads, ...;
+    # a barrier; (2) its block of each layer's weight rows (inked: and of the first
+    # layer's pixels); a barrier.
     theta, sizes, woff, boff = net
-    grad, buf, stats, _, sbuf, ink, _, _, moved = work
+    (grad, buf, stats, sync, sbuf, ink_idx, ink_vals, ink_counts, ink_colptr, ink_rows,
+     ink_cvals, totals, WT, gWT, DP, state_t, moved) = work
     k, batch_size = batches.order.shape[0], batches.batch_size
     L = sizes.shape[0] - 1
     aoff = layer_offsets(sizes)
     chunk = buf.shape[0] // (2 * aoff[L + 1] + scratch_rows(sizes))
     total = stats.shape[0] - 1
-    # The inked first layer (work.ink has columns) trains its weights transposed, as
-    # panels (numba_inked), with the optimizer's state laid out alike, for this call:
-    # WT (n_in * n_pad,), n_hid padded to whole panels; DP: a chunk's first-layer deltas
-    # as panels
-    inked = ink.colptr.shape[0] > 0
-    ink_idx, ink_vals, ink_counts, ink_colptr, ink_rows, ink_cvals = ink  # a prange
-    n_px, n_hid = sizes[0], sizes[1]
-    n_pad = padded(n_hid, panel_width(theta))
-    WT = _aligned_empty(n_px * n_pad if inked else 0, theta)
-    gWT = _aligned_empty(WT.shape[0], theta)
-    DP = _aligned_empty(chunk * n_pad if inked else 0, theta)
-    opt_t = OptState(opt.kind, opt.hyper,
-                     _aligned_empty(opt.state.shape[0] * WT.shape[0], theta).reshape(
-                         (opt.state.shape[0], WT.shape[0])), opt.step)
-    if inked:
-        to_panels(theta, woff[0], n_hid, n_px, WT)
-        for j in range(opt.state.shape[0]):
-            to_panels(opt.state[j], woff[0], n_hid, n_px, opt_t.state[j])
+    inked = WT.shape[0] > 0
+    n_px = sizes[0]
+    opt_t = OptState(opt.kind, opt.hyper, state_t, opt.step)
+    step0 = opt.step[0]
     for start in range(0, k, batch_size):
         m = min(batch_size, k - start)
         inv_m = theta.dtype.type(1) / theta.dtype.type(m)
-        opt.step[0] += 1
+        step = step0 + start // batch_size + 1
         for c0 in range(start, start + m, chunk):
             cn = min(chunk, start + m - c0)
             # one tile per lane (so per thread), of at most ROWS_TILE samples: each
@@ -621,7 +662,7 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
             # prefetches the same tile of the next chunk, which its thread runs next
             # (inked: and the tile's ink by pixel, its first-layer deltas as panels)
             DPc = DP[: cn * (DP.shape[0] // chunk)]
-            for tile in prange(n_tiles):
+            for tile in range(t, n_tiles, nthreads):
                 f = tile * tsize
                 ns = min(tsize, cn - f)
                 pf_lo, pf_hi = min(c0 + cn + f, k), min(c0 + cn + f + tsize, k)
@@ -639,79 +680,81 @@ def train_epoch_rows(net, opt, batches, work, lr, nthreads):
                                 ink_colptr[tile], ink_rows, ink_cvals, f * n_px)
                     rows_to_panels(_input_and_deltas(buf, chunk, aoff, sizes, 0, f, ns)[1], f,
                                    cn, DPc)
+            barrier(sync, nthreads)
             # phase 2: each block of weight rows is owned by one thread
             last = c0 + cn >= start + m
             spans = spans_of(sbuf, cn, not inked)  # as phase 1's tiles wrote them
             if inked:
-                _inked_first_grad(net, grad, buf, chunk, aoff, ink, cn, n_tiles, WT, gWT,
-                                  DPc, c0 > start, last, lr, opt, opt_t, nthreads)
+                _inked_first_grad(net, grad, buf, chunk, aoff, ink_colptr[:n_tiles], ink_rows,
+                                  ink_cvals, totals[t], cn, WT, gWT, DPc, c0 > start, last,
+                                  lr, opt, opt_t, step, nthreads, t)
             for layer in range(1 if inked else 0, L):
                 n_in, n_out = sizes[layer], sizes[layer + 1]
                 A, D = _input_and_deltas(buf, chunk, aoff, sizes, layer, 0, cn)
                 gW, gb = layer_params(grad, net, layer)
                 lspans = _layer_spans(spans, layer)
                 blocks = min(n_out, nthreads)
-                for blk in prange(blocks):
-                    # four rows at a time, each updated right after its gradient, while
-                    # both are in L1 (a thread's whole block of rows is not even in L2)
-                    for o in range((n_out * blk) // blocks, (n_out * (blk + 1)) // blocks, 4):
-                        o_hi = min(o + 4, (n_out * (blk + 1)) // blocks)
-                        _grad_rows(D, A, cn, gW, gb, o, o_hi, c0 > start, lspans)
-                        if last:
-                            apply_rule(theta, grad, woff[layer] + o * n_in,
-                                       woff[layer] + o_hi * n_in, lr, opt, opt.step[0])
-                            apply_rule(theta, grad, boff[layer] + o, boff[layer] + o_hi, lr,
-                                       opt, opt.step[0])
-            for tile in range(n_tiles):  # fold the tiles' stats in, in tile order
-                row = STATS_PAD * tile
-                stats[total, 0] += stats[row, 0]
-                stats[total, 1] += stats[row, 1]
-                stats[row, 0] = stats[row, 1] = 0.0
-    if inked:  # the first layer's weights and state back in place
-        from_panels(WT, n_px, n_hid, theta, woff[0])
-        for j in range(opt.state.shape[0]):
-            from_panels(opt_t.state[j], n_px, n_hid, opt.state[j], woff[0])
+                o_lo = (n_out * min(t, blocks)) // blocks
+                o_end = (n_out * min(t + 1, blocks)) // blocks
+                # four rows at a time, each updated right after its gradient, while
+                # both are in L1 (a thread's whole block of rows is not even in L2)
+                for o in range(o_lo, o_end, 4):
+                    o_hi = min(o + 4, o_end)
+                    _grad_rows(D, A, cn, gW, gb, o, o_hi, c0 > start, lspans)
+                    if last:
+                        apply_rule(theta, grad, woff[layer] + o * n_in,
+                                   woff[layer] + o_hi * n_in, lr, opt, step)
+                        apply_rule(theta, grad, boff[layer] + o, boff[layer] + o_hi, lr,
+                                   opt, step)
+            if t == 0:  # fold the tiles' stats in, in tile order
+                for tile in range(n_tiles):
+                    row = STATS_PAD * tile
+                    stats[total, 0] += stats[row, 0]
+                    stats[total, 1] += stats[row, 1]
+                    stats[row, 0] = stats[row, 1] = 0.0
+            barrier(sync, nthreads)
 
 
-@njit(**config.JIT_PARALLEL)
-def _inked_first_grad(net, grad, buf, chunk, aoff, ink, cn, n_tiles, WT, gWT, DP, accumulate,
-                      last, lr, opt, opt_t, nthreads):
-    # The first layer's gradient from a chunk of cn samples (their ink by pixel in ink, a
-    # tile's per row of ink.colptr; their deltas in buf as train_epoch_rows keeps them,
-    # and in DP as panels): gWT transposed, as panels, each thread over the pixels
-    # holding its share of the ink, and the bias's in grad;
-    # on the batch's last chunk, the update: WT with opt_t (the state transposed), the
-    # bias in net.theta with opt. Each pixel's row and each unit's bias: one thread's
-    # sum in sample order.
+train_epoch_rows.jitted = _rows_thread  # what compiles (numba_epoch._compiled)
+
+
+@njit(**config.JIT)
+def _inked_first_grad(net, grad, buf, chunk, aoff, colptr, rows, cvals, total, cn, WT, gWT,
+                      DP, accumulate, last, lr, opt, opt_t, step, nthreads, part):
+    # Part ``part`` of nthreads of the first layer's gradient from a chunk of cn samples
+    # (colptr: (tiles, n_in + 1) each tile's ink by pixel in rows, cvals; their deltas in
+    # buf as _rows_thread keeps them, and in DP as panels): gWT transposed, as panels,
+    # over the pixels holding the part's share of the ink, and the bias's, in grad, over
+    # its share of the units; on the batch's last chunk, the update: WT with opt_t (the
+    # state transposed), the bias in net.theta with opt. Each pixel's row and each
+    # unit's bias: one thread's sum in sample order. total: (n_in + 1,) scratch <- the
+    # entries before each pixel, over all tiles.
     n_px, n_hid = net.sizes[0], net.sizes[1]
     base = chunk * (aoff[-1] + aoff[1])  # the first layer's deltas (cn, n_hid), flat
     D = buf[base: base + cn * n_hid]
-    colptr, total = ink.colptr[:n_tiles], ink.colptr[-1]
-    total[:] = 0  # the entries before each pixel, over all tiles
-    for t in range(n_tiles):
+    total[:] = 0
+    for t in range(colptr.shape[0]):
         for p in range(n_px + 1):
             total[p] += colptr[t, p] - colptr[t, 0]
     width = panel_width(WT)
     gb = layer_params(grad, net, 0)[1]
     zero = gWT.dtype.type(0)
-    for part in prange(nthreads):
-        p_lo, p_hi = ink_split(total, nthreads, part)
-        for q in range(p_lo, p_hi, 16):  # 16 pixels' rows at a time, updated while in cache
-            q_hi = min(q + 16, p_hi)
-            inked_grad_rows(colptr, ink.rows, ink.cvals, DP, gWT, q, q_hi, accumulate)
-            if last:  # (the padding's weights and gradients are zeros: they stay so)
-                for o0 in range(0, n_hid, width):
-                    apply_rule(WT, gWT, o0 * n_px + q * width, o0 * n_px + q_hi * width, lr,
-                               opt_t, opt.step[0])
-        u_lo, u_hi = (n_hid * part) // nthreads, (n_hid * (part + 1)) // nthreads
-        if not accumulate:
-            gb[u_lo:u_hi] = zero
-        for s in range(cn):
-            for o in range(u_lo, u_hi):
-                gb[o] += D[s * n_hid + o]
-        if last:
-            apply_rule(net.theta, grad, net.boff[0] + u_lo, net.boff[0] + u_hi, lr, opt,
-                       opt.step[0])
+    p_lo, p_hi = ink_split(total, nthreads, part)
+    for q in range(p_lo, p_hi, 16):  # 16 pixels' rows at a time, updated while in cache
+        q_hi = min(q + 16, p_hi)
+        inked_grad_rows(colptr, rows, cvals, DP, gWT, q, q_hi, accumulate)
+        if last:  # (the padding's weights and gradients are zeros: they stay so)
+            for o0 in range(0, n_hid, width):
+                apply_rule(WT, gWT, o0 * n_px + q * width, o0 * n_px + q_hi * width, lr,
+                           opt_t, step)
+    u_lo, u_hi = (n_hid * part) // nthreads, (n_hid * (part + 1)) // nthreads
+    if not accumulate:
+        gb[u_lo:u_hi] = zero
+    for s in range(cn):
+        for o in range(u_lo, u_hi):
+            gb[o] += D[s * n_hid + o]
+    if last:
+        apply_rule(net.theta, grad, net.boff[0] + u_lo, net.boff[0] + u_hi, lr, opt, step)
 
 
 @njit(**config.JIT)
@@ -762,9 +805,8 @@ def _samples_thread(net, opt, batches, work, lr, nthreads, t):
     # Thread t of train_epoch_samples.
     # work.grad: (lanes, P) per-lane gradients; work.buf: (nthreads, tile_buffer_size)
     # work.stats: (STATS_PAD * lanes, 2) float64, lane l's (loss sum, hits) in row
-    # STATS_PAD * l; work.sync: (2 * SYNC_PAD,) int64 for the barrier; work.ink: None
-    # (samples_work: the dense first layer only)
-    gbuf, tbuf, stats, sync, sbuf, _, narrow, wide, moved = work
+    # STATS_PAD * l; work.sync: (2 * SYNC_PAD,) int64 for the barrier
+    gbuf, tbuf, stats, sync, sbuf, narrow, wide, moved = work
     k, batch_size, lanes = batches.order.shape[0], batches.batch_size, batches.lanes
     P = net.theta.shape[0]
     aoff = layer_offsets(net.sizes)
