@@ -299,8 +299,8 @@ def _threads(n):
 
 
 def _barriers_safe():
-    """Whether every iteration of a prange runs at once, as the samples strategy's
-    barrier needs: not under TBB (see config.THREADING_LAYERS), nor without the JIT,
+    """Whether every iteration of a prange runs at once, as BARRIER_KERNELS' barriers
+    need: not under TBB (see config.THREADING_LAYERS), nor without the JIT,
     where a prange is a plain loop."""
     return not numba.config.DISABLE_JIT and str(numba.config.THREADING_LAYER).lower() != "tbb"
 
