@@ -40,7 +40,7 @@ class Ink(NamedTuple):
     idx: np.ndarray  # (R, n_in) int32: row s's inked inputs in idx[s, :counts[s]]
     vals: np.ndarray  # (R, n_in) their values
     counts: np.ndarray  # (R,) int64
-    colptr: np.ndarray  # (T + 1, n_in + 1) int64: T groups' ink_columns, then their sum
+    colptr: np.ndarray  # (T, n_in + 1) int64: T groups' ink_columns
     rows: np.ndarray  # (R * n_in,) int32 ...
     cvals: np.ndarray  # (R * n_in,) ...
 
@@ -50,7 +50,7 @@ def ink_work(R, n_in, dtype, columns=False):
     4 rows)."""
     c = R * n_in if columns else 0
     return Ink(np.empty((R, n_in), np.int32), np.empty((R, n_in), dtype),
-               np.zeros(R, np.int64), np.zeros((R // 4 + 2, n_in + 1) if columns else (0, 0),
+               np.zeros(R, np.int64), np.zeros((R // 4 + 1, n_in + 1) if columns else (0, 0),
                                                np.int64),
                np.empty(c, np.int32), np.empty(c, dtype))
 
