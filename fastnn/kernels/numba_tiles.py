@@ -52,7 +52,6 @@ from numba import njit
 
 from fastnn import config, model
 from fastnn.kernels.numba_inked import (
-    COMBINATION_BYTES,
     from_panels,
     ink_columns,
     ink_lists,
@@ -435,9 +434,7 @@ class RowsWork(NamedTuple):
 def rows_work(sizes, batch_size, nthreads, lanes, dtype, inked=False):
     chunk = min(batch_size, CHUNK)
     n_px = sizes[0]
-    width = COMBINATION_BYTES // np.dtype(dtype).itemsize  # numba_inked.panel_width
-    n_pad = -(-int(sizes[1]) // width) * width
-    panels = n_px * n_pad if inked else 0
+    panels = panels_size(n_px, sizes[1], dtype) if inked else 0
     # the panels start a cache line: a 64-byte row of them that straddles two lines
     # costs two loads
     zeros = model.aligned_zeros
@@ -447,7 +444,8 @@ def rows_work(sizes, batch_size, nthreads, lanes, dtype, inked=False):
                     np.zeros(2 * SYNC_PAD, np.int64), np.empty((chunk // 4 + 1, 2), np.int64),
                     *ink_work(chunk if inked else 0, n_px, dtype, columns=inked),
                     np.zeros((nthreads, n_px + 1), np.int64), zeros(panels, dtype),
-                    zeros(panels, dtype), zeros(chunk * n_pad if inked else 0, dtype),
+                    zeros(panels, dtype), zeros(panels_size(chunk, sizes[1], dtype)
+                                                if inked else 0, dtype),
                     zeros((2, panels), dtype), MOVED)
 
 
@@ -525,7 +523,7 @@ def _tile_first(net, aoff, buf, cap, f, ns, batches, first, pf_lo, pf_hi, spans,
     # inked first layer)
     # WT: the first layer's weights as panels (numba_inked), or None: with them, the
     # first layer runs from the rows' ink lists, written to ink_* (numba_inked.Ink's
-    # first fields; a named tuple cannot enter a prange unless it is an argument)
+    # first fields)
     # moved: Work's; None: the images are neither shifted nor distorted
     sizes = net.sizes
     L = sizes.shape[0] - 1
