@@ -43,14 +43,14 @@ def measure(name, params0, train, test, pieces, batch_size, lr, distort=None):
     ``pieces()`` yields the batches' (order, shifts) in pieces (sample_order)."""
     kernel = get_kernel(name)
     dtype = params0[0][0].dtype
-    compile_seconds = kernel.warmup(model.sizes_of(params0), dtype, batch_size)
     order, shifts = next(pieces())
+    # augmentation arguments only when asked: a backend without augmentation still compares
+    augmenting = shifts is not None or distort is not None
+    compile_seconds = kernel.warmup(model.sizes_of(params0), dtype, batch_size, augmenting)
     idx = order[:batch_size]
     X, y = to_float(train[0][idx], dtype), train[1][idx]
     # the first batch: probabilities, loss and gradients against the reference's
     rows = None if name == REFERENCE else tolerances.batch_rows(kernel, params0, X, y)
-    # augmentation arguments only when asked: a backend without augmentation still compares
-    augmenting = shifts is not None or distort is not None
     images = (kernel.gather(train[0], idx, dtype, None if shifts is None else
                             shifts[:batch_size], distort) if augmenting else None)
     params = model.copy_params(params0)
