@@ -193,6 +193,15 @@ def subprocess_env(**extra):
     return env
 
 
+def python_lines(script, timeout=900, **env):
+    """The stdout lines of `python -c script` in a fresh interpreter (``env`` added to
+    the environment), which must exit 0."""
+    run = subprocess.run([sys.executable, "-c", script], env=subprocess_env(**env),
+                         capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout.split("\n")
+
+
 # `python -c BOOT SHA256.json ARGS...`: fastnn.train's CLI in a subprocess, trusting the
 # synthetic files' checksums (a subprocess cannot be monkeypatched) with no mirrors.
 BOOT = """

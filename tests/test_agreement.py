@@ -21,6 +21,7 @@ import numba
 import numpy as np
 import pytest
 from backends import LAYERS, PREDICTORS, TRAINERS, near_ties
+from helpers import python_lines
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -812,13 +813,7 @@ def test_warmup_compiles_what_a_wide_net_runs():
     the training command would count as training time)."""
     if SMALL or numba.config.DISABLE_JIT:
         pytest.skip("about the JIT's compiled signatures")
-    import subprocess
-    import sys
-
-    run = subprocess.run([sys.executable, "-c", _WARM_THEN_RUN], capture_output=True,
-                         text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    warm, used = run.stdout.split("\n")[:2]  # signatures of each kernel
+    warm, used = python_lines(_WARM_THEN_RUN)[:2]  # signatures of each kernel
     assert warm == used
 
 
@@ -851,13 +846,8 @@ def test_warmup_compiles_what_moved_batches_run():
     if SMALL or numba.config.DISABLE_JIT:
         pytest.skip("about the JIT's compiled signatures")
     import json
-    import subprocess
-    import sys
 
-    run = subprocess.run([sys.executable, "-c", _WARM_MOVED_THEN_RUN], capture_output=True,
-                         text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    strategy, warm, used = run.stdout.split("\n")[:3]
+    strategy, warm, used = python_lines(_WARM_MOVED_THEN_RUN)[:3]
     assert strategy == "samples"
     assert warm == used
     samples, split, _ = json.loads(warm)

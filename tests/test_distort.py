@@ -18,6 +18,7 @@ import numba
 import numpy as np
 import pytest
 from backends import TRAINERS, near_ties
+from helpers import python_lines
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -410,12 +411,6 @@ def test_cold_and_warm_cache_distort_alike(tmp_path):
     cache, differed from the same run repeated)."""
     if numba.config.DISABLE_JIT:
         pytest.skip("about compiled code")
-    import subprocess
-    import sys
-
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    runs = [subprocess.run([sys.executable, "-c", _DISTORT_DIGITS], env=env,
-                           capture_output=True, text=True, timeout=900) for _ in range(2)]
-    for run in runs:
-        assert run.returncode == 0, run.stderr[-3000:]
-    assert runs[0].stdout == runs[1].stdout
+    cold, warm = (python_lines(_DISTORT_DIGITS, NUMBA_CACHE_DIR=str(tmp_path))
+                  for _ in range(2))
+    assert cold == warm
