@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import math
 import os
+import time
 
 import naive
 import numba
@@ -897,6 +898,27 @@ def test_results_do_not_depend_on_the_thread_count(name):
             assert np.array_equal(a, b)
 
 
+def test_backend_tells_how_long_each_thread_count_trained():
+    """seconds_on_threads, the pacer's choice as the bench reports it: each piece's time
+    under its thread count, since forget_pacing."""
+    images, labels = mnist_like_images(N_SYNTHETIC, seed=144)
+    backend = get_kernel("numba")
+    backend.forget_pacing()
+    assert backend.seconds_on_threads() == {}
+    params = init_params([784, 12, 10], 145)
+    order = np.arange(N_SYNTHETIC)
+    backend.train_epoch(params, images, labels, order, 17, 0.1)  # may compile: not counted
+    before = backend.seconds_on_threads()
+    t0 = time.perf_counter()
+    backend.train_epoch(params, images, labels, order, 17, 0.1)
+    elapsed = time.perf_counter() - t0
+    after = backend.seconds_on_threads()
+    assert set(after) <= {1, numba.get_num_threads()}
+    assert 0 < sum(after.values()) - sum(before.values()) <= elapsed
+    backend.forget_pacing()
+    assert backend.seconds_on_threads() == {}
+
+
 def test_pacer_does_not_switch_on_one_slow_piece():
     from fastnn.kernels.numba_epoch import Pacer
 
@@ -928,6 +950,7 @@ def test_pacer_tries_both_and_keeps_the_faster():
     piece(2, 1e3, 30.0, compiled=True)  # compiling: tells nothing
     pacer.record(2, 2000, 0.001)  # too short to tell anything: not counted...
     assert pacer.threads() == 2 and pacer.samples(100, 2) == 8000  # ...a longer piece next
+    assert pacer.seconds == {2: 0.001}  # (it ran, though: its time is kept)
     piece(2, 100e3)
     assert pacer.threads() == 1
     piece(1, 95e3)  # slower: all threads are kept
@@ -958,3 +981,4 @@ def test_pacer_tries_both_and_keeps_the_faster():
             waited += 0.1
         assert waited <= Pacer.PROBE_MAX + 0.2
     assert pacer.interval == Pacer.PROBE_MAX
+    assert sum(pacer.seconds.values()) == pytest.approx(pacer.clock + 0.001)

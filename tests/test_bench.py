@@ -90,17 +90,28 @@ def test_report_takes_medians_ratios_and_keeps_every_round():
 
 def test_scaling_table_sets_the_machines_own_ratio_beside_the_kernels():
     doc = dict(machine_info={}, benchmarks=[
-        _bench("numba", 10, [0.5]),  # 120k/s on 2 threads
+        _bench("numba", 10, [0.5], seconds_on_threads={"2": 0.3, "1": 0.1}),  # 120k/s
         _bench("numba", 10, [0.75], threads=1, sgemm_then={"1": 100.0, "2": 150.0}),  # 80k
-        _bench("numba", 10, [0.5], test="test_train_epoch_contended"),
+        _bench("numba", 10, [0.5], test="test_train_epoch_contended",
+               seconds_on_threads={"1": 0.5}),  # the pacer ran it all on one thread
         _bench("numba", 10, [1.0], test="test_train_epoch_contended", threads=1),
     ])
     lines, data = report.render(doc)
     table = "\n".join(lines)
-    assert "| 784-10-10 | 128 | float32 | 80.0k | 120.0k (2) | 1.50 | 1.50 |" in table
+    # 0.3 s of the 0.4 s on all threads; sgemm gained 1.50 from them at that minute
+    assert "| 784-10-10 | 128 | float32 | 80.0k | 120.0k (2) | 1.50 | 75% | 1.50 |" in table
     assert data["train"][1]["sgemm_then"] == {"1": 100.0, "2": 150.0}
-    # the contended table has no such column: nothing measured it there
-    assert "| 784-10-10 | 128 | float32 | 60.0k | 120.0k (2) | 2.00 |\n" in table
+    assert data["train"][0]["seconds_on_threads"] == {"numba": {"2": 0.3, "1": 0.1}}
+    # the contended table has no sgemm column: nothing measured it there
+    assert "| 784-10-10 | 128 | float32 | 60.0k | 120.0k (2) | 2.00 | 0% |\n" in table
+
+
+def test_scaling_table_without_the_pacers_times():
+    """A report of a run that did not record them (or a backend without a pacer): "-"."""
+    doc = dict(machine_info={}, benchmarks=[
+        _bench("numba", 10, [0.5]), _bench("numba", 10, [0.75], threads=1)])
+    table = "\n".join(report.render(doc)[0])
+    assert "| 784-10-10 | 128 | float32 | 80.0k | 120.0k (2) | 1.50 | - | - |" in table
 
 
 def test_report_shows_the_distortions_share_of_an_epoch():

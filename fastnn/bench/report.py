@@ -62,6 +62,8 @@ def _rows(benchmarks, test, key):
         row["runs"][info["name"]] = [info["samples"] / t for t in b["stats"]["data"]]
         if "sgemm_then" in info:
             row["sgemm_then"] = info["sgemm_then"]
+        if "seconds_on_threads" in info:
+            row.setdefault("seconds_on_threads", {})[info["name"]] = info["seconds_on_threads"]
         row["compile_seconds"][info["name"]] = info["compile_seconds"]
     for row in rows.values():
         rate = row["samples_per_second"] = {n: median(r) for n, r in row["runs"].items()}
@@ -109,14 +111,20 @@ def _paired(rows, bases, key):
 
 
 def _scaling(train):
-    """Rows of 1 thread, all threads, their ratio and sgemm's at all threads over 1
-    measured right after the 1-thread case (its sgemm_then; "-" without it)."""
+    """Rows of 1 thread, all threads, their ratio, the share of the all-threads case's time
+    its pacer ran on all threads, and sgemm's ratio at all threads over 1 measured right
+    after the 1-thread case (its sgemm_then; "-" without it)."""
     def machine(base, threads):
         g = base.get("sgemm_then") or {}
         return f"{g[str(threads)] / g['1']:.2f}" if str(threads) in g and "1" in g else "-"
 
+    def share(r):
+        seconds = r.get("seconds_on_threads", {}).get(FAST) or {}
+        total = sum(seconds.values())
+        return f"{100 * seconds.get(str(r['threads']), 0.0) / total:.0f}%" if total else "-"
+
     return [[r["net"], r["batch_size"], r["dtype"], _cell(base["runs"][FAST]),
-             f"{_cell(r['runs'][FAST])} ({r['threads']})", f"{b / a:.2f}",
+             f"{_cell(r['runs'][FAST])} ({r['threads']})", f"{b / a:.2f}", share(r),
              machine(base, r["threads"])]
             for base, r, a, b in _paired([r for r in train if r["threads"] > 1],
                                          [r for r in train if r["threads"] == 1],
@@ -168,18 +176,19 @@ def render(bench_json):
                          "the rounds, ±half their range)", train, cols)
     lines += _throughput("## Inference: samples/s, predict over the 10,000 test images",
                          infer, [c for c in cols if c[0] != "batch_size"])
-    head = ["net", "batch", "dtype", "1 thread", "all threads", "ratio"]
+    head = ["net", "batch", "dtype", "1 thread", "all threads", "ratio", "on all threads"]
+    paced = ("All threads: the default, whose pieces of an epoch run on all threads or on "
+             "one, whichever is faster (numba_epoch.Pacer); on all threads: the share of "
+             "its timed epochs' time they ran on all threads.")
     if scaling := _scaling(train):
         lines += _table(f"## Thread scaling of {FAST}", head + ["sgemm's ratio then"],
-                        scaling, "sgemm's ratio then: NumPy's float32 1024x1024 product, all "
-                        "threads over 1 (best of 5 each), measured right after the 1-thread "
-                        "epochs: what the machine itself gave a second thread at that "
-                        "minute.", "")
+                        scaling, paced + " sgemm's ratio then: NumPy's float32 1024x1024 "
+                        "product, all threads over 1 (best of 5 each), measured right after "
+                        "the 1-thread epochs: what the machine itself gave a second thread at "
+                        "that minute.", "")
     if busy := _scaling(contended):
         lines += _table(f"## {FAST} with another busy process (a Python loop) running",
-                        head, [r[:-1] for r in busy],
-                        "All threads: the default, whose pieces of an epoch run on all "
-                        "threads or on one, whichever is faster (numba_epoch.Pacer).", "")
+                        head, [r[:-1] for r in busy], paced, "")
     if cost := _distortion_cost(train, distorted, alone):
         what = distorted[0]["distortion"]
         lines += _table(f"## {FAST} with --preset record's distortion ({what})",

@@ -168,14 +168,22 @@ def _rounds(first_seconds):
                min(MAX_ROUNDS, int(SETTINGS["min_seconds"] / max(first_seconds, 1e-4))))
 
 
-def _time_epochs(benchmark, run, draw, samples, **info):
+def _time_epochs(benchmark, run, draw, samples, kernel=None, **info):
     """One untimed epoch (it compiles what warmup could not; XLA: per shape), then the
     timed rounds (_rounds): an epoch each over ``draw()``'s arguments (a fresh shuffle,
-    ...), drawn untimed, the params training on. Returns the last round's result."""
+    ...), drawn untimed, the params training on. Returns the last round's result. For a
+    numba ``kernel``, also how long the rounds ran on each thread count (its Pacer's
+    choice: all threads or one)."""
     first = _seconds(run, *draw())
     benchmark.extra_info.update(samples=samples, warmup_epoch_seconds=first, **info)
-    return benchmark.pedantic(run, setup=lambda: (draw(), {}), rounds=_rounds(first),
-                              iterations=1)
+    paced = getattr(kernel, "seconds_on_threads", None)
+    before = paced() if paced else {}
+    result = benchmark.pedantic(run, setup=lambda: (draw(), {}), rounds=_rounds(first),
+                                iterations=1)
+    if paced:
+        benchmark.extra_info["seconds_on_threads"] = {
+            str(t): s - before.get(t, 0.0) for t, s in paced().items()}
+    return result
 
 
 @pytest.mark.parametrize("case", _cases(), ids=_id)
@@ -183,7 +191,7 @@ def test_train_epoch(benchmark, data, case):
     images, rng = data[0], np.random.default_rng(2)
     with _case(benchmark, data, *case) as (kernel, params):
         loss, _ = _time_epochs(benchmark, epoch(case[0], kernel, params, data, case[2]),
-                               lambda: (rng.permutation(len(images)),), len(images))
+                               lambda: (rng.permutation(len(images)),), len(images), kernel)
     if case[4] == 1 and THREADS > 1:
         # The machine's own gain from its threads at this minute, beside the scaling
         # case's: on a shared machine it comes and goes in phases (a loop that never
@@ -250,7 +258,7 @@ def test_train_epoch_contended(benchmark, data, case):
     images, rng = data[0], np.random.default_rng(3)
     with _case(benchmark, data, *case) as (kernel, params), _busy_process():
         loss, _ = _time_epochs(benchmark, epoch(case[0], kernel, params, data, case[2]),
-                               lambda: (rng.permutation(len(images)),), len(images))
+                               lambda: (rng.permutation(len(images)),), len(images), kernel)
     assert np.isfinite(loss)
 
 

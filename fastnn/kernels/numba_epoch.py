@@ -175,6 +175,7 @@ class Pacer:
         self._last = {}  # threads -> samples/s of its latest piece
         self.piece = self.FIRST_PIECE  # samples in the next piece
         self.clock, self.next_probe, self.interval = 0.0, 0.0, self.PROBE_FIRST
+        self.seconds = {}  # threads -> seconds its pieces ran (what the bench reports)
 
     def _best(self):
         if len(self.rate) < 2:
@@ -208,6 +209,7 @@ class Pacer:
         includes compiling the kernel, so it tells nothing)."""
         if compiled:
             return
+        self.seconds[threads] = self.seconds.get(threads, 0.0) + seconds
         if seconds < self.MIN_SECONDS:
             self.piece = max(self.piece, 4 * samples)
             return
@@ -327,6 +329,15 @@ class Backend:
         """Drop what the pacers have learned, as a fresh process starts (the bench does
         this before each case: a case must not inherit another's thread choice)."""
         self._pacers.clear()
+
+    def seconds_on_threads(self):
+        """{thread count: seconds its pieces of training ran} since forget_pacing (or
+        since this backend was made), pieces that compiled a kernel left out."""
+        total = {}
+        for pacer in self._pacers.values():
+            for threads, seconds in pacer.seconds.items():
+                total[threads] = total.get(threads, 0.0) + seconds
+        return total
 
     def _strategy(self, sizes, ink, batch_size=None, moved=False):
         # ink: the images' ink_fraction (1.0 where it does not matter)
