@@ -939,6 +939,29 @@ def test_pacer_does_not_switch_on_one_slow_piece():
     assert pacer.threads() == 2
 
 
+def test_pacer_learns_from_a_short_try_once_the_rate_is_known():
+    """A try sized by a rate measured while another process was busy runs in a few ms
+    once it has gone: it still counts (its rate can only be too low), or the pacer
+    would try the same count again and again and never learn."""
+    from fastnn.kernels.numba_epoch import Pacer
+
+    pacer = Pacer(2)
+    pacer.record(2, 5000, 0.01)  # 500k/s
+    pacer.record(1, 2000, 0.01)  # 200k/s
+    pacer.record(2, 200, 0.01)  # another process: 20k/s twice in a row...
+    pacer.record(2, 200, 0.01)
+    assert pacer.threads() == 1  # ...one thread
+    while pacer.threads() == 1:
+        pacer.record(1, 2000, 0.01)
+    n = pacer.samples(1, 2)  # the try, sized by the busy spell's 20k/s: 200 samples...
+    assert n == int(Pacer.PROBE_SECONDS * 20e3)
+    pacer.record(2, n, n / 500e3)  # ...run in 0.4 ms: the other process has gone
+    assert pacer.threads() == 2 and pacer.rate[2] == pytest.approx(500e3)
+    for _ in range(3):  # short and slower (an epoch's last batch, threads waking): no news
+        pacer.record(2, 100, 0.001)
+    assert pacer.threads() == 2 and pacer.rate[2] == pytest.approx(500e3)
+
+
 def test_pacer_tries_both_and_keeps_the_faster():
     from fastnn.kernels.numba_epoch import Pacer
 
@@ -964,7 +987,8 @@ def test_pacer_tries_both_and_keeps_the_faster():
     piece(2, 500e3)  # the other process is gone
     assert pacer.threads() == 2
     assert pacer.samples(100, 2) == 100 * int(Pacer.PIECE_SECONDS * 500e3 // 100)
-    assert pacer.samples(100, 1) == 100 * int(Pacer.PIECE_SECONDS * 200e3 // 100)
+    # a try of the other count is shorter: it mostly runs at the slower rate
+    assert pacer.samples(100, 1) == 100 * int(Pacer.PROBE_SECONDS * 200e3 // 100)
     piece(2, 500e3, Pacer.PROBE_FIRST)
     assert pacer.threads() == 1  # tried again after PROBE_FIRST...
     piece(1, 200e3)  # ...one thread still loses: wait twice as long

@@ -155,18 +155,26 @@ class Pacer:
     """
 
     PIECE_SECONDS = 0.025
+    # A try of the count not in use: shorter, since it mostly runs at the slower rate.
+    # With another busy process, 25-ms tries of all threads took 2-3% of a bench case's
+    # time at a fraction of one thread's speed (784-10-10 batch 32: 140-180k samples/s
+    # against 1.1-1.4M), and the default ran at 0.96-0.98x --threads 1
+    PROBE_SECONDS = 0.01
     FIRST_PIECE = 2048  # samples, before any rate is known
     # A piece shorter than this says more about threads waking up than about the work
-    # (a call with a few batches): not taken into account, and the next piece is
-    # four times larger, until one is long enough.
+    # (a call with a few batches, an epoch's last piece): not taken into account, and
+    # before a count's rate is known the next piece is four times larger, until one is
+    # long enough. Unless it beats the count's rate (its own can only be too low): a
+    # try sized by a rate from a busy spell that has passed takes a few ms, and left
+    # out, it left the pacer trying the same count again and again, learning nothing.
     MIN_SECONDS = 0.005
     # seconds of training between two tries: soon at first (a first try may have met a
     # passing slow spell: NumPy's BLAS threads spin for ~0.1 s after its last product),
     # and never more than a few seconds apart, so that a choice made while another
     # process was busy (or on one noisy try) is undone soon after: with 60 s, a run
     # went on at one thread's speed for up to a minute after the other process ended
-    # (the bench's distorted 784-800-10 epochs at half speed); a try costs at most a
-    # piece at the slower count every PROBE_MAX seconds, < 1%
+    # (the bench's distorted 784-800-10 epochs at half speed); a try costs at most
+    # PROBE_SECONDS at the slower count every PROBE_MAX seconds, < 0.3%
     PROBE_FIRST, PROBE_MAX = 0.5, 4.0
 
     def __init__(self, nthreads):
@@ -198,10 +206,13 @@ class Pacer:
 
     def samples(self, batch_size, threads):
         """How many samples (whole batches) the next piece, on ``threads``, takes: about
-        PIECE_SECONDS at that thread count's last rate (a try of the slower one must not
-        last longer than a piece), FIRST_PIECE growing until one lasts MIN_SECONDS."""
+        PIECE_SECONDS at that thread count's last rate (PROBE_SECONDS for a try of the
+        other count: it must not last longer), FIRST_PIECE growing until one lasts
+        MIN_SECONDS."""
         rate = self.rate.get(threads)
-        want = self.piece if rate is None else int(self.PIECE_SECONDS * rate)
+        best = self._best()
+        seconds = self.PIECE_SECONDS if best in (None, threads) else self.PROBE_SECONDS
+        want = self.piece if rate is None else int(seconds * rate)
         return batch_size * max(1, want // batch_size)
 
     def record(self, threads, samples, seconds, compiled=False):
@@ -211,8 +222,11 @@ class Pacer:
             return
         self.seconds[threads] = self.seconds.get(threads, 0.0) + seconds
         if seconds < self.MIN_SECONDS:
-            self.piece = max(self.piece, 4 * samples)
-            return
+            if threads not in self.rate:
+                self.piece = max(self.piece, 4 * samples)
+                return
+            if samples / seconds <= self.rate[threads]:
+                return
         before = self._best()
         # A count is judged by the better of its last two pieces: one piece slowed by a
         # passing hiccup (a thread descheduled for a few ms) does not switch the count,
