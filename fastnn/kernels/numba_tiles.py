@@ -800,10 +800,7 @@ def train_epoch_samples(net, opt, batches, work, lr, nthreads):
 
 @njit(**config.JIT)
 def _samples_thread(net, opt, batches, work, lr, nthreads, t):
-    # Thread t of train_epoch_samples.
-    # work.grad: (lanes, P) per-lane gradients; work.buf: (nthreads, tile_buffer_size)
-    # work.stats: (STATS_PAD * lanes, 2) float64, lane l's (loss sum, hits) in row
-    # STATS_PAD * l; work.sync: (2 * SYNC_PAD,) int64 for the barrier
+    # Thread t of train_epoch_samples; work: samples_work's Work (its fields' shapes)
     gbuf, tbuf, stats, sync, sbuf, narrow, wide, moved = work
     k, batch_size, lanes = batches.order.shape[0], batches.batch_size, batches.lanes
     P = net.theta.shape[0]
