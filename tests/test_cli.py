@@ -174,3 +174,95 @@ def test_deferred_interrupt_lets_the_block_finish_then_raises():
     with cli.deferred_interrupt():
         done.append(True)
     assert done == [True, True]
+
+
+def _tiny_data(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 784)).astype(np.uint8)
+    images[rng.random(images.shape) < 0.8] = 0  # mostly background, as in MNIST
+    return images, rng.integers(0, 10, n), rng.permutation(n)
+
+
+@pytest.mark.parametrize("kernel", ["numpy", "numba"])
+@pytest.mark.parametrize("seconds", [0.0, train.Progress.SECONDS])
+def test_progress_bar_pieces_train_as_one_call(kernel, seconds):
+    """A terminal run cuts its epochs into pieces (train.Progress): the same params, loss
+    and accuracy as one call (13 batches; SECONDS 0: a first piece of 8 batches, then one
+    a piece; the default: the 5 left in one at any speed above 640 samples/s), and a bar
+    that ends at 100%."""
+    import io
+
+    from fastnn.kernels import get_kernel
+
+    images, labels, order = _tiny_data()
+    backend = get_kernel(kernel)
+    runs = []
+    for cut in (False, True):
+        params = model.init_params([784, 16, 10], seed=0)
+        bar = train.Progress(3, io.StringIO()) if cut else None
+        if bar:
+            bar.SECONDS, bar.epoch = seconds, 2
+        loss, acc = train.train_one_epoch(backend, params, images, labels, order, None, None,
+                                          32, 0.05, None, bar)
+        runs.append((params, loss, acc, bar))
+    (whole, loss, acc, _), (pieces, cut_loss, cut_acc, bar) = runs
+    for (W, b), (cW, cb) in zip(whole, pieces):
+        np.testing.assert_array_equal(cW, W)
+        np.testing.assert_array_equal(cb, b)
+    # the loss: a sum over pieces of each piece's mean times its size, in another order
+    assert cut_loss == pytest.approx(loss, rel=1e-12) and cut_acc == pytest.approx(acc)
+    shown = bar.stream.getvalue().split("\r")
+    if seconds == 0:
+        assert len(shown) - 1 == 6  # a line per piece
+    assert shown[-1] == f"epoch 2/3 [{'#' * 30}] 100%"
+
+
+def test_progress_pieces_last_about_its_seconds():
+    bar = train.Progress(1)
+    assert bar.piece(32) == bar.FIRST_BATCHES * 32  # before any rate is known
+    bar.samples, bar.seconds = 40_000, 2.0  # 20k samples/s so far
+    assert bar.piece(32) == 32 * (int(20_000 * bar.SECONDS) // 32)
+    bar.samples, bar.seconds = 10, 1.0  # slower than a batch a piece: still one batch
+    assert bar.piece(32) == 32
+
+
+@pytest.mark.slow
+def test_a_terminal_run_shows_the_bar_and_trains_as_a_piped_one(mnist, tmp_path):
+    """stderr a terminal (a pseudo-terminal here): the progress bar, and the same results
+    as with stderr piped."""
+    import os
+    import pty
+
+    results = {}
+    for where in ("pipe", "terminal"):
+        out = tmp_path / f"{where}.json"
+        cmd = [sys.executable, "-m", "fastnn.train", "--epochs", "2", "--no-plot",
+               "--json", str(out)]
+        if where == "pipe":
+            res = run_cli(*cmd[3:])
+            assert res.returncode == 0, res.stderr
+            assert "epoch 1/2 [" not in res.stderr
+        else:
+            master, slave = pty.openpty()
+            try:
+                res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=slave, timeout=600)
+                os.close(slave)
+                shown = b""
+                while True:
+                    try:
+                        chunk = os.read(master, 4096)
+                    except OSError:  # the terminal's other end is closed: all read
+                        break
+                    if not chunk:
+                        break
+                    shown += chunk
+            finally:
+                os.close(master)
+            assert res.returncode == 0, shown.decode(errors="replace")
+            assert f"epoch 2/2 [{'#' * 30}] 100%".encode() in shown
+        results[where] = json.loads(out.read_text())
+    pipe, term = results["pipe"], results["terminal"]
+    assert term["test_accuracy"] == pipe["test_accuracy"]
+    for a, b in zip(pipe["epochs"], term["epochs"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-12)
+        assert b["test_accuracy"] == a["test_accuracy"]
