@@ -226,42 +226,54 @@ def test_progress_pieces_last_about_its_seconds():
     assert bar.piece(32) == 32
 
 
+def _run_in_terminal(cmd, timeout=600):
+    """(exit code, what it wrote to stderr) of cmd with stderr a pseudo-terminal, read
+    as it is written (a full terminal would block the child)."""
+    import os
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    shown = []
+
+    def read():
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the child's end is closed: all read
+                return
+            if not chunk:
+                return
+            shown.append(chunk)
+
+    reader = threading.Thread(target=read)
+    try:
+        child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)  # the child holds its own: its exit ends the reads
+        slave = None
+        reader.start()
+        child.wait(timeout=timeout)
+        reader.join(timeout=60)
+    finally:
+        if slave is not None:
+            os.close(slave)
+        os.close(master)
+    return child.returncode, b"".join(shown).decode(errors="replace")
+
+
 @pytest.mark.slow
 def test_a_terminal_run_shows_the_bar_and_trains_as_a_piped_one(mnist, tmp_path):
     """stderr a terminal (a pseudo-terminal here): the progress bar, and the same results
     as with stderr piped."""
-    import os
-    import pty
-
-    results = {}
-    for where in ("pipe", "terminal"):
-        out = tmp_path / f"{where}.json"
-        cmd = [sys.executable, "-m", "fastnn.train", "--epochs", "2", "--no-plot",
-               "--json", str(out)]
-        if where == "pipe":
-            res = run_cli(*cmd[3:])
-            assert res.returncode == 0, res.stderr
-            assert "epoch 1/2 [" not in res.stderr
-        else:
-            master, slave = pty.openpty()
-            try:
-                res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=slave, timeout=600)
-                os.close(slave)
-                shown = b""
-                while True:
-                    try:
-                        chunk = os.read(master, 4096)
-                    except OSError:  # the terminal's other end is closed: all read
-                        break
-                    if not chunk:
-                        break
-                    shown += chunk
-            finally:
-                os.close(master)
-            assert res.returncode == 0, shown.decode(errors="replace")
-            assert f"epoch 2/2 [{'#' * 30}] 100%".encode() in shown
-        results[where] = json.loads(out.read_text())
-    pipe, term = results["pipe"], results["terminal"]
+    args = ["--epochs", "2", "--no-plot", "--json"]
+    piped = run_cli(*args, str(tmp_path / "pipe.json"))
+    assert piped.returncode == 0, piped.stderr
+    assert "epoch 1/2 [" not in piped.stderr
+    code, shown = _run_in_terminal([sys.executable, "-m", "fastnn.train", *args,
+                                    str(tmp_path / "terminal.json")])
+    assert code == 0, shown
+    assert f"epoch 2/2 [{'#' * 30}] 100%" in shown
+    pipe, term = (json.loads((tmp_path / f"{w}.json").read_text()) for w in ("pipe", "terminal"))
     assert term["test_accuracy"] == pipe["test_accuracy"]
     for a, b in zip(pipe["epochs"], term["epochs"]):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-12)
