@@ -34,6 +34,23 @@ FAST = ["--kernel", "numpy", "--hidden", "4", "--batch-size", "16", "--epochs", 
         "--no-plot"]
 
 
+# --------------------------------------------------------------------- synthetic images
+
+
+def mnist_like_images(n, seed):
+    """uint8 (n, 784): random pixels, about 70% of them zero, between blank rows above
+    and below (0-9 of each, as MNIST's border; the tile kernels skip them: widen_span);
+    every seventh image blank."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 784)).astype(np.uint8)
+    images[rng.random((n, 784)) < 0.7] = 0
+    for image, top, bottom in zip(images.reshape(n, 28, 28), rng.integers(0, 10, n),
+                                  rng.integers(0, 10, n)):
+        image[:top], image[28 - bottom:] = 0, 0
+    images[::7] = 0
+    return images, rng.integers(0, 10, n)
+
+
 # --------------------------------------------------------------------- synthetic IDX files
 
 

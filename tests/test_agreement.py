@@ -22,7 +22,7 @@ import numba
 import numpy as np
 import pytest
 from backends import LAYERS, PREDICTORS, TRAINERS, near_ties
-from helpers import python_lines
+from helpers import mnist_like_images, python_lines
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -90,20 +90,6 @@ def random_batch(sizes, m, dtype, init, seed):
     X = rng.random((m, sizes[0])).astype(dtype)
     y = rng.integers(0, sizes[-1], m)
     return params, X, y
-
-
-def mnist_like_images(n, seed):
-    """uint8 (n, 784): random pixels, about 70% of them zero, between blank rows above
-    and below (0-9 of each, as MNIST's border; the tile kernels skip them: widen_span);
-    every seventh image blank."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, 784)).astype(np.uint8)
-    images[rng.random((n, 784)) < 0.7] = 0
-    for image, top, bottom in zip(images.reshape(n, 28, 28), rng.integers(0, 10, n),
-                                  rng.integers(0, 10, n)):
-        image[:top], image[28 - bottom:] = 0, 0
-    images[::7] = 0
-    return images, rng.integers(0, 10, n)
 
 
 def param_names(params):

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import mnist_like_images
 
 from fastnn import model, train
 
@@ -176,13 +177,6 @@ def test_deferred_interrupt_lets_the_block_finish_then_raises():
     assert done == [True, True]
 
 
-def _tiny_data(n=400, seed=0):
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, 784)).astype(np.uint8)
-    images[rng.random(images.shape) < 0.8] = 0  # mostly background, as in MNIST
-    return images, rng.integers(0, 10, n), rng.permutation(n)
-
-
 @pytest.mark.parametrize("kernel", ["numpy", "numba"])
 @pytest.mark.parametrize("seconds", [0.0, train.Progress.SECONDS])
 def test_progress_bar_pieces_train_as_one_call(kernel, seconds):
@@ -194,7 +188,8 @@ def test_progress_bar_pieces_train_as_one_call(kernel, seconds):
 
     from fastnn.kernels import get_kernel
 
-    images, labels, order = _tiny_data()
+    images, labels = mnist_like_images(400, seed=0)
+    order = np.random.default_rng(1).permutation(400)
     backend = get_kernel(kernel)
     runs = []
     for cut in (False, True):
