@@ -3,8 +3,9 @@
 The types return the value or raise ArgumentTypeError with a message that
 says what is allowed. ``run_command`` maps outcomes to exit codes: 0 done,
 2 a usage error (argparse style), 1 a runtime problem (bad data, a bad
-checkpoint, a file that cannot be read or written, ...), 130 Ctrl-C; user
-errors print one message, no traceback.
+checkpoint, a file that cannot be read or written, ...), 130 Ctrl-C, 141
+(quietly) output piped into a program that stopped reading (``| head``);
+user errors print one message, no traceback.
 
 ``check_paths`` is what every command runs before its work: no two outputs
 may name one file, no output may name an input, and every output must be
@@ -14,6 +15,7 @@ after it).
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -73,6 +75,11 @@ def run_command(parser, body, runtime_errors=()):
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # stdout's reader has gone (... | head): stop quietly, as other tools do. stdout
+        # goes to /dev/null so that Python's flush at exit does not fail on it again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # the shell's status for a tool stopped by the pipe
     except (DataError, ModelError, files.FileError, OSError, *runtime_errors) as e:
         print(f"fastnn: error: {e}", file=sys.stderr)
         return 1

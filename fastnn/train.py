@@ -212,10 +212,18 @@ def settings_problem(args):
     """What the settings ask that the arithmetic or the memory cannot hold, or None.
 
     Checked before anything runs, on the command line's settings and again on a resumed
-    checkpoint's: Adam divides by sqrt(v) + eps and by 1 - beta^t, so eps must not round
-    to 0 in the dtype and neither beta to 1; the net must fit in memory.
+    checkpoint's: the learning rate must not round to 0 or inf in the dtype; Adam divides
+    by sqrt(v) + eps and by 1 - beta^t, so eps must not round to 0 either, nor a beta to
+    1; the net must fit in memory.
     """
     dtype = np.dtype(model.DTYPES[args.dtype])
+    with np.errstate(over="ignore"):
+        lr = dtype.type(args.lr)
+    if lr == 0 or not np.isfinite(lr):  # nothing would train, or everything diverge
+        info = np.finfo(dtype)
+        return (f"--lr {args.lr} rounds to {lr} in {args.dtype}; use a rate between "
+                f"{info.smallest_normal:.2g} and {info.max:.2g}"
+                + (" or --dtype float64" if dtype == np.float32 else ""))
     if args.optimizer == "adam":
         tiny = np.finfo(dtype).tiny
         if args.eps < tiny:

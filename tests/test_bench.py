@@ -27,8 +27,11 @@ def test_quick_report_end_to_end(tmp_path):
     assert text.index("Machine: ") < text.index("## Training") < text.index("## Inference")
     assert "sgemm ceiling:" in text and "BLAS:" in text
     assert "Commit: " in text
+    assert "Data: synthetic images of MNIST's shapes (--data synthetic)." in text
     data = json.loads(out.read_text())
     (row,) = data["train"]
+    assert row["data"].startswith("synthetic")
+    assert set(row["worst_difference"]) == set(row["runs"])  # each case's check, kept
     assert (row["net"], row["batch_size"], row["dtype"]) == ("784-10-10", 128, "float32")
     assert set(row["samples_per_second"]) == {"numpy", "numba", "numba:simple", "numpy-fast"}
     assert all(len(runs) == 1 for runs in row["runs"].values())  # --quick: one round each
@@ -63,7 +66,8 @@ def _bench(name, hidden, rounds_seconds, samples=60000, test="test_train_epoch",
     return dict(name=f"{test}[{name}-{hidden}]", stats=dict(data=rounds_seconds),
                 extra_info=dict(dict(name=name, net=f"784-{hidden}-10", batch_size=128,
                                      dtype="float32", threads=2, samples=samples,
-                                     train_flop=100, predict_flop=50, compile_seconds=0.0),
+                                     train_flop=100, compile_seconds=0.0, data="MNIST",
+                                     worst_difference=0.0),
                                 **info))
 
 
@@ -131,12 +135,14 @@ def test_report_shows_the_distortions_share_of_an_epoch():
     assert "| 784-800-10 | 128 | float32 | 2 | 60.0k ±0% | 50.0k | 17% | 10% |" in "\n".join(lines)
 
 
-def test_distorted_epochs_are_timed_after_their_check(tmp_path):
-    """The suite's distortion case (not in --quick) runs, checked, and reaches the report."""
+def test_distorted_and_contended_epochs_reach_the_report(tmp_path):
+    """The suite's distortion and contention cases (not in --quick) run, checked, and
+    reach the report; the contended epochs at 1 thread too, though --no-scaling leaves
+    out the plain ones (the contention table pairs its own two)."""
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "fastnn.bench", "--data", "synthetic",
                           "--only", "numba", "--hidden", "10", "--rounds", "1", "--no-scaling",
-                          "--no-compile", "--no-contention", "--json", str(out)],
+                          "--no-compile", "--json", str(out)],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "--preset record's distortion (elastic alpha 38 sigma 5, rotate 10 deg" in run.stdout
@@ -144,6 +150,46 @@ def test_distorted_epochs_are_timed_after_their_check(tmp_path):
     for key in ("distorted", "distorting"):  # the distorted epochs, the distorting alone
         (row,) = data[key]
         assert row["net"] == "784-10-10" and len(row["runs"]["numba"]) >= 1
+    assert all(r["threads"] > 1 for r in data["train"])  # --no-scaling
+    if data["machine"]["threads"] > 1:
+        assert sorted(r["threads"] for r in data["contended"]) == [1, data["machine"]["threads"]]
+        assert "## numba with another busy process" in run.stdout
+
+
+def test_values_named_twice_are_timed_once():
+    from fastnn.bench import build_parser, settings
+
+    got = settings(build_parser().parse_args(["--hidden", "10", "10", "--batch-size", "32",
+                                              "--only", "numba", "numba", "--dtype",
+                                              "float32", "float32"]))
+    assert (got["hidden"], got["batch_size"], got["names"], got["dtype"]) == (
+        [10], [32], ["numba"], ["float32"])
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["--batch-size", "70000"], 2, "larger than the 60,000 training images"),
+    # every case skipped: the JAX peers run only at all threads (or are not installed)
+    (["--quick", "--data", "synthetic", "--only", "jax-scan", "--threads", "1"], 1,
+     "nothing was timed: every case was skipped"),
+])
+def test_bench_errors_exit_with_a_message(args, code, needle):
+    run = subprocess.run([sys.executable, "-m", "fastnn.bench", *args], capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == code and needle in run.stderr, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+
+
+def test_bench_without_its_tools_says_which_extra(monkeypatch, capsys):
+    import importlib.util
+
+    from fastnn import bench
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pytest_benchmark"
+                        else find_spec(name, *a))
+    assert bench.main(["--quick"]) == 1
+    assert "needs pytest_benchmark: install fastnn's bench extra" in capsys.readouterr().err
 
 
 class _Broken:

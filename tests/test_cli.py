@@ -29,6 +29,8 @@ def run_cli(*args):
     (["--threads", "100000"], "choose 1.."),
     (["--preset", "nope"], "invalid choice: 'nope'"),
     (["--show", "--no-plot"], "--show needs --plot"),
+    (["--lr", "1e-300"], "--lr 1e-300 rounds to 0.0 in float32"),  # nothing would train
+    (["--lr", "1e39"], "rounds to inf in float32; use a rate between"),
 ])
 def test_bad_flags_exit_2_with_a_message(args, needle):
     res = run_cli(*args)
@@ -115,6 +117,18 @@ def test_default_run_reaches_92_percent_and_kernels_match(mnist, tmp_path):
         acc[kernel] = json.loads(out.read_text())["test_accuracy"]
     assert acc["numba"] >= 0.92
     assert abs(acc["numba"] - acc["numpy"]) <= 0.002
+
+
+def test_output_piped_into_a_closed_reader_stops_quietly(mnist):
+    """`python -m fastnn.train | head -1`: the command stops at its next line, with a
+    shell's status for a pipe closed (141), no error message and no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "fastnn.train", "--epochs", "3",
+                             "--hidden", "4", "--no-plot"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("fastnn: 784-4-10 net")
+    proc.stdout.close()  # as head does after its line
+    assert proc.wait(timeout=600) == 141
+    assert proc.stderr.read() == ""
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ case checked against the reference before it is timed), rendered by fastnn/bench
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ from fastnn.kernels import KERNELS
 from fastnn.peers import PEERS
 
 DEFAULT_NETS = [(10, 32), (10, 128), (128, 128), (800, 128)]  # (hidden, batch size)
+TRAIN_IMAGES = 60000  # a batch size above it would train in batches of this many
 MAX_ROUNDS = 1000  # a round is a full epoch: 1000 of 784-800-10 already take an hour
 # A case's timed rounds last at least this long in all (not with --quick): an epoch of
 # 784-10-10 takes ~35 ms, and five of them measured which phase of a noisy machine they
@@ -70,8 +72,10 @@ def settings(args):
         nets = [(h, b) for h in args.hidden or [10, 128, 800] for b in args.batch_size or [128]]
     else:
         nets = [(10, 128)] if args.quick else DEFAULT_NETS
+    nets = list(dict.fromkeys(nets))  # a value named twice is timed once (one figure a case)
     return dict(hidden=[h for h, _ in nets], batch_size=[b for _, b in nets],
-                dtype=args.dtype, names=args.only or [*KERNELS, *PEERS],
+                dtype=list(dict.fromkeys(args.dtype)),
+                names=list(dict.fromkeys(args.only or [*KERNELS, *PEERS])),
                 rounds=1 if args.quick else args.rounds, data=args.data,
                 min_seconds=0.0 if args.quick else MIN_CASE_SECONDS,
                 scaling=not (args.quick or args.no_scaling),
@@ -80,8 +84,27 @@ def settings(args):
                 distortion=not (args.quick or args.no_distortion), threads=args.threads)
 
 
+class SuiteError(Exception):
+    """The suite could not run or timed nothing; the message says why."""
+
+
+class _Interrupted:
+    """A pytest plugin: was the run stopped by Ctrl-C? (pytest's INTERRUPTED exit code
+    also means a collection error.)"""
+
+    seen = False
+
+    def pytest_keyboard_interrupt(self, excinfo):
+        self.seen = True
+
+
 def run(args, out=sys.stdout):
     """Run the suite, print the report; return (exit code, report)."""
+    missing = [m for m in ("pytest_benchmark", "threadpoolctl")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SuiteError(f"python -m fastnn.bench needs {' and '.join(missing)}: install "
+                         "fastnn's bench extra (pip install '.[bench]' in a checkout)")
     import pytest
 
     from fastnn.bench import report
@@ -92,16 +115,25 @@ def run(args, out=sys.stdout):
         with open(ini, "w") as f:  # none of a checkout's pytest settings
             f.write("[pytest]\n")
         # pytest's progress goes to stderr; stdout is the report
+        interrupted = _Interrupted()
         with contextlib.redirect_stdout(sys.stderr):
             code = pytest.main(["--pyargs", "fastnn.bench.suite", "-p", "fastnn.bench.report",
                                 "-p", "no:cacheprovider", "--benchmark-enable",
                                 "--benchmark-json", raw, "--benchmark-save-data",
                                 "--benchmark-columns=median,min,max,rounds", "-q", "-rfs",
-                                "-c", ini, "--rootdir", tmp])
-        if code == pytest.ExitCode.INTERRUPTED:
+                                # the plugin is imported before pytest could rewrite it
+                                "-W", "ignore::pytest.PytestAssertRewriteWarning",
+                                "-c", ini, "--rootdir", tmp], plugins=[interrupted])
+        if interrupted.seen:
             raise KeyboardInterrupt
         if not os.path.exists(raw):
-            raise cli.UsageError(f"the benchmark suite ran nothing (pytest exit code {code})")
+            why = ("every case was skipped" if code in (pytest.ExitCode.OK,
+                                                        pytest.ExitCode.NO_TESTS_COLLECTED)
+                   else "no case got as far as its timing")
+            raise SuiteError(f"nothing was timed: {why} (see pytest's summary above; a peer "
+                             "that is not installed says how to install it, a backend that "
+                             f"disagrees with the reference what it got wrong; pytest exit "
+                             f"code {code:d})")
         with open(raw) as f:
             lines, data = report.render(json.load(f))
     print("\n".join(lines), file=out, flush=True)
@@ -116,6 +148,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads and args.threads > config.max_threads():
         parser.error(f"--threads {args.threads}: at most {config.max_threads()} here")
+    if args.batch_size and max(args.batch_size) > TRAIN_IMAGES:
+        parser.error(f"--batch-size {max(args.batch_size)}: larger than the {TRAIN_IMAGES:,} "
+                     "training images; use at most that")
     for hidden in sorted(set(settings(args)["hidden"])):
         sizes = model.layer_sizes([hidden])
         # float64 draw, params, a gradient per lane, peers' copies: about 16 floats each
@@ -132,4 +167,4 @@ def main(argv=None):
             print(f"JSON written to {args.json}")
         return code
 
-    return cli.run_command(parser, body)
+    return cli.run_command(parser, body, runtime_errors=(SuiteError,))

@@ -6,7 +6,10 @@ spread; the JSON keeps every round's figure.
 """
 
 import datetime
+import os
 from statistics import median
+
+import pytest
 
 from fastnn.kernels import KERNELS, REFERENCE
 from fastnn.peers import PEERS
@@ -49,6 +52,22 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     ] + ([warning] if warning else [])
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's own
+def pytest_benchmark_generate_commit_info(config):
+    """The commit of the git checkout that holds the fastnn measured ("unknown" outside
+    one), not pytest-benchmark's default, the working directory's."""
+    from pytest_benchmark.utils import get_commit_info
+
+    import fastnn
+
+    here = os.getcwd()
+    os.chdir(os.path.dirname(os.path.abspath(fastnn.__file__)))
+    try:
+        return get_commit_info("fastnn")
+    finally:
+        os.chdir(here)
+
+
 def _rows(benchmarks, test, key):
     """A row per value of the ``key`` fields among one test function's benchmarks."""
     rows = {}
@@ -57,14 +76,15 @@ def _rows(benchmarks, test, key):
         if b["name"].split("[")[0] != test:
             continue
         row = rows.setdefault(tuple(info[k] for k in key), dict(
-            {k: info[k] for k in key}, runs={}, compile_seconds={}, train_flop=info["train_flop"],
-            predict_flop=info["predict_flop"]))
+            {k: info[k] for k in key}, runs={}, compile_seconds={}, worst_difference={},
+            train_flop=info["train_flop"], data=info["data"]))
         row["runs"][info["name"]] = [info["samples"] / t for t in b["stats"]["data"]]
         if "sgemm_then" in info:
             row["sgemm_then"] = info["sgemm_then"]
         if "seconds_on_threads" in info:
             row.setdefault("seconds_on_threads", {})[info["name"]] = info["seconds_on_threads"]
         row["compile_seconds"][info["name"]] = info["compile_seconds"]
+        row["worst_difference"][info["name"]] = info["worst_difference"]
     for row in rows.values():
         rate = row["samples_per_second"] = {n: median(r) for n, r in row["runs"].items()}
         peers = {n: v for n, v in rate.items() if n in PEERS}
@@ -144,9 +164,9 @@ def _distortion_cost(train, distorted, alone):
 
 
 def _commit_line(info):
-    """What was measured: pytest-benchmark's commit_info, read in the working directory."""
-    if not info.get("id") or info["id"] == "unversioned":
-        return "Commit: unknown (run from outside a git checkout)."
+    """What was measured: pytest-benchmark's commit_info (pytest_benchmark_generate_commit_info)."""
+    if not info.get("id") or info["id"] in ("unversioned", "unknown"):
+        return "Commit: unknown (fastnn was not imported from a git checkout)."
     return (f"Commit: {info['id'][:7]}" + (" with uncommitted changes" if info.get("dirty")
                                            else "") + ".")
 
@@ -170,8 +190,10 @@ def render(bench_json):
                   inference=infer, contended=contended, distorted=distorted,
                   distorting=alone, compile=compiled)
     cols = [("net", "net"), ("batch_size", "batch"), ("dtype", "dtype"), ("threads", "threads")]
+    data = sorted({b["extra_info"]["data"] for b in benches if "data" in b["extra_info"]})
     lines = ["# fastnn benchmark report", "", *machine.get("fastnn_lines", []),
-             _commit_line(bench_json.get("commit_info") or {}), ""]
+             _commit_line(bench_json.get("commit_info") or {}),
+             *([f"Data: {'; '.join(data)}."] if data else []), ""]
     lines += _throughput("## Training: samples/s over full 60,000-image epochs (median of "
                          "the rounds, ±half their range)", train, cols)
     lines += _throughput("## Inference: samples/s, predict over the 10,000 test images",

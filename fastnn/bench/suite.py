@@ -35,17 +35,19 @@ SGEMM_THEN_N = 1024  # 2 GFLOP a product: ~0.2 s in all
 HEADLINE = ("numba", "jax-scan", "numpy-fast")
 
 
-def _cases():
+def _cases(scaling=None):
     """(name, hidden, batch size, dtype, threads), net by net: numba, numba again at 1
-    thread for scaling, the other HEADLINE names, then the rest in registry order."""
+    thread for scaling (``scaling``, default SETTINGS'), the other HEADLINE names, then
+    the rest in registry order."""
     names = SETTINGS["names"]
+    scaling = SETTINGS["scaling"] if scaling is None else scaling
     first = [n for n in HEADLINE if n in names]
     cases = []
     for d in SETTINGS["dtype"]:
         for h, b in zip(SETTINGS["hidden"], SETTINGS["batch_size"]):
             group = [(n, h, b, d, THREADS) for n in first + [n for n in names
                                                               if n not in first]]
-            if SETTINGS["scaling"] and THREADS > 1 and "numba" in names:
+            if scaling and THREADS > 1 and "numba" in names:
                 group.insert(1, ("numba", h, b, d, 1))
             cases += group
     return cases
@@ -62,21 +64,25 @@ def _seconds(fn, *args):
 
 
 def load_data(source="auto"):
-    """(train images, labels, test images, labels, source): MNIST, or synthetic arrays of
-    the same shape when it is not to be had (or source is "synthetic")."""
+    """(train images, labels, test images, labels, what they are): MNIST, or synthetic
+    arrays of the same shape when it is not to be had (said on stderr, and in the report
+    from each case's ``data``) or source is "synthetic"."""
+    what = "synthetic images of MNIST's shapes (--data synthetic)"
     if source != "synthetic":
         from fastnn.data import DataError, load_mnist
 
         try:
             return (*load_mnist("train"), *load_mnist("test"), "MNIST")
-        except DataError:
+        except DataError as e:
             if source == "mnist":
                 raise
+            what = f"synthetic images of MNIST's shapes (MNIST could not be loaded: {e})"
+            print(f"fastnn.bench: warning: {what}", file=sys.stderr)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (70000, 784)).astype(np.uint8)
     images[rng.random(images.shape) < 0.8] = 0  # mostly background, as in MNIST
     labels = rng.integers(0, 10, 70000)
-    return images[:60000], labels[:60000], images[60000:], labels[60000:], "synthetic"
+    return images[:60000], labels[:60000], images[60000:], labels[60000:], what
 
 
 @pytest.fixture(scope="session")
@@ -126,14 +132,17 @@ def checked(name, hidden, batch_size, dtype, data):
 @contextlib.contextmanager
 def _case(benchmark, data, name, hidden, batch_size, dtype, threads):
     """(backend, params), checked, warmed up and described in extra_info, at ``threads``
-    Numba, BLAS and PyTorch threads (XLA sizes its pool when JAX starts: the JAX peers run
-    at the full count only). A peer that is not installed skips, saying how to install it."""
+    Numba, BLAS and PyTorch threads (XLA sizes its pool when JAX starts: the JAX peers
+    skip at fewer). A peer that is not installed skips, saying how to install it."""
     from threadpoolctl import threadpool_limits
 
     try:
         backend(name)
     except peers.PeerUnavailable as e:
         pytest.skip(str(e))
+    if name.startswith("jax") and threads < config.max_threads():
+        pytest.skip(f"{name}: XLA sizes its thread pool when JAX starts, so it runs on all "
+                    f"{config.max_threads()} threads, not {threads}")
     numba_threads = config.set_threads(None)
     config.set_threads(threads)
     torch = sys.modules["torch"] if name.startswith("torch") else None
@@ -153,7 +162,7 @@ def _case(benchmark, data, name, hidden, batch_size, dtype, threads):
                 compile_seconds=kernel.warmup(sizes, np.dtype(dtype)), worst_difference=worst,
                 # forward 2 n_in n_out per layer, the weight gradient as much, the input
                 # gradient as much again for every layer but the first
-                train_flop=2 * (3 * flops - sizes[0] * sizes[1]), predict_flop=2 * flops,
+                train_flop=2 * (3 * flops - sizes[0] * sizes[1]),
                 data=data[4], threads=threads)
             yield kernel, params
     finally:
@@ -169,16 +178,17 @@ def _rounds(first_seconds):
 
 
 def _time_epochs(benchmark, run, draw, samples, kernel=None, **info):
-    """One untimed epoch (it compiles what warmup could not; XLA: per shape), then the
-    timed rounds (_rounds): an epoch each over ``draw()``'s arguments (a fresh shuffle,
-    ...), drawn untimed, the params training on. Returns the last round's result. For a
-    numba ``kernel``, also how long the rounds ran on each thread count (its Pacer's
-    choice: all threads or one)."""
+    """Two untimed epochs (the first compiles what warmup could not, XLA per shape; the
+    second sizes the rounds, _rounds), then the timed rounds: an epoch each over
+    ``draw()``'s arguments (a fresh shuffle, ...), drawn untimed, the params training on.
+    Returns the last round's result. For a numba ``kernel``, also how long the rounds ran
+    on each thread count (its Pacer's choice: all threads or one)."""
     first = _seconds(run, *draw())
-    benchmark.extra_info.update(samples=samples, warmup_epoch_seconds=first, **info)
+    second = _seconds(run, *draw())
+    benchmark.extra_info.update(samples=samples, warmup_epoch_seconds=[first, second], **info)
     paced = getattr(kernel, "seconds_on_threads", None)
     before = paced() if paced else {}
-    result = benchmark.pedantic(run, setup=lambda: (draw(), {}), rounds=_rounds(first),
+    result = benchmark.pedantic(run, setup=lambda: (draw(), {}), rounds=_rounds(second),
                                 iterations=1)
     if paced:
         benchmark.extra_info["seconds_on_threads"] = {
@@ -251,7 +261,8 @@ def _busy_process():
 
 @pytest.mark.skipif(not SETTINGS["contention"] or THREADS < 2,
                     reason="contention not asked for (or one thread only)")
-@pytest.mark.parametrize("case", [c for c in _cases() if c[0] == "numba"], ids=_id)
+# with its own 1-thread case, --no-scaling or not: the table pairs the two
+@pytest.mark.parametrize("case", [c for c in _cases(scaling=True) if c[0] == "numba"], ids=_id)
 def test_train_epoch_contended(benchmark, data, case):
     """test_train_epoch while another busy process holds a core: what a user on a shared
     machine sees, at all threads (numba_epoch.Pacer's choice) and at 1."""
@@ -268,10 +279,11 @@ def test_train_epoch_contended(benchmark, data, case):
 def test_predict(benchmark, data, case):
     test_images = data[2]
     with _case(benchmark, data, *case) as (kernel, params):
-        first = _seconds(kernel.predict, params, test_images)
-        benchmark.extra_info.update(samples=len(test_images), warmup_epoch_seconds=first)
+        first, second = (_seconds(kernel.predict, params, test_images) for _ in range(2))
+        benchmark.extra_info.update(samples=len(test_images),
+                                    warmup_epoch_seconds=[first, second])
         labels = benchmark.pedantic(kernel.predict, (params, test_images),
-                                    rounds=_rounds(first), iterations=1)
+                                    rounds=_rounds(second), iterations=1)
     assert labels.shape == data[3].shape
 
 

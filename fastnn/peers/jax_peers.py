@@ -37,7 +37,7 @@ def _precision(dtype):
 
 
 def _on_device(array, dtype=None):
-    return per_data_set(array, "jax",
+    return per_data_set(array, ("jax", dtype and np.dtype(dtype).str),
                         lambda: jax.device_put(array if dtype is None else array.astype(dtype)))
 
 
