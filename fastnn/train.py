@@ -202,6 +202,11 @@ def parse_args(argv=None):
         parser.error("--compare trains from scratch and saves nothing: drop --resume/--save")
     if args.show and not args.plot:
         parser.error("--show needs --plot PATH")
+    for key, optimizers in OPTIMIZER_FLAGS.items():
+        if key in args.explicit and args.optimizer not in optimizers and not args.resume:
+            parser.error(f"--{key} is a setting of --optimizer {' or '.join(optimizers)}; "
+                         f"this run's optimizer is {args.optimizer}: drop --{key} or choose "
+                         "that optimizer")
     problem = settings_problem(args)
     if problem:
         parser.error(problem)
@@ -298,6 +303,9 @@ def make_optimizer(args):
 
 # Settings a resumed run takes from its checkpoint; changing them would not
 # continue the same run.
+# the optimizers that use each flag (the others would silently ignore it)
+OPTIMIZER_FLAGS = {"momentum": ("momentum",), "beta1": ("adam",), "beta2": ("adam",),
+                   "eps": ("adam",)}
 RESUME_FIXED = ("hidden", "dtype", "init", "seed", "batch_size", "lr", "optimizer", "momentum",
                 "beta1", "beta2", "eps", "weight_decay", "schedule", "warmup", "shift",
                 *DISTORTION, "dataset")
@@ -377,11 +385,15 @@ def resume_from(args, parser):
     problem = history_problem(meta["history"], meta["epoch"])
     if problem:
         raise unusable(problem)
+    preset = PRESETS[args.preset]  # asked for too: a difference is not dropped silently
     for key in RESUME_FIXED:
-        if key in args.explicit and not _same_setting(key, getattr(args, key), saved.get(key)):
-            raise cli.UsageError(f"--{key.replace('_', '-')} {getattr(args, key)} differs from "
-                                 f"the checkpoint's {saved.get(key)}; a resumed run keeps its "
-                                 "settings")
+        if ((key in args.explicit or key in preset)
+                and not _same_setting(key, getattr(args, key), saved.get(key))):
+            flag = f"--{key.replace('_', '-')} {getattr(args, key)}"
+            raise cli.UsageError((flag if key in args.explicit else
+                                  f"--preset {args.preset}'s {flag}")
+                                 + f" differs from the checkpoint's {saved.get(key)}; a resumed "
+                                 "run keeps its settings")
         setattr(args, key, saved.get(key, getattr(args, key)))
     if "epochs" not in args.explicit:
         args.epochs = saved["epochs"]
@@ -406,7 +418,7 @@ def resume_from(args, parser):
 def load_data(args):
     from fastnn.data import load_splits
 
-    loaded = load_splits(("train", "test"), args.data_dir, args.dataset)
+    loaded = load_splits(("train", "test"), args.data_dir, args.dataset, quiet=args.quiet)
     train, test = loaded["train"], loaded["test"]
     if args.batch_size > len(train[0]):
         raise cli.UsageError(f"--batch-size {args.batch_size} is larger than the {len(train[0])} "
@@ -543,9 +555,11 @@ def fit(args, out=None):
         opt, first_epoch, history = make_optimizer(args), 1, []
     bs = cfg["batch_size"]
     compile_seconds = kernel.warmup(cfg["sizes"], dtype, bs, bool(args.shift) or distorting(args))
+    warmup = f", {args.warmup} warm-up epoch{'s' * (args.warmup > 1)}" if args.warmup else ""
     say(f"fastnn: {'-'.join(map(str, cfg['sizes']))} net, {args.kernel} kernel, {args.dtype}, "
-        f"{args.optimizer} lr {args.lr} ({args.schedule}), batch {bs}, {args.epochs} epochs, "
-        f"{cfg['threads']} threads{augmentation_text(args)}"
+        f"{args.optimizer} lr {args.lr} ({args.schedule}{warmup}), batch {bs}, "
+        f"{args.epochs} epoch{'s' * (args.epochs > 1)}, "
+        f"{cfg['threads']} thread{'s' * (cfg['threads'] > 1)}{augmentation_text(args)}"
         + (f", resuming at epoch {first_epoch}" if args.resume else ""))
 
     rng = np.random.default_rng(args.seed)

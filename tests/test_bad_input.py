@@ -428,7 +428,9 @@ def test_batch_larger_than_the_data_set_exits_2(data_dir, capsys):
     (["--lr", "0.5"], "--lr 0.5 differs from the checkpoint's 0.05"),
     (["--dtype", "float64"], "--dtype float64 differs from the checkpoint's float32"),
     (["--epochs", "1"], r"already holds 1 epochs; pass --epochs N with N > 1"),
-], ids=["hidden", "lr", "dtype", "epochs"])
+    # a preset's settings are asked for too, not dropped
+    (["--preset", "best"], r"--preset best's --hidden \[800\] differs from the checkpoint's"),
+], ids=["hidden", "lr", "dtype", "epochs", "preset"])
 def test_resume_with_conflicting_flags_exits_2(resumable, data_dir, capsys, argv, allowed):
     before = resumable.read_bytes()
     code, out, err = call(train.main, ["--data-dir", data_dir, "--kernel", "numpy", "--no-plot",

@@ -31,6 +31,10 @@ def run_cli(*args):
     (["--show", "--no-plot"], "--show needs --plot"),
     (["--lr", "1e-300"], "--lr 1e-300 rounds to 0.0 in float32"),  # nothing would train
     (["--lr", "1e39"], "rounds to inf in float32; use a rate between"),
+    # a setting the run's optimizer would silently ignore
+    (["--momentum", "0.5"], "--momentum is a setting of --optimizer momentum; this run's "
+                            "optimizer is sgd"),
+    (["--optimizer", "momentum", "--eps", "1e-6"], "--eps is a setting of --optimizer adam"),
 ])
 def test_bad_flags_exit_2_with_a_message(args, needle):
     res = run_cli(*args)

@@ -252,6 +252,15 @@ def test_mirror_fallback_stores_the_good_file(tmp_path, synthetic, mirror, monke
     assert capsys.readouterr().err == ""
 
 
+def test_a_quiet_load_says_nothing_of_its_downloads(tmp_path, synthetic, mirror, monkeypatch,
+                                                   capsys):
+    """train --quiet ("only errors"): no "fetching" lines."""
+    monkeypatch.setitem(data.MIRRORS, "mnist", [f"{mirror}/good/"])
+    got = data.load_splits(["train"], data_dir=tmp_path / "cache", quiet=True)
+    assert_loaded(got["train"], synthetic)
+    assert capsys.readouterr().err == ""
+
+
 def test_every_failing_source_is_listed(tmp_path, synthetic, mirror, monkeypatch):
     bases = [f"{mirror}/{kind}/" for kind in ("404", "html", "drop")]
     monkeypatch.setitem(data.MIRRORS, "mnist", bases)
