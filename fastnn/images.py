@@ -2,9 +2,11 @@
 
 MNIST digits are white ink on black, cropped to the ink, scaled so the longer
 side is 20 px (aspect kept) and placed in a 28x28 field with the centre of mass
-at the centre. ``to_mnist`` repeats those steps for any grayscale array and
-``load_image`` reads a file with Pillow and calls it. Both return uint8 (784,),
-ready for ``fastnn.kernels.numpy_ref.to_float``.
+at the centre. Fashion-MNIST's garments are light on black too, but trimmed to
+the garment, scaled so the longer side is 28 px and centred by their bounding
+box (Xiao, Rasul and Vollgraf 2017). ``to_mnist`` repeats those steps for any
+grayscale array and ``load_image`` reads a file with Pillow and calls it. Both
+return uint8 (784,), ready for ``fastnn.kernels.numpy_ref.to_float``.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ class ImageError(Exception):
     """A file that cannot be read as a picture of a digit; the message names the file."""
 
 
-REMEDY = "pass a PNG or JPEG picture of one digit"
+REMEDY = ("pass a picture (PNG, JPEG, ...) of one digit, or of one garment for a "
+          "Fashion-MNIST model")
 
 
-def load_image(path) -> np.ndarray:
-    """Read an image file and return it in MNIST form: uint8 (784,)."""
+def load_image(path, fashion=False) -> np.ndarray:
+    """Read an image file and return it in MNIST form (``fashion``: Fashion-MNIST's):
+    uint8 (784,)."""
     from PIL import Image, UnidentifiedImageError
 
     name = os.fspath(path)
@@ -69,7 +73,7 @@ def load_image(path) -> np.ndarray:
         raise ImageError(f"{name}: cannot read the image ({type(e).__name__}: {e}); "
                          f"{REMEDY}") from None
     try:
-        return to_mnist(gray)
+        return to_mnist(gray, fashion)
     except ValueError as e:
         raise ImageError(f"{name}: {e}") from None
 
@@ -132,13 +136,16 @@ def grayscale(img) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.float64)
 
 
-def to_mnist(gray) -> np.ndarray:
+def to_mnist(gray, fashion=False) -> np.ndarray:
     """Grayscale (h, w) array (any numeric dtype, 0 = black, 255 = white) -> uint8 (784,).
 
     Steps: invert when the background (the border's median) is light; subtract
     the background level and stretch the ink to 0..255; crop to the ink's
     bounding box; scale the longer side to 20 px; paste into 28x28 so the centre
-    of mass sits at the centre. Raises ValueError for an empty or blank image.
+    of mass sits at the centre. ``fashion``: the longer side to 28 px, centred by
+    the bounding box, and the background the border's median (a garment often
+    reaches the border: a 28x28 Fashion-MNIST image comes back as it was, up to
+    the stretch). Raises ValueError for an empty or blank image.
     """
     a = np.asarray(gray, dtype=np.float64)
     if a.ndim != 2 or a.size == 0:
@@ -148,25 +155,27 @@ def to_mnist(gray) -> np.ndarray:
         a, border = 255.0 - a, 255.0 - border
     # The border's 90th percentile is the paper's brightest noise: everything
     # up to it is background, even if the digit touches the edge here and there.
-    ink = np.clip(a - np.percentile(border, 90), 0.0, None)
+    ink = np.clip(a - np.percentile(border, 50 if fashion else 90), 0.0, None)
     peak = ink.max()
     if peak < 255.0 * INK_THRESHOLD:
         raise ValueError("no digit found: the image is blank (no ink stands out from the "
                          "background)")
     ink *= 255.0 / peak
 
-    rows = np.flatnonzero((ink > 255.0 * INK_THRESHOLD).any(axis=1))
-    cols = np.flatnonzero((ink > 255.0 * INK_THRESHOLD).any(axis=0))
+    # a garment's faint edges are part of it (cut, the rest is scaled up to fill 28 px)
+    inked = ink > (0.0 if fashion else 255.0 * INK_THRESHOLD)
+    rows, cols = np.flatnonzero(inked.any(axis=1)), np.flatnonzero(inked.any(axis=0))
     ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    digit = _scale_longer_side(ink, BOX)
-
-    # Centre of mass -> CENTRE, keeping the whole digit inside the field.
+    digit = _scale_longer_side(ink, SIDE if fashion else BOX)
     h, w = digit.shape
-    mass = digit.sum()
-    com_r = (digit.sum(axis=1) @ np.arange(h)) / mass
-    com_c = (digit.sum(axis=0) @ np.arange(w)) / mass
-    top = int(np.clip(round(CENTRE - com_r), 0, SIDE - h))
-    left = int(np.clip(round(CENTRE - com_c), 0, SIDE - w))
+    if fashion:  # the bounding box in the middle
+        top, left = (SIDE - h + 1) // 2, (SIDE - w + 1) // 2  # an odd margin: more above
+    else:  # centre of mass -> CENTRE, keeping the whole digit inside the field
+        mass = digit.sum()
+        com_r = (digit.sum(axis=1) @ np.arange(h)) / mass
+        com_c = (digit.sum(axis=0) @ np.arange(w)) / mass
+        top = int(np.clip(round(CENTRE - com_r), 0, SIDE - h))
+        left = int(np.clip(round(CENTRE - com_c), 0, SIDE - w))
     field = np.zeros((SIDE, SIDE))
     field[top : top + h, left : left + w] = digit
     return np.clip(np.rint(field), 0, 255).astype(np.uint8).reshape(SIDE * SIDE)

@@ -81,7 +81,8 @@ def gather_inputs(args, dataset):
     if args.image:
         from fastnn.images import load_image
 
-        return list(args.image), np.stack([load_image(f) for f in args.image]), None
+        fashion = canonical(dataset) == "fashion-mnist"  # its own picture steps
+        return list(args.image), np.stack([load_image(f, fashion) for f in args.image]), None
     from fastnn.data import load_mnist
 
     images, labels = load_mnist("test", args.data_dir, dataset)

@@ -200,6 +200,13 @@ def parse_args(argv=None):
                      f"here; choose 1..{n}")
     if args.compare and (args.resume or args.save):
         parser.error("--compare trains from scratch and saves nothing: drop --resume/--save")
+    ignored = [flag for flag, given in (("--kernel", "kernel" in args.explicit),
+                                        ("--epochs", "epochs" in args.explicit),
+                                        ("--plots-dir", args.plots_dir), ("--show", args.show))
+               if given]
+    if args.compare and ignored:
+        parser.error(f"--compare runs every backend for --compare-steps steps and draws no "
+                     f"pictures: drop {'/'.join(ignored)}")
     if args.show and not args.plot:
         parser.error("--show needs --plot PATH")
     for key, optimizers in OPTIMIZER_FLAGS.items():
@@ -575,7 +582,10 @@ def fit(args, out=None):
         """What the checkpoint on disk still holds, for the messages below."""
         if not last_saved:
             return ""
-        hint = f": continue with --resume {last_saved}" if resume_hint else ""
+        # a run resumed without --save keeps nothing it trains: say so in the hint
+        hint = (f": continue with --resume {last_saved}"
+                + ("" if args.save else f" --save {last_saved} (this run saved nothing)")
+                if resume_hint else "")
         return f"; {last_saved} still holds epoch {saved_epoch}{hint}"
 
     epoch = first_epoch - 1

@@ -35,6 +35,8 @@ def run_cli(*args):
     (["--momentum", "0.5"], "--momentum is a setting of --optimizer momentum; this run's "
                             "optimizer is sgd"),
     (["--optimizer", "momentum", "--eps", "1e-6"], "--eps is a setting of --optimizer adam"),
+    (["--compare", "--kernel", "numpy", "--epochs", "3"], "draws no pictures: drop "
+                                                          "--kernel/--epochs"),
 ])
 def test_bad_flags_exit_2_with_a_message(args, needle):
     res = run_cli(*args)

@@ -339,6 +339,16 @@ def test_a_port_in_use_is_a_one_line_error(model_file):
     assert "--port 0" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("host", ["999.1.1.1", "192.0.2.1"])  # no such name; not ours
+def test_a_host_it_cannot_listen_on_names_the_host(model_file, host):
+    res = subprocess.run([sys.executable, "-m", "fastnn.demo", "--no-browser", "--model",
+                          str(model_file), "--host", host, "--port", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr
+    assert f"cannot listen on {host} port 0" in res.stderr
+    assert "pass a --host of this machine" in res.stderr and "Traceback" not in res.stderr
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--port", "70000"], "must be 0..65535"),
     (["--port", "http"], "expected a port number"),

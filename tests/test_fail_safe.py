@@ -259,6 +259,22 @@ def test_ctrl_c_in_the_first_epoch_of_a_resumed_run_names_the_checkpoint(tmp_pat
     assert ck.read_bytes() == before
     assert f"--resume {ck}" in err, (
         f"{ck} still holds epoch 1 and can be resumed, but the message does not say so: {err!r}")
+    assert "saved nothing" not in err
+
+
+def test_ctrl_c_in_a_resumed_run_without_save_says_it_kept_nothing(tmp_path, data_dir, capsys,
+                                                                  monkeypatch):
+    """Resumed without --save, an interrupted run has kept none of its epochs: the hint
+    to continue says to add --save."""
+    ck = tmp_path / "ck.npz"
+    code, _, err = run(capsys, data_dir, "--epochs", "1", "--save", ck)
+    assert code == 0, err
+    monkeypatch.setattr(numpy_ref, "train_epoch", on_call(2, raise_(KeyboardInterrupt),
+                                                          numpy_ref.train_epoch))
+    code, out, err = helpers.call(train.main, ["--data-dir", data_dir, "--kernel", "numpy",
+                                          "--no-plot", "--resume", ck, "--epochs", "3"], capsys)
+    assert code == 130, err
+    assert f"continue with --resume {ck} --save {ck} (this run saved nothing)" in err, err
 
 
 @pytest.mark.slow

@@ -76,6 +76,39 @@ def test_mnist_like_image_round_trips(mnist):
     assert np.median(corr) > 0.99 and np.mean(corr) > 0.97
 
 
+def _garment(top, bottom, left, right, seed=0):
+    """A 28x28 Fashion-MNIST-like image: a textured shape on black in [top, bottom) x
+    [left, right), its longer side 28 px, its brightest pixel 255."""
+    a = np.zeros((28, 28), np.uint8)
+    a[top:bottom, left:right] = np.random.default_rng(seed).integers(1, 256, (bottom - top,
+                                                                              right - left))
+    a[top, left] = 255
+    return a
+
+
+@pytest.mark.parametrize("box", [(0, 28, 4, 25), (7, 22, 0, 28), (0, 28, 9, 20)])
+def test_a_fashion_mnist_image_round_trips_unchanged(tmp_path, box):
+    """predict --image with a Fashion-MNIST model: a garment already in Fashion-MNIST's
+    form (longer side 28 px, centred by its box, an odd margin's extra row above) comes
+    back as it was; the digit steps (20 px, centre of mass) would move and shrink it."""
+    a = _garment(*box)
+    Image.fromarray(a).save(tmp_path / "garment.png")
+    assert np.array_equal(images.load_image(tmp_path / "garment.png", fashion=True),
+                          a.reshape(784))
+    assert not np.array_equal(images.load_image(tmp_path / "garment.png"), a.reshape(784))
+
+
+def test_fashion_mnist_test_images_round_trip(fashion, tmp_path):
+    """Fashion-MNIST's own test images saved as PNG and read back: most unchanged (a few
+    have a garment short of 28 px or a border mostly covered, and are rescaled)."""
+    test_x = fashion["test"][0][:200]
+    same = 0
+    for x in test_x:
+        Image.fromarray(x.reshape(28, 28)).save(tmp_path / "f.png")
+        same += np.array_equal(images.load_image(tmp_path / "f.png", fashion=True), x)
+    assert same >= 170
+
+
 def test_preprocessing_is_idempotent():
     once = images.to_mnist(np.asarray(draw_four()))
     twice = images.to_mnist(once.reshape(28, 28))

@@ -8,8 +8,10 @@ how the server is meant to stop.
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import os
+import socket
 import sys
 
 from fastnn import cli
@@ -127,9 +129,13 @@ def run(args, out=None):
     except PageFilesMissing:
         raise
     except OSError as e:
-        raise OSError(f"cannot listen on {args.host} port {args.port} "
-                      f"({e.strerror or e}); pass another --port, or --port 0 for any free "
-                      "one") from None
+        # a name that does not resolve, or an address this machine does not have, is the
+        # host's fault; a port in use or reserved, the port's
+        host = isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL
+        raise OSError(f"cannot listen on {args.host} port {args.port} ({e.strerror or e}); "
+                      + ("pass a --host of this machine: 127.0.0.1 (the default), or 0.0.0.0 "
+                         "for every network it is on" if host else
+                         "pass another --port, or --port 0 for any free one")) from None
     with server:
         url, reach = where(args.host, server.server_address[1])
         sizes = "-".join(str(n) for n in [784] + [W.shape[0] for W, _ in params])
