@@ -150,6 +150,21 @@ def path(text):
     return text
 
 
+# suffixes that name another picture format: a PNG written under one would mislead
+OTHER_PICTURE_SUFFIXES = (".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".svg",
+                          ".pdf", ".eps", ".ps")
+
+
+def png_path(text):
+    """path() for a PNG output: not under a name whose suffix says another format."""
+    text = path(text)
+    suffix = os.path.splitext(text)[1].lower()
+    if suffix in OTHER_PICTURE_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"{text}: fastnn writes PNG pictures, not "
+                                         f"{suffix[1:].upper()}; name the file .png")
+    return text
+
+
 def add_model_flags(parser, kernel_default):
     """--model, --kernel and --data-dir: the flags of the commands that use a saved model."""
     from fastnn.kernels import KERNELS

@@ -84,7 +84,7 @@ def build_parser():
                     "of a saved fastnn model.",
     )
     cli.add_model_flags(p, kernel_default="numba")
-    p.add_argument("--plot", type=cli.path, metavar="PATH",
+    p.add_argument("--plot", type=cli.png_path, metavar="PATH",
                    help="also write the confusion matrix as a PNG")
     return p
 

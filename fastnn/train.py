@@ -140,7 +140,7 @@ def build_parser():
                         "extend it)")
     p.add_argument("--json", type=cli.path, metavar="PATH",
                    help="write metrics as one JSON object")
-    p.add_argument("--plot", type=cli.path, metavar="PATH", default="predictions.png",
+    p.add_argument("--plot", type=cli.png_path, metavar="PATH", default="predictions.png",
                    help="PNG of test digits with predicted and true labels "
                         "(default: predictions.png)")
     p.add_argument("--no-plot", dest="plot", action="store_const", const=None,

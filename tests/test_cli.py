@@ -35,6 +35,7 @@ def run_cli(*args):
     (["--momentum", "0.5"], "--momentum is a setting of --optimizer momentum; this run's "
                             "optimizer is sgd"),
     (["--optimizer", "momentum", "--eps", "1e-6"], "--eps is a setting of --optimizer adam"),
+    (["--plot", "digits.JPG"], "fastnn writes PNG pictures, not JPG; name the file .png"),
     (["--compare", "--kernel", "numpy", "--epochs", "3"], "draws no pictures: drop "
                                                           "--kernel/--epochs"),
 ])
