@@ -140,11 +140,10 @@ def build_parser():
                         "extend it)")
     p.add_argument("--json", type=cli.path, metavar="PATH",
                    help="write metrics as one JSON object")
-    p.add_argument("--plot", type=cli.png_path, metavar="PATH", default="predictions.png",
-                   help="PNG of test digits with predicted and true labels "
-                        "(default: predictions.png)")
-    p.add_argument("--no-plot", dest="plot", action="store_const", const=None,
-                   help="do not write the PNG")
+    p.add_argument("--plot", type=cli.png_path, metavar="PATH",
+                   help=f"PNG of test digits with predicted and true labels (default: "
+                        f"{DEFAULT_PLOT}, never replacing a file there that is not a PNG)")
+    p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     p.add_argument("--plots-dir", type=cli.path, metavar="DIR",
                    help="also write training curves (PNG + CSV), the confusion matrix and the "
                         "first layer's weights as pictures into DIR")
@@ -207,6 +206,11 @@ def parse_args(argv=None):
     if args.compare and ignored:
         parser.error(f"--compare runs every backend for --compare-steps steps and draws no "
                      f"pictures: drop {'/'.join(ignored)}")
+    if args.plot and args.no_plot:
+        parser.error(f"--plot {args.plot} and --no-plot contradict each other: keep one")
+    args.default_plot = args.plot is None and not args.no_plot
+    if args.default_plot:
+        args.plot = DEFAULT_PLOT
     if args.show and not args.plot:
         parser.error("--show needs --plot PATH")
     for key, optimizers in OPTIMIZER_FLAGS.items():
@@ -265,6 +269,19 @@ def settings_problem(args):
     return None
 
 
+DEFAULT_PLOT = "predictions.png"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _not_a_png(path):
+    """Is there a regular file at path that is not a PNG (so not an earlier run's picture)?"""
+    try:
+        with files.open_regular(path, what="a picture") as f:
+            return f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE
+    except (files.FileError, OSError):
+        return False  # nothing there, or not a regular file: check_paths has its say
+
+
 PLOTS_DIR_FILES = ("curves.png", "curves.csv", "confusion.png", "weights.png")
 
 
@@ -282,6 +299,11 @@ def check_paths(args):
     outputs = [("--json", args.json)]
     if not args.compare:  # --compare writes only the JSON
         outputs += [("--save", args.save), ("--plot", args.plot)]
+        # the default picture replaces an earlier run's, never a file the user put there
+        if args.plot and args.default_plot and _not_a_png(args.plot):
+            raise cli.UsageError(f"{args.plot} (the default --plot) is there and is not a PNG: "
+                                 "fastnn will not replace it; move it, or pass --plot PATH or "
+                                 "--no-plot")
         if args.plots_dir:
             outputs += [("--plots-dir", path) for path in plots_dir_paths(args)]
             # its files would land among the data files (none replaced, but the user's

@@ -35,6 +35,7 @@ def run_cli(*args):
     (["--momentum", "0.5"], "--momentum is a setting of --optimizer momentum; this run's "
                             "optimizer is sgd"),
     (["--optimizer", "momentum", "--eps", "1e-6"], "--eps is a setting of --optimizer adam"),
+    (["--plot", "p.png", "--no-plot"], "--plot p.png and --no-plot contradict each other"),
     (["--plot", "digits.JPG"], "fastnn writes PNG pictures, not JPG; name the file .png"),
     (["--compare", "--kernel", "numpy", "--epochs", "3"], "draws no pictures: drop "
                                                           "--kernel/--epochs"),
@@ -124,6 +125,19 @@ def test_default_run_reaches_92_percent_and_kernels_match(mnist, tmp_path):
         acc[kernel] = json.loads(out.read_text())["test_accuracy"]
     assert acc["numba"] >= 0.92
     assert abs(acc["numba"] - acc["numpy"]) <= 0.002
+
+
+def test_the_default_picture_never_replaces_a_file_that_is_not_one(tmp_path):
+    """predictions.png, unasked for, replaces an earlier run's PNG but not a file the
+    user put there under that name; named with --plot, it is replaced as asked."""
+    (tmp_path / "predictions.png").write_text("my notes")
+    res = subprocess.run([sys.executable, "-m", "fastnn.train", "--epochs", "1"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 2 and "predictions.png (the default --plot) is there and is " \
+                                   "not a PNG: fastnn will not replace it" in res.stderr
+    assert (tmp_path / "predictions.png").read_text() == "my notes"
+    args = train.parse_args(["--plot", str(tmp_path / "predictions.png")])
+    train.check_paths(args)  # asked for: no objection
 
 
 def test_output_piped_into_a_closed_reader_stops_quietly(mnist):
