@@ -119,7 +119,7 @@ JIT_EXACT_LEAF = dict(JIT_EXACT, _nrt=False)
 
 
 def set_threads(n: int | None) -> int:
-    """Set Numba's thread count (None = all available); return the count in force."""
+    """Set Numba's thread count (None: leave it as it is); return the count in force."""
     import numba
 
     if n is not None:

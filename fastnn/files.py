@@ -222,6 +222,9 @@ def check_output(path) -> None:
     if not os.path.isdir(parent):
         raise _not_a_directory(name, parent)
     if not os.access(parent, os.W_OK | os.X_OK):
+        if os.statvfs(parent).f_flag & os.ST_RDONLY:
+            raise FileError(name, f"the directory {parent} is on a read-only file system",
+                            "pass a path on a writable one")
         raise FileError(name, f"the directory {parent} is not writable",
                         _WRITE_REMEDIES[errno.EACCES])
 

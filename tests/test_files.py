@@ -176,6 +176,22 @@ def test_unwritable_directory_says_so(tmp_path, monkeypatch):
         files.check_output(tmp_path / "out.json")
 
 
+def test_a_read_only_file_system_is_named_as_such(tmp_path, monkeypatch):
+    """os.statvfs told that tmp_path's file system is mounted read-only (as root no
+    directory is unwritable otherwise)."""
+    real_access, real_statvfs = os.access, os.statvfs
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False
+                        if os.fspath(p) == str(tmp_path) else real_access(p, mode, **kw))
+
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr(os, "statvfs", lambda p: ReadOnly()
+                        if os.fspath(p) == str(tmp_path) else real_statvfs(p))
+    with pytest.raises(files.FileError, match="is on a read-only file system.*a writable one"):
+        files.check_output(tmp_path / "out.json")
+
+
 @pytest.mark.parametrize("code, remedy", [
     (errno.ENOSPC, "free some space"), (errno.EACCES, "directory you can write to"),
     (errno.EROFS, "read-only"), (errno.EIO, "pass another path")])

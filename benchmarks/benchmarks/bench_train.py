@@ -68,11 +68,11 @@ class Compile:
     number, repeat, warmup_time, timeout = 1, 1, 0.0, 900.0
 
     def timeraw_cold_warmup(self, name, dtype):
-        setup = ("import atexit, os, shutil, tempfile\n"
-                 "cache = tempfile.mkdtemp()\natexit.register(shutil.rmtree, cache, True)\n"
-                 "os.environ['NUMBA_CACHE_DIR'] = cache\nimport numpy as np\n"
-                 "from fastnn.kernels import get_kernel\n")
-        return f"get_kernel({name!r}).warmup([784, 10, 10], np.dtype({dtype!r}))", setup
+        setup, statement = suite.cold_warmup(name, dtype)
+        empty_cache = ("import atexit, os, shutil, tempfile\ncache = tempfile.mkdtemp()\n"
+                       "atexit.register(shutil.rmtree, cache, True)\n"
+                       "os.environ['NUMBA_CACHE_DIR'] = cache\n")
+        return statement, empty_cache + setup
 
 
 class LoadMnist:

@@ -287,9 +287,12 @@ def test_predict(benchmark, data, case):
     assert labels.shape == data[3].shape
 
 
-_WARMUP = """import sys, numpy as np
-from fastnn.kernels import get_kernel
-print(get_kernel(sys.argv[1]).warmup([784, 10, 10], np.dtype(sys.argv[2])))"""
+def cold_warmup(name, dtype):
+    """(setup, statement): the code test_compile and asv's timeraw_cold_warmup run in a
+    fresh interpreter, the statement numba backend ``name``'s warmup() of 784-10-10 (it
+    returns the seconds it took)."""
+    return ("import numpy as np\nfrom fastnn.kernels import get_kernel\n",
+            f"get_kernel({name!r}).warmup([784, 10, 10], np.dtype({dtype!r}))")
 
 
 @pytest.mark.skipif(not SETTINGS["compile"], reason="compile times not asked for")
@@ -303,7 +306,8 @@ def test_compile(benchmark, name, dtype):
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
 
         def warmup():
-            run = subprocess.run([sys.executable, "-c", _WARMUP, name, dtype], env=env,
+            setup, statement = cold_warmup(name, dtype)
+            run = subprocess.run([sys.executable, "-c", f"{setup}print({statement})"], env=env,
                                  capture_output=True, text=True, timeout=900, check=True)
             return float(run.stdout.split()[-1])
 
