@@ -430,7 +430,8 @@ def resume_from(args, parser):
     if problem:
         raise unusable(f"its settings do not hold here: {problem}")
     if meta["epoch"] >= args.epochs:
-        raise cli.UsageError(f"{path} already holds {meta['epoch']} epochs; pass "
+        raise cli.UsageError(f"{path} already holds {meta['epoch']} epoch"
+                             f"{'s' * (meta['epoch'] > 1)}; pass "
                              f"--epochs N with N > {meta['epoch']} to train further")
     opt = make_optimizer(args)
     if len(state) != opt.n_slots():

@@ -427,7 +427,7 @@ def test_batch_larger_than_the_data_set_exits_2(data_dir, capsys):
     (["--hidden", "8"], r"--hidden \[8\] differs from the checkpoint's \[4\]"),
     (["--lr", "0.5"], "--lr 0.5 differs from the checkpoint's 0.05"),
     (["--dtype", "float64"], "--dtype float64 differs from the checkpoint's float32"),
-    (["--epochs", "1"], r"already holds 1 epochs; pass --epochs N with N > 1"),
+    (["--epochs", "1"], r"already holds 1 epoch; pass --epochs N with N > 1"),
     # a preset's settings are asked for too, not dropped
     (["--preset", "best"], r"--preset best's --hidden \[800\] differs from the checkpoint's"),
 ], ids=["hidden", "lr", "dtype", "epochs", "preset"])

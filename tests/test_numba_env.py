@@ -260,7 +260,7 @@ def test_training_with_numba_num_threads_1(tmp_path, synthetic):
                            "--threads", "1", "--json", "run.json",
                            env={"NUMBA_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr
-    assert "Traceback" not in res.stderr and ", 1 threads" in res.stdout
+    assert "Traceback" not in res.stderr and ", 1 thread" in res.stdout
     result = json.loads((tmp_path / "run.json").read_text())
     assert result["config"]["threads"] == 1
     assert np.isfinite(result["epochs"][0]["loss"])

@@ -132,7 +132,7 @@ def test_resume_refuses_changed_settings(mnist, tmp_path):
     res = run_cli("--resume", str(ck), "--epochs", "2", "--hidden", "20")
     assert res.returncode == 2 and "differs from the checkpoint" in res.stderr
     res = run_cli("--resume", str(ck), "--epochs", "1")
-    assert res.returncode == 2 and "already holds 1 epochs" in res.stderr
+    assert res.returncode == 2 and "already holds 1 epoch;" in res.stderr
     res = run_cli("--resume", str(tmp_path / "missing.npz"))
     assert res.returncode == 1 and "no such file" in res.stderr
 
