@@ -56,16 +56,19 @@ def _pct(x):
     return "      -" if np.isnan(x) else f"{100 * x:6.2f}%"
 
 
-def format_report(cm) -> str:
-    """Accuracy line, per-class table and the confusion matrix as aligned text."""
+def format_report(cm, names=None) -> str:
+    """Accuracy line, per-class table (with the classes' ``names`` when given: Fashion-MNIST's)
+    and the confusion matrix as aligned text."""
     precision, recall, count = precision_recall(cm)
     k = len(cm)
+    w = max(map(len, names)) + 2 if names else 0
     lines = [f"accuracy {100 * accuracy(cm):.2f}% ({int(np.trace(cm))} of {int(cm.sum())})", "",
-             "class  precision   recall  count"]
+             "class" + f"{'':{w}}" + "  precision   recall  count"]
     for c in range(k):
-        lines.append(f"{c:>5}    {_pct(precision[c])}  {_pct(recall[c])}  {count[c]:>5}")
-    lines.append(f"{'mean':>5}    {_pct(np.nanmean(precision))}  {_pct(np.nanmean(recall))}  "
-                 f"{int(count.sum()):>5}")
+        label = f"{c:>5}" + (f"  {names[c]:<{w - 2}}" if names else "")
+        lines.append(f"{label}    {_pct(precision[c])}  {_pct(recall[c])}  {count[c]:>5}")
+    lines.append(f"{'mean':>5}{'':{w}}    {_pct(np.nanmean(precision))}  "
+                 f"{_pct(np.nanmean(recall))}  {int(count.sum()):>5}")
     width = max(5, len(str(int(cm.max()))) + 1)
     lines += ["", "confusion matrix (rows: true class, columns: predicted class)",
               "true" + "".join(f"{c:>{width}}" for c in range(k)) + f"{'total':>{width + 2}}"]
@@ -91,7 +94,7 @@ def build_parser():
 
 def run(args, out=None):
     out = out or sys.stdout
-    from fastnn.data import load_mnist
+    from fastnn.data import canonical, class_names, load_mnist
 
     check_paths(args, ("--plot", args.plot))
     params, meta = model.load(args.model)
@@ -102,7 +105,8 @@ def run(args, out=None):
     sizes = "-".join(map(str, model.sizes_of(params)))
     print(f"fastnn: {args.model}: {sizes} net, {params[0][0].dtype}, {args.kernel} kernel, "
           f"{len(images)} {dataset} test images", file=out)
-    print(format_report(cm), file=out)
+    names = class_names(dataset) if canonical(dataset) != "mnist" else None
+    print(format_report(cm, names), file=out)
     if args.plot:
         from fastnn import plots
 

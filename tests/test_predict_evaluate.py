@@ -214,6 +214,20 @@ def test_report_shows_dashes_for_undefined_ratios():
     assert re.search(r"^\s+1\s+-\s+0\.00%\s+1$", report, re.M)  # class 1: never predicted
 
 
+def test_report_names_the_classes_when_given():
+    """evaluate with a Fashion-MNIST model: the per-class rows say which garment."""
+    names = ["T-shirt/top", "Trouser", "Ankle boot"]
+    report = evaluate.format_report(evaluate.confusion_matrix([0, 1, 2], [0, 1, 1], k=3),
+                                    names)
+    assert re.search(r"^\s+1  Trouser\s+50\.00%\s+100\.00%\s+1$", report, re.M)
+    assert re.search(r"^\s+2  Ankle boot\s+-\s+0\.00%\s+1$", report, re.M)
+    lines = report.splitlines()
+    header = next(ln for ln in lines if ln.startswith("class"))
+    rows = [ln for ln in lines if ln.startswith(("    0", " mean"))]
+    end = header.index("precision") + len("precision")  # the columns line up
+    assert [ln.index("%") + 1 for ln in rows] == [end, end]
+
+
 def test_top_classes_and_dataset_of():
     P = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]])
     classes, probs = predict.top_classes(P, 2)
