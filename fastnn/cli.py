@@ -150,6 +150,19 @@ def path(text):
     return text
 
 
+@contextlib.contextmanager
+def writing(flag, outcome="nothing was written"):
+    """Name ``flag`` in a FileError raised while its output is written (check_paths names
+    it before a run, but a FIFO with no reader or a full disk shows only when written),
+    and say what became of the output: as it was before (files.write_output), unless
+    ``outcome`` says otherwise."""
+    try:
+        yield
+    except files.FileError as e:
+        raise files.FileError(f"{flag} {e.path}", f"{e.problem}; {outcome}", e.remedy,
+                              e.errno) from None
+
+
 # suffixes that name another picture format: a PNG written under one would mislead
 OTHER_PICTURE_SUFFIXES = (".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".svg",
                           ".pdf", ".eps", ".ps")

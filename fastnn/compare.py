@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from fastnn import config, files, model, tolerances
+from fastnn import cli, config, files, model, tolerances
 from fastnn import train as train_cli
 from fastnn.kernels import KERNELS, REFERENCE, get_kernel
 from fastnn.kernels.numpy_ref import to_float
@@ -127,5 +127,6 @@ def run(args, data, out=None):
               else "DISAGREEMENT: a backend exceeds the tolerance (see rows marked NO)"]
     print("\n".join(lines), file=out, flush=True)
     if args.json:
-        files.write_text(args.json, json.dumps(report, indent=2) + "\n")
+        with cli.writing("--json"):
+            files.write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0 if ok else 1

@@ -112,7 +112,8 @@ def run(args, out=None):
 
         title = (f"{os.path.basename(args.model)} on the {dataset} test set "
                  f"(accuracy {100 * accuracy(cm):.2f}%)")
-        plots.confusion(cm, args.plot, title=title)
+        with cli.writing("--plot"):
+            plots.confusion(cm, args.plot, title=title)
         print(f"wrote {args.plot}", file=out)
     return cm
 

@@ -129,7 +129,8 @@ def run(args, out=None):
                                  for c, p in zip(classes[i], probs[i])]))
     if args.json:
         report = dict(model=args.model, kernel=args.kernel, predictions=results)
-        files.write_text(args.json, json.dumps(report, indent=2) + "\n")
+        with cli.writing("--json"):
+            files.write_text(args.json, json.dumps(report, indent=2) + "\n")
     return results
 
 

@@ -660,7 +660,8 @@ def fit(args, out=None):
     say(f"test accuracy {100 * result['test_accuracy']:.2f}% after {train_seconds:.2f} s of "
         f"training ({compile_seconds:.2f} s compile)")
     if args.json:
-        files.write_text(args.json, json.dumps(result, indent=2) + "\n")
+        with cli.writing("--json"):
+            files.write_text(args.json, json.dumps(result, indent=2) + "\n")
     if args.plot or args.plots_dir:
         write_pictures(args, history, params, kernel.predict(params, test_x), test_x, test_y, say,
                        kernel, train_x)
@@ -687,17 +688,21 @@ def write_pictures(args, history, params, preds, test_x, test_y, say, kernel, tr
 
     written = []
     if args.plot:
-        plots.predictions_grid(test_x, test_y, preds, args.plot, show=args.show,
-                               class_names=class_names(args.dataset))
+        with cli.writing("--plot"):
+            plots.predictions_grid(test_x, test_y, preds, args.plot, show=args.show,
+                                   class_names=class_names(args.dataset))
         written.append(args.plot)
     if args.plots_dir:  # the writer creates the directory
         paths = plots_dir_paths(args)
-        plots.training_curves(history, paths[0], paths[1])
-        plots.confusion(evaluate.confusion_matrix(test_y, preds), paths[2])
-        plots.first_layer_weights(params[0][0], paths[3])
-        if distorting(args):
-            original, versions = distortion_examples(args, kernel, train_x, params[0][0].dtype)
-            plots.distortion_grid(original, versions, paths[4], augmentation_text(args)[2:])
+        with cli.writing("--plots-dir", "that file was not written (any before it were)"):
+            plots.training_curves(history, paths[0], paths[1])
+            plots.confusion(evaluate.confusion_matrix(test_y, preds), paths[2])
+            plots.first_layer_weights(params[0][0], paths[3])
+            if distorting(args):
+                original, versions = distortion_examples(args, kernel, train_x,
+                                                         params[0][0].dtype)
+                plots.distortion_grid(original, versions, paths[4],
+                                      augmentation_text(args)[2:])
         written += paths
     say(f"wrote {', '.join(written)}")
 

@@ -66,7 +66,8 @@ def test_json_into_a_full_device_is_a_disk_full_error(tmp_path, checkpoint, data
     node = device(tmp_path, "full", FULL)
     code, out, err = predict_json(checkpoint, data_dir, node, capsys)
     assert_clean_error(code, err)
-    assert f"{node}: cannot write it (No space left on device)" in err
+    assert f"--json {node}: cannot write it (No space left on device); nothing was written" \
+        in err
     assert file_type(node) == stat.S_IFCHR
 
 
@@ -89,7 +90,8 @@ def test_json_into_a_fifo_nobody_reads_is_refused_not_replaced(tmp_path, checkpo
     path = fifo(tmp_path)
     code, out, err = within(60, predict_json, checkpoint, data_dir, path, capsys)
     assert_clean_error(code, err)
-    assert f"{path}: is a FIFO (named pipe) that no program is reading" in err
+    assert f"--json {path}: is a FIFO (named pipe) that no program is reading" in err
+    assert "nothing was written" in err
     assert file_type(path) == stat.S_IFIFO
 
 
@@ -241,7 +243,7 @@ def test_disk_full_while_writing_the_plot_names_it(tmp_path, checkpoint, data_di
     code, out, err = call(evaluate.main, ["--model", checkpoint, "--data-dir", data_dir,
                                           "--kernel", "numpy", "--plot", node], capsys)
     assert_clean_error(code, err)
-    assert f"{node}: cannot write it (No space left on device)" in err
+    assert f"--plot {node}: cannot write it (No space left on device)" in err
 
 
 # ===================================================================== inputs that are no files

@@ -163,7 +163,8 @@ def main(argv=None):
         cli.check_paths([("--json", args.json)])  # before the run, not after it
         code, data = run(args)
         if args.json:
-            files.write_text(args.json, json.dumps(data, indent=2) + "\n")
+            with cli.writing("--json"):
+                files.write_text(args.json, json.dumps(data, indent=2) + "\n")
             print(f"JSON written to {args.json}")
         return code
 
