@@ -221,7 +221,10 @@ def check_paths(outputs, inputs=(), may_replace=()):
         try:
             files.check_output(out)
         except files.FileError as e:
-            raise files.FileError(f"{flag} {e.path}", e.problem, e.remedy) from None
+            remedy = e.remedy
+            if flag == "--plots-dir":  # it names the directory; its file names are fixed
+                remedy = (f"move {e.path} out of the way, or pass another --plots-dir")
+            raise files.FileError(f"{flag} {e.path}", e.problem, remedy) from None
 
 
 def check_value(parser, dest, value):

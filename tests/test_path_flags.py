@@ -171,6 +171,17 @@ def test_plots_dir_on_the_data_dir_exits_2_and_writes_nothing(tmp_path, data_dir
     assert snapshot(data_dir) == before
 
 
+def test_plots_dir_with_a_directory_in_place_of_its_file_says_to_move_it(tmp_path, data_dir,
+                                                                         capsys):
+    (tmp_path / "pics" / "weights.png").mkdir(parents=True)
+    code, out, err = call(train.main, ["--data-dir", data_dir, *FAST, "--plots-dir",
+                                       tmp_path / "pics"], capsys)
+    assert_clean_error(code, err)
+    inside = tmp_path / "pics" / "weights.png"
+    assert f"--plots-dir {inside}: is a directory" in err, err
+    assert f"move {inside} out of the way, or pass another --plots-dir" in err, err
+
+
 @pytest.mark.parametrize("command", ["predict --json", "predict --json (image)",
                                      "evaluate --plot"])
 def test_predict_and_evaluate_outputs_never_replace_their_inputs(tmp_path, checkpoint,
