@@ -400,6 +400,10 @@ def resume_from(args, parser):
             try:
                 saved[key] = cli.check_value(parser, key, saved[key])
             except ValueError as e:
+                if key == "dataset":  # predict and evaluate need a known one too
+                    raise model.ModelError(f"{path}: its config has {e}; it was edited or "
+                                           "written by other code: fix the name or retrain "
+                                           "the model") from None
                 raise unusable(f"its config has {e}") from None
     sizes = model.sizes_of(params)
     if model.layer_sizes(saved.get("hidden", sizes[1:-1])) != sizes:

@@ -714,6 +714,18 @@ def test_resume_of_an_inconsistent_checkpoint_exits_1(tmp_path, resumable, data_
     assert out == "" and path.read_bytes() == before
 
 
+def test_resume_of_a_checkpoint_naming_an_unknown_dataset_does_not_send_to_predict(
+        tmp_path, resumable, data_dir, capsys):
+    """predict and evaluate refuse such a checkpoint too: the message must not say they
+    can use it."""
+    path = _rewrite_meta(resumable, tmp_path / "edited.npz", _edit_config(dataset="foo"))
+    code, out, err = call(train.main, ["--resume", path, "--data-dir", data_dir, "--kernel",
+                                       "numpy", "--no-plot", "--epochs", 3], capsys)
+    assert_clean_error(code, err)
+    assert "--dataset 'foo'" in err and "fix the name or retrain the model" in err, err
+    assert "predict and evaluate can" not in err
+
+
 def test_a_resumed_history_has_exactly_the_rows_training_writes(resumable):
     """train.HISTORY_KEYS, what resume requires, is what run_epoch writes."""
     _, meta = model.load(resumable)
