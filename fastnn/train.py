@@ -588,9 +588,14 @@ def fit(args, out=None):
         params = model.init_params(cfg["sizes"], seed=args.seed, dtype=dtype, init=args.init)
         opt, first_epoch, history = make_optimizer(args), 1, []
     bs = cfg["batch_size"]
-    compile_seconds = kernel.warmup(cfg["sizes"], dtype, bs, bool(args.shift) or distorting(args))
+    moved = bool(args.shift) or distorting(args)
+    compile_seconds = kernel.warmup(cfg["sizes"], dtype, bs, moved)
     warmup = f", {args.warmup} warm-up epoch{'s' * (args.warmup > 1)}" if args.warmup else ""
-    say(f"fastnn: {'-'.join(map(str, cfg['sizes']))} net, {args.kernel} kernel, {args.dtype}, "
+    # which of the numba variants plain "numba" picked (what --kernel numba:NAME runs)
+    picks = getattr(kernel, "strategy_for", None) if args.kernel == "numba" else None
+    strategy = f"numba:{picks(cfg['sizes'], train_x, bs, moved)}" if picks else None
+    say(f"fastnn: {'-'.join(map(str, cfg['sizes']))} net, {args.kernel} kernel"
+        f"{f' ({strategy})' if strategy else ''}, {args.dtype}, "
         f"{args.optimizer} lr {args.lr} ({args.schedule}{warmup}), batch {bs}, "
         f"{args.epochs} epoch{'s' * (args.epochs > 1)}, "
         f"{cfg['threads']} thread{'s' * (cfg['threads'] > 1)}{augmentation_text(args)}"
@@ -658,7 +663,7 @@ def fit(args, out=None):
         # was running when it arrived: between two epochs, once a checkpoint was written
         raise cli.Interrupted(f"interrupted after epoch {epoch}{kept(True)}") from None
 
-    result = dict(kernel=args.kernel, config=cfg, epochs=history,
+    result = dict(kernel=args.kernel, strategy=strategy, config=cfg, epochs=history,
                   test_accuracy=history[-1]["test_accuracy"], train_seconds=train_seconds,
                   compile_seconds=compile_seconds)
     say(f"test accuracy {100 * result['test_accuracy']:.2f}% after {train_seconds:.2f} s of "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import mnist_like_images
 
-from fastnn import model, train
+from fastnn import config, model, train
 
 
 def run_cli(*args):
@@ -96,6 +96,13 @@ def test_short_real_run_json_plot_and_checkpoint(mnist, tmp_path, kernel):
     assert result["kernel"] == kernel
     assert {"kernel", "config", "epochs", "test_accuracy", "train_seconds",
             "compile_seconds"} <= result.keys()
+    # the variant plain numba picked, said in the banner and the JSON
+    from fastnn.kernels import KERNELS
+    from fastnn.kernels.numba_epoch import choose
+
+    want = f"numba:{choose([784, 10, 10], config.max_threads(), 1.0, 32)}"
+    assert result["strategy"] == (want if kernel == "numba" else None)
+    assert want in KERNELS and (f"numba kernel ({want})," in res.stdout) == (kernel == "numba")
     cfg = result["config"]
     for key in ("hidden", "epochs", "batch_size", "lr", "seed", "dtype", "init", "threads",
                 "sizes", "dataset"):

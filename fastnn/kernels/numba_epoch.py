@@ -358,6 +358,13 @@ class Backend:
         return STRATEGIES[self.strategy or choose(sizes, config.max_threads(), ink,
                                                   batch_size, moved)]
 
+    def strategy_for(self, sizes, images, batch_size, moved=False):
+        """The strategy's name ("split", ...) train_epoch trains a net of these layer sizes
+        with, on these images at this batch size, ``moved`` (shifted or distorted) or not."""
+        # the images' ink only for a first layer wide enough to use it
+        ink = ink_fraction(images) if sizes[1] >= INKED_MIN_UNITS else 1.0
+        return self.strategy or choose(sizes, config.max_threads(), ink, batch_size, moved)
+
     def implementation(self, attr):
         """The kernel behind ``attr``: what tells two registry names' code apart."""
         if attr in ("train_epoch", "predict"):
@@ -383,10 +390,8 @@ class Backend:
         opt = opt if opt is not None else Optimizer("sgd")
         state = _opt_state(opt, params)
         nthreads = numba.get_num_threads()
-        # the images' ink only for a first layer wide enough to use it
-        kernels = self._strategy(net.sizes, ink_fraction(images)
-                                 if net.sizes[1] >= INKED_MIN_UNITS else 1.0, bs,
-                                 shifts is not None or distort is not None)
+        kernels = STRATEGIES[self.strategy_for(net.sizes, images, bs,
+                                               shifts is not None or distort is not None)]
         if kernels.train in BARRIER_KERNELS and not _barriers_safe():
             nthreads = 1
         work = kernels.work(net.sizes, bs, nthreads, lanes, net.theta.dtype)
