@@ -101,12 +101,15 @@ def top_classes(P, k):
 
 
 def format_line(name, width, truth, classes, probs, labels=None):
-    """One input's line; ``labels`` names the classes (default: their numbers)."""
+    """One input's line; ``labels`` names the classes (default: their numbers), each padded
+    to the longest name so that the lines' columns align."""
     label = (lambda c: labels[c]) if labels else str
+    w = max(map(len, labels)) if labels else 1
     true = f"true {label(truth)}" if truth is not None else ""
-    guesses = "  ".join(f"{label(c)}: {100 * p:6.2f}%" for c, p in zip(classes, probs))
+    guesses = "  ".join(f"{label(c) + ':':<{w + 1}} {100 * p:6.2f}%"
+                        for c, p in zip(classes, probs))
     wrong = "  (wrong)" if truth is not None and classes[0] != truth else ""
-    return f"{name:<{width}}  {true:<6}  {guesses}{wrong}"
+    return f"{name:<{width}}  {true:<{w + 5}}  {guesses}{wrong}"
 
 
 def run(args, out=None):

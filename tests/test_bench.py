@@ -168,6 +168,7 @@ def test_values_named_twice_are_timed_once():
 
 @pytest.mark.parametrize("args, code, needle", [
     (["--batch-size", "70000"], 2, "larger than the 60,000 training images"),
+    (["--quick", "--rounds", "3"], 2, "--quick times one round a case: drop --rounds"),
     # every case skipped: the JAX peers run only at all threads (or are not installed)
     (["--quick", "--data", "synthetic", "--only", "jax-scan", "--threads", "1"], 1,
      "nothing was timed: every case was skipped"),

@@ -228,6 +228,17 @@ def test_report_names_the_classes_when_given():
     assert [ln.index("%") + 1 for ln in rows] == [end, end]
 
 
+def test_predict_lines_align_with_long_class_names():
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+             "Sneaker", "Bag", "Ankle boot"]
+    lines = [predict.format_line("test image 0", 12, truth, classes, [0.7, 0.2, 0.1], names)
+             for truth, classes in ((9, [9, 5, 7]), (1, [1, 3, 6]))]
+    assert lines[0].index("70.00%") == lines[1].index("70.00%")
+    assert lines[0].index("20.00%") == lines[1].index("20.00%")
+    digits = predict.format_line("test image 0", 12, 7, [7, 2, 1], [0.99, 0.005, 0.005])
+    assert digits == "test image 0  true 7  7:  99.00%  2:   0.50%  1:   0.50%"
+
+
 def test_top_classes_and_dataset_of():
     P = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]])
     classes, probs = predict.top_classes(P, 2)

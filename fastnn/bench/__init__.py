@@ -15,6 +15,7 @@ from fastnn.peers import PEERS
 
 DEFAULT_NETS = [(10, 32), (10, 128), (128, 128), (800, 128)]  # (hidden, batch size)
 TRAIN_IMAGES = 60000  # a batch size above it would train in batches of this many
+ROUNDS = 5  # timed rounds a case gets at least (--rounds)
 MAX_ROUNDS = 1000  # a round is a full epoch: 1000 of 784-800-10 already take an hour
 # A case's timed rounds last at least this long in all (not with --quick): an epoch of
 # 784-10-10 takes ~35 ms, and five of them measured which phase of a noisy machine they
@@ -45,9 +46,9 @@ def build_parser():
     p.add_argument("--only", nargs="+", metavar="NAME", choices=[*KERNELS, *PEERS],
                    help=f"backends and peers to run (default: all of {', '.join(KERNELS)}, "
                         f"{', '.join(PEERS)})")
-    p.add_argument("--rounds", type=rounds, default=5,
-                   help=f"timed epochs per case, 1..{MAX_ROUNDS} (default 5); a fast case "
-                        "runs more, to last about a second")
+    p.add_argument("--rounds", type=rounds,
+                   help=f"timed epochs per case, 1..{MAX_ROUNDS} (default {ROUNDS}); a fast "
+                        "case runs more, to last about a second")
     p.add_argument("--threads", type=cli.positive_int,
                    help="threads for every backend and peer (default: all)")
     p.add_argument("--data", choices=["auto", "mnist", "synthetic"], default="auto",
@@ -76,7 +77,7 @@ def settings(args):
     return dict(hidden=[h for h, _ in nets], batch_size=[b for _, b in nets],
                 dtype=list(dict.fromkeys(args.dtype)),
                 names=list(dict.fromkeys(args.only or [*KERNELS, *PEERS])),
-                rounds=1 if args.quick else args.rounds, data=args.data,
+                rounds=1 if args.quick else args.rounds or ROUNDS, data=args.data,
                 min_seconds=0.0 if args.quick else MIN_CASE_SECONDS,
                 scaling=not (args.quick or args.no_scaling),
                 compile=not (args.quick or args.no_compile),
@@ -148,6 +149,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads and args.threads > config.max_threads():
         parser.error(f"--threads {args.threads}: at most {config.max_threads()} here")
+    if args.quick and args.rounds:
+        parser.error("--quick times one round a case: drop --rounds (or --quick)")
     if args.batch_size and max(args.batch_size) > TRAIN_IMAGES:
         parser.error(f"--batch-size {max(args.batch_size)}: larger than the {TRAIN_IMAGES:,} "
                      "training images; use at most that")
