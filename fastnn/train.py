@@ -330,11 +330,11 @@ def make_optimizer(args):
                            beta2=args.beta2, eps=args.eps, weight_decay=args.weight_decay)
 
 
-# Settings a resumed run takes from its checkpoint; changing them would not
-# continue the same run.
-# the optimizers that use each flag (the others would silently ignore it)
+# The optimizers that use each flag (the others would silently ignore it)
 OPTIMIZER_FLAGS = {"momentum": ("momentum",), "beta1": ("adam",), "beta2": ("adam",),
                    "eps": ("adam",)}
+# Settings a resumed run takes from its checkpoint; changing them would not
+# continue the same run.
 RESUME_FIXED = ("hidden", "dtype", "init", "seed", "batch_size", "lr", "optimizer", "momentum",
                 "beta1", "beta2", "eps", "weight_decay", "schedule", "warmup", "shift",
                 *DISTORTION, "dataset")
