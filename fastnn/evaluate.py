@@ -16,7 +16,7 @@ import numpy as np
 
 from fastnn import cli, model
 from fastnn.kernels import get_kernel
-from fastnn.predict import check_paths, dataset_of
+from fastnn.predict import check_paths, dataset_of, display_names
 
 
 def confusion_matrix(y_true, y_pred, k=model.N_CLASSES):
@@ -94,7 +94,7 @@ def build_parser():
 
 def run(args, out=None):
     out = out or sys.stdout
-    from fastnn.data import canonical, class_names, load_mnist
+    from fastnn.data import load_mnist
 
     check_paths(args, ("--plot", args.plot))
     params, meta = model.load(args.model)
@@ -105,8 +105,7 @@ def run(args, out=None):
     sizes = "-".join(map(str, model.sizes_of(params)))
     print(f"fastnn: {args.model}: {sizes} net, {params[0][0].dtype}, {args.kernel} kernel, "
           f"{len(images)} {dataset} test images", file=out)
-    names = class_names(dataset) if canonical(dataset) != "mnist" else None
-    print(format_report(cm, names), file=out)
+    print(format_report(cm, display_names(dataset)), file=out)
     if args.plot:
         from fastnn import plots
 

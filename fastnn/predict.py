@@ -94,6 +94,11 @@ def gather_inputs(args, dataset):
     return [f"test image {i}" for i in args.index], images[idx], labels[idx]
 
 
+def display_names(dataset):
+    """The class names to print: Fashion-MNIST's garments; None for MNIST (its numbers)."""
+    return class_names(dataset) if canonical(dataset) != "mnist" else None
+
+
 def top_classes(P, k):
     """P (n, 10) probabilities -> (classes (n, k), probabilities (n, k)), most likely first."""
     order = np.argsort(-P, axis=1, kind="stable")[:, :k]
@@ -118,7 +123,7 @@ def run(args, out=None):
     params, meta = model.load(args.model)
     dataset = dataset_of(meta, args.model)
     names, images, truths = gather_inputs(args, dataset)
-    labels = class_names(dataset) if canonical(dataset) != "mnist" else None
+    labels = display_names(dataset)
     kernel = get_kernel(args.kernel)
     P = np.asarray(kernel.forward(params, to_float(images, params[0][0].dtype)))
     classes, probs = top_classes(P, args.top)

@@ -648,15 +648,14 @@ def fit(args, out=None):
                 # say of it agree (cli.deferred_interrupt)
                 with cli.deferred_interrupt():
                     try:
-                        model.save(args.save, params, dict(config=cfg, epoch=epoch,
-                                                           history=history,
-                                                           optimizer_step=opt.step), opt.state)
+                        # a failed write leaves the last checkpoint (kept) as it was
+                        with cli.writing("--save", kept()[2:] or "nothing was written"):
+                            model.save(args.save, params,
+                                       dict(config=cfg, epoch=epoch, history=history,
+                                            optimizer_step=opt.step), opt.state)
                     except KeyboardInterrupt:
                         raise cli.Interrupted(f"interrupted while saving epoch {epoch}"
                                               f"{kept(True)}") from None
-                    except files.FileError as e:
-                        raise files.FileError(f"--save {e.path}", e.problem + (
-                            kept() or "; nothing was written"), e.remedy) from None
                     last_saved, saved_epoch = args.save, epoch
     except KeyboardInterrupt:
         # Python raises a Ctrl-C at its next check, which may come after the try that

@@ -171,10 +171,11 @@ def _case(benchmark, data, name, hidden, batch_size, dtype, threads):
             torch.set_num_threads(torch_threads)
 
 
-def _rounds(first_seconds):
-    """--rounds, or more for a fast case: enough to last about SETTINGS["min_seconds"]."""
+def _rounds(seconds):
+    """--rounds, or more for a fast case (an untimed round took ``seconds``): enough to
+    last about SETTINGS["min_seconds"]."""
     return max(SETTINGS["rounds"],
-               min(MAX_ROUNDS, int(SETTINGS["min_seconds"] / max(first_seconds, 1e-4))))
+               min(MAX_ROUNDS, int(SETTINGS["min_seconds"] / max(seconds, 1e-4))))
 
 
 def _time_epochs(benchmark, run, draw, samples, kernel=None, **info):

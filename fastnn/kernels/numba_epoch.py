@@ -354,16 +354,15 @@ class Backend:
         return total
 
     def _strategy(self, sizes, ink, batch_size=None, moved=False):
-        # ink: the images' ink_fraction (1.0 where it does not matter)
-        return STRATEGIES[self.strategy or choose(sizes, config.max_threads(), ink,
-                                                  batch_size, moved)]
+        # the strategy's name; ink: the images' ink_fraction (1.0 where it does not matter)
+        return self.strategy or choose(sizes, config.max_threads(), ink, batch_size, moved)
 
     def strategy_for(self, sizes, images, batch_size, moved=False):
         """The strategy's name ("split", ...) train_epoch trains a net of these layer sizes
         with, on these images at this batch size, ``moved`` (shifted or distorted) or not."""
         # the images' ink only for a first layer wide enough to use it
         ink = ink_fraction(images) if sizes[1] >= INKED_MIN_UNITS else 1.0
-        return self.strategy or choose(sizes, config.max_threads(), ink, batch_size, moved)
+        return self._strategy(sizes, ink, batch_size, moved)
 
     def implementation(self, attr):
         """The kernel behind ``attr``: what tells two registry names' code apart."""
@@ -429,7 +428,7 @@ class Backend:
         params = params if isinstance(params, model.Params) else model.flat_params(params)
         net, nthreads, images = params.flat, numba.get_num_threads(), _images(images)
         ink = ink_fraction(images) if net.sizes[1] >= INKED_PREDICT_MIN_UNITS else 1.0
-        kernels = self._strategy(net.sizes, ink)
+        kernels = STRATEGIES[self._strategy(net.sizes, ink)]
         inked = ink <= INKED_MAX_INK
         out = np.empty(len(images), np.int64)
         kernels.predict(net, images, net.theta.dtype.type(PIXEL_SCALE),
